@@ -1,0 +1,42 @@
+# brn-repro: every target creates the project-local .venv when it is missing.
+# `make reproduce` and `make test` are the two commands a new user runs.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch/torchvision are pinned to the releases this project is tested with (a
+# CUDA build that also runs on the CPU); override for another CUDA, e.g.
+#   make setup TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu126"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup test test-slow test-all bench lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP)  ## create .venv and install the package (editable) with dev extras
+
+test: $(STAMP)  ## the fast test suite (CPU, minutes)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)  ## only the long tests
+	$(BIN)/python -m pytest -q -m slow || test $$? -eq 5  # 5: no slow test collected
+
+test-all: $(STAMP)  ## every test
+	$(BIN)/python -m pytest -q -m 'slow or not slow'
+
+bench: $(STAMP)  ## time a ResNet-20 training step per norm -> results/bench/norm.csv
+	$(BIN)/python scripts/bench_norm.py --out results/bench/norm.csv
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check brn_repro tests scripts
+
+clean:  ## remove caches (keeps .venv, data and results)
+	rm -rf .pytest_cache .ruff_cache $$(find . -name __pycache__ -not -path './$(VENV)/*')

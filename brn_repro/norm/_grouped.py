@@ -1,0 +1,164 @@
+"""The shared core: batch statistics over per-worker groups, and a fused batchnorm
+whose affine parameters may change every step.
+
+Per-worker ("virtual worker") normalization: a batch of N = W x b examples is
+normalized as W independent groups of b, as the paper's 50 workers x 32 (or its
+microbatches of 4) were. Rather than loop over groups, the batch is laid out as
+(b, W*C, ...) - each (group, channel) pair becomes one "channel" - so torch's own
+batchnorm kernels do every group at once. One copy in and one out is far cheaper
+than the normalization itself (measured in ``make bench``).
+
+The fused path: Batch Renorm's r and d are constants for the step, so its output
+is batchnorm with weight gamma*r and bias gamma*d + beta (PAPER.md). The
+statistics are computed once, the output comes from torch's inference kernel fed
+with the batch statistics, and the backward is torch's own training-mode
+batchnorm backward - so gradients flow through mu_B and sigma_B exactly as in BN,
+and the cost matches ``nn.BatchNorm2d``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def check_per_worker_batch(value: int | None, field: str = "per_worker_batch") -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{field}={value!r} must be a positive integer (or null for no groups)")
+    return value
+
+
+def num_groups(x: Tensor, per_worker_batch: int | None) -> int:
+    """How many per-worker groups the batch holds; raises when b does not divide N."""
+    batch = x.shape[0]
+    if per_worker_batch is None or per_worker_batch == batch:
+        return 1
+    if batch % per_worker_batch:
+        raise ValueError(
+            f"per_worker_batch={per_worker_batch} does not divide the batch of {batch} examples; "
+            f"use a batch that is a multiple of {per_worker_batch}"
+        )
+    return batch // per_worker_batch
+
+
+def to_groups(x: Tensor, groups: int) -> Tensor:
+    """(G*b, C, *S) -> (b, G*C, *S), contiguous; channel index = g*C + c."""
+    if groups == 1:
+        return x
+    batch, channels, *spatial = x.shape
+    b = batch // groups
+    return x.reshape(groups, b, channels, *spatial).transpose(0, 1).reshape(
+        b, groups * channels, *spatial
+    )
+
+
+def from_groups(y: Tensor, groups: int, channels: int) -> Tensor:
+    """Inverse of ``to_groups``."""
+    if groups == 1:
+        return y
+    b, _, *spatial = y.shape
+    return y.reshape(b, groups, channels, *spatial).transpose(0, 1).reshape(
+        b * groups, channels, *spatial
+    )
+
+
+def values_per_channel(x_grouped: Tensor) -> int:
+    return x_grouped.numel() // x_grouped.shape[1]
+
+
+def batch_stats(x_grouped: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance, with torch's fast batchnorm reduction
+    (no autograd: called inside ``_GroupedBatchNorm.forward`` or under no_grad)."""
+    n = values_per_channel(x_grouped)
+    if n < 2:
+        raise ValueError(
+            f"batch statistics need more than 1 value per channel, got {n} "
+            f"(input shape {tuple(x_grouped.shape)} in per-worker layout); use a larger "
+            "per_worker_batch, or a norm without batch statistics (gn, ln, in) for 2D input"
+        )
+    return torch.batch_norm_update_stats(x_grouped, None, None, 0.0)
+
+
+class _GroupedBatchNorm(torch.autograd.Function):
+    """Training-mode batchnorm over per-worker groups with per-step affine factors.
+
+    forward(x, weight, bias, groups, eps, adjust): the batch statistics are computed
+    once; ``adjust(mean, var, std)`` (the layer's own bookkeeping: running averages,
+    BRN's r and d) returns per-(group, channel) factors ``(r, d)`` or ``None``; the
+    output is ``gamma*r * x_hat + (gamma*d + beta)`` computed by torch's inference
+    kernel, and the backward is torch's training-mode batchnorm backward (gradients
+    through the batch statistics) with r and d held constant, as Algorithm 1 says.
+    One autograd node per layer keeps small batches cheap.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, eps, adjust):
+        channels = x.shape[1]
+        x_grouped = to_groups(x, groups)
+        mean, var = batch_stats(x_grouped)
+        var_eps = var + eps
+        std = var_eps.sqrt()
+        factors = adjust(mean, var, std)
+        gamma = repeat_groups(weight, groups)
+        beta = repeat_groups(bias, groups)
+        if factors is None:
+            r = d = None
+            w_eff, b_eff = gamma, beta
+        else:
+            r, d = factors
+            w_eff = r if gamma is None else gamma * r
+            b_eff = d if gamma is None else torch.addcmul(beta, gamma, d)
+        y = torch.native_batch_norm(x_grouped, w_eff, b_eff, mean, var, False, 0.0, eps)[0]
+        ctx.save_for_backward(x_grouped, w_eff, mean, var_eps.rsqrt_(), r, d)
+        ctx.groups, ctx.channels, ctx.eps = groups, channels, eps
+        return from_groups(y, groups, channels)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x_grouped, w_eff, mean, invstd, r, d = ctx.saved_tensors
+        groups, channels = ctx.groups, ctx.channels
+        # The native kernel's fast path wants a contiguous gradient in grouped layout.
+        grad_grouped = to_groups(grad_out, groups).contiguous()
+        need_params = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            grad_grouped, x_grouped, w_eff, None, None, mean, invstd, True, ctx.eps,
+            [ctx.needs_input_grad[0], need_params, need_params],
+        )
+        if gx is not None:
+            gx = from_groups(gx, groups, channels)
+        grad_weight = grad_bias = None
+        if need_params:
+            # d(loss)/d(gamma) = sum over groups of r * dL/dw_eff + d * dL/db_eff.
+            if r is not None:
+                gw = torch.addcmul(gw * r, gb, d)
+            grad_weight = gw if groups == 1 else gw.view(groups, channels).sum(0)
+            grad_bias = gb if groups == 1 else gb.view(groups, channels).sum(0)
+        return gx, grad_weight, grad_bias, None, None, None
+
+
+def grouped_batch_norm(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    groups: int,
+    eps: float,
+    adjust: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor] | None],
+) -> Tensor:
+    """See ``_GroupedBatchNorm``. ``adjust`` runs inside the forward, without autograd."""
+    return _GroupedBatchNorm.apply(x, weight, bias, groups, eps, adjust)
+
+
+def repeat_groups(t: Tensor | None, groups: int) -> Tensor | None:
+    if t is None or groups == 1:
+        return t
+    return t.repeat(groups)
+
+
+def check_input_dim(x: Tensor, allowed: tuple[int, ...], layer: str) -> None:
+    if x.dim() not in allowed:
+        want = " or ".join(f"{d}D" for d in allowed)
+        raise ValueError(f"{layer} expects {want} input, got {x.dim()}D of shape {tuple(x.shape)}")

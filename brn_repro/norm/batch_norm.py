@@ -1,0 +1,72 @@
+"""Batchnorm (Ioffe & Szegedy 2015) with optional per-worker groups.
+
+``BatchNorm2d(C)`` with no ``per_worker_batch`` *is* ``torch.nn.BatchNorm2d``
+(same code path). With ``per_worker_batch=b`` a batch of W x b examples is
+normalized as W independent groups of b, as on W synchronized workers that each
+normalize their own minibatch while the gradient is taken over all W x b (the
+paper's 50 x 32 and its microbatches of 4). The running statistics are updated
+with the mean over groups of the group statistics (unbiased variance, as torch).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import Tensor, nn
+
+from brn_repro.norm._grouped import check_per_worker_batch, grouped_batch_norm, num_groups
+
+
+class _GroupedBatchNormMixin:
+    def _grouped_forward(self, x: Tensor) -> Tensor | None:
+        """The per-worker-groups training forward, or None to use torch's own."""
+        if not (self.training and self.per_worker_batch is not None):
+            return None
+        groups = num_groups(x, self.per_worker_batch)
+        if groups == 1:
+            return None
+        self._check_input_dim(x)
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+        return grouped_batch_norm(
+            x, self.weight, self.bias, groups, self.eps,
+            partial(self._update_running, groups, x.numel() // (groups * self.num_features)),
+        )
+
+    def _update_running(
+        self, groups: int, n: int, mean: Tensor, var: Tensor, std: Tensor
+    ) -> None:
+        if not self.track_running_stats:
+            return None
+        rate = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        unbiased = var * (n / (n - 1))
+        self.running_mean.lerp_(mean.view(groups, -1).mean(0), rate)
+        self.running_var.lerp_(unbiased.view(groups, -1).mean(0), rate)
+        return None
+
+
+class BatchNorm1d(_GroupedBatchNormMixin, nn.BatchNorm1d):
+    """``torch.nn.BatchNorm1d`` plus ``per_worker_batch`` groups."""
+
+    def __init__(self, num_features: int, *args, per_worker_batch: int | None = None, **kwargs):
+        super().__init__(num_features, *args, **kwargs)
+        self.per_worker_batch = check_per_worker_batch(per_worker_batch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self._grouped_forward(x)
+        return super().forward(x) if out is None else out
+
+
+class BatchNorm2d(_GroupedBatchNormMixin, nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` plus ``per_worker_batch`` groups."""
+
+    def __init__(self, num_features: int, *args, per_worker_batch: int | None = None, **kwargs):
+        super().__init__(num_features, *args, **kwargs)
+        self.per_worker_batch = check_per_worker_batch(per_worker_batch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self._grouped_forward(x)
+        return super().forward(x) if out is None else out
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", per_worker_batch={self.per_worker_batch}"

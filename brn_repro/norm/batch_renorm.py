@@ -1,0 +1,189 @@
+"""Batch Renormalization, exactly as Algorithm 1 of Ioffe (NeurIPS 2017, arXiv:1702.03275).
+
+Per channel, over a minibatch of m values (per worker group when
+``per_worker_batch`` is set):
+
+    mu_B    = mean(x)
+    sigma_B = sqrt(eps + mean((x - mu_B)^2))              # biased variance, eps inside
+    r = stop_gradient(clip(sigma_B / sigma, 1/r_max, r_max))
+    d = stop_gradient(clip((mu_B - mu) / sigma, -d_max, d_max))
+    y = gamma * ((x - mu_B) / sigma_B * r + d) + beta
+    mu    += alpha * (mu_B - mu)                          # alpha = ``momentum``
+    sigma += alpha * (sigma_B - sigma)                    # a moving *standard deviation*
+
+Inference: y = gamma * (x - mu) / sigma + beta, identical to batchnorm.
+r_max = 1 and d_max = 0 is exactly batchnorm. Because r and d are constants of
+the step, y = (gamma r) * bn_hat(x) + (gamma d + beta): the layer runs torch's
+fused batchnorm kernels with per-step affine parameters (see ``_grouped``).
+
+``r_max`` / ``d_max`` are floats (constant limits) or schedules of the step
+(``brn_repro.schedules``; the paper relaxes them from 1 / 0 after 5k steps).
+The step is the ``step`` buffer, so a checkpoint restores the schedule.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from brn_repro.norm._grouped import (
+    check_input_dim,
+    check_per_worker_batch,
+    grouped_batch_norm,
+    num_groups,
+)
+from brn_repro.schedules import Schedule, as_schedule, schedule_bounds
+
+
+def check_eps(eps: float) -> float:
+    if not eps > 0:
+        raise ValueError(f"eps={eps!r} must be > 0")
+    return float(eps)
+
+
+def check_momentum(momentum: Any, field: str = "momentum") -> Schedule:
+    schedule = as_schedule(momentum, field)
+    low, high = schedule_bounds(schedule)
+    if not (0 < low and high <= 1):
+        raise ValueError(f"{field}={momentum!r} must lie in (0, 1] (the moving-average rate alpha)")
+    return schedule
+
+
+class StepCounter(nn.Module):
+    """Mixin: a ``step`` buffer (saved in checkpoints) with a host-side mirror, so
+    schedules are evaluated without reading a device tensor every forward.
+
+    Per-step Python state lives in ``self._host`` (a plain namespace): assigning
+    attributes on an ``nn.Module`` costs microseconds that show at batch 1-4.
+    """
+
+    def _init_step(self) -> None:
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._host = SimpleNamespace(step=0, last=None)
+
+    def _advance_step(self) -> int:
+        host = self._host
+        step = host.step
+        host.step = step + 1
+        self.step.add_(1)
+        return step
+
+    def set_step(self, step: int) -> None:
+        self._host.step = int(step)
+        self.step.fill_(int(step))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._host.step = int(self.step)
+
+
+class _BatchRenorm(StepCounter):
+    _input_dims: tuple[int, ...] = ()
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | Schedule = 0.01,
+        r_max: float | Schedule = 3.0,
+        d_max: float | Schedule = 5.0,
+        per_worker_batch: int | None = None,
+        affine: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = check_eps(eps)
+        self.momentum = check_momentum(momentum)
+        self.r_max = as_schedule(r_max, "r_max")
+        self.d_max = as_schedule(d_max, "d_max")
+        if schedule_bounds(self.r_max)[0] < 1:
+            raise ValueError(f"r_max={r_max!r} must be >= 1 (r_max = 1 is plain batchnorm)")
+        if schedule_bounds(self.d_max)[0] < 0:
+            raise ValueError(f"d_max={d_max!r} must be >= 0 (d_max = 0 is plain batchnorm)")
+        self.per_worker_batch = check_per_worker_batch(per_worker_batch)
+        self.affine = affine
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_std", torch.ones(num_features))
+        self._init_step()
+        # self._host.last: raw (unclipped) r and d of the last training step, per
+        # (group, channel), for the clip diagnostics computed at logging time.
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, r_max={self.r_max}, "
+            f"d_max={self.d_max}, per_worker_batch={self.per_worker_batch}, affine={self.affine}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input_dim(x, self._input_dims, type(self).__name__)
+        if not self.training:
+            # eps is already inside sigma (a moving average of sqrt(var + eps)).
+            return F.batch_norm(
+                x, self.running_mean, self.running_std.square(), self.weight, self.bias,
+                False, 0.0, 0.0,
+            )
+        groups = num_groups(x, self.per_worker_batch)
+        step = self._advance_step()
+        limits = (self.r_max(step), self.d_max(step), self.momentum(step))
+        return grouped_batch_norm(
+            x, self.weight, self.bias, groups, self.eps, partial(self._renorm, groups, limits)
+        )
+
+    def _renorm(self, groups: int, limits: tuple[float, float, float], mean: Tensor,
+                var: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+        """Algorithm 1's r and d from the batch statistics, then the moving averages."""
+        r_max, d_max, alpha = limits
+        running_mean, running_std = self.running_mean, self.running_std
+        if groups > 1:
+            mean = mean.view(groups, self.num_features)
+            std = std.view(groups, self.num_features)
+        r_raw = std / running_std
+        d_raw = (mean - running_mean).div_(running_std)
+        self._host.last = (r_raw, d_raw, r_max, d_max)
+        running_mean.lerp_(mean if groups == 1 else mean.mean(0), alpha)
+        running_std.lerp_(std if groups == 1 else std.mean(0), alpha)
+        r = r_raw.clamp(1.0 / r_max, r_max)
+        d = d_raw.clamp(-d_max, d_max)
+        return (r, d) if groups == 1 else (r.view(-1), d.view(-1))
+
+    def diagnostics(self) -> dict[str, float]:
+        """Clip statistics of the last training step: the fraction of r and of d that hit
+        their limits, mean |r - 1| and mean |d| (of the clipped values used)."""
+        if self._host.last is None:
+            return {}
+        r_raw, d_raw, r_max, d_max = self._host.last
+        r = r_raw.clamp(1.0 / r_max, r_max)
+        d = d_raw.clamp(-d_max, d_max)
+        return {
+            "r_max": r_max,
+            "d_max": d_max,
+            "r_clip_frac": ((r_raw > r_max) | (r_raw < 1.0 / r_max)).float().mean().item(),
+            "d_clip_frac": (d_raw.abs() > d_max).float().mean().item(),
+            "r_dev_mean": (r - 1).abs().mean().item(),
+            "d_abs_mean": d.abs().mean().item(),
+        }
+
+
+class BatchRenorm1d(_BatchRenorm):
+    """Batch Renorm for (N, C) or (N, C, L) input. Per-worker groups need more than one
+    value per channel, so ``per_worker_batch=1`` is an error on (N, C) input."""
+
+    _input_dims = (2, 3)
+
+
+class BatchRenorm2d(_BatchRenorm):
+    """Batch Renorm for (N, C, H, W) input; ``per_worker_batch=1`` normalizes each
+    example over its own H x W."""
+
+    _input_dims = (4,)

@@ -1,0 +1,95 @@
+"""Normalizing with the moving averages in training: the naive idea the paper answers.
+
+Ioffe (2017, section 2) asks why batchnorm does not simply normalize with its
+moving averages mu, sigma during training too, and answers that this "has been
+observed to lead to the model blowing up": the gradient does not see that a
+change of a bias or a scale would be cancelled by the normalization, so such
+parameters can grow without bound. This layer does exactly the naive thing so
+the harness can measure it instead of quoting it:
+
+    y = gamma * (x - mu) / sigma + beta           # mu, sigma: moving averages, no gradient
+    mu    += alpha * (mu_B - mu)                  # updated after normalizing, from the batch
+    sigma += alpha * (sigma_B - sigma)            # (per-worker groups: mean over groups)
+
+``momentum`` (alpha) may follow a schedule; "decay started small and raised
+later" is a large alpha at first (fast tracking) falling to a small one, e.g.
+``Linear(start=0.5, end=0.01, start_step=0, end_step=1000)``.
+Inference is identical to batchnorm and Batch Renorm with the same statistics.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from brn_repro.norm._grouped import (
+    batch_stats,
+    check_input_dim,
+    check_per_worker_batch,
+    num_groups,
+    to_groups,
+)
+from brn_repro.norm.batch_renorm import StepCounter, check_eps, check_momentum
+from brn_repro.schedules import Schedule
+
+
+class _MovingAverageNorm(StepCounter):
+    _input_dims: tuple[int, ...] = ()
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | Schedule = 0.01,
+        per_worker_batch: int | None = None,
+        affine: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = check_eps(eps)
+        self.momentum = check_momentum(momentum)
+        self.per_worker_batch = check_per_worker_batch(per_worker_batch)
+        self.affine = affine
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_std", torch.ones(num_features))
+        self._init_step()
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"per_worker_batch={self.per_worker_batch}, affine={self.affine}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input_dim(x, self._input_dims, type(self).__name__)
+        # Clones: the update below is in place, and autograd saved the values used here.
+        mean, std = self.running_mean.clone(), self.running_std.clone()
+        y = F.batch_norm(x, mean, std.square(), self.weight, self.bias, False, 0.0, 0.0)
+        if self.training:
+            groups = num_groups(x, self.per_worker_batch)
+            alpha = self.momentum(self._advance_step())
+            with torch.no_grad():
+                batch_mean, batch_var = batch_stats(to_groups(x.detach(), groups))
+                batch_std = (batch_var + self.eps).sqrt_()
+                self.running_mean.lerp_(batch_mean.view(groups, -1).mean(0), alpha)
+                self.running_std.lerp_(batch_std.view(groups, -1).mean(0), alpha)
+        return y
+
+
+class MovingAverageNorm1d(_MovingAverageNorm):
+    """For (N, C) or (N, C, L) input."""
+
+    _input_dims = (2, 3)
+
+
+class MovingAverageNorm2d(_MovingAverageNorm):
+    """For (N, C, H, W) input."""
+
+    _input_dims = (4,)
