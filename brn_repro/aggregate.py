@@ -1,0 +1,175 @@
+"""Run records -> one pandas frame -> per-experiment summaries, figures and the report.
+
+    python -m brn_repro.aggregate --runs runs --out results
+
+Reads every run directory (``config.yaml`` + ``summary.json`` + ``metrics.jsonl``)
+under ``--runs`` (or, with ``--source wandb``, the runs of a W&B project), writes
+``<out>/<experiment>/summary.csv`` (mean, std, n per condition) and figures, and
+``<out>/REPORT.md`` with the paper's claims and a verdict for each.
+Diverged runs are counted and drawn as diverged; they are never dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from brn_repro.loggers import flatten_config
+from brn_repro.records import find_records
+
+# The columns that tell one condition of an experiment from another (seed aside).
+CONDITIONS: dict[str, list[str]] = {
+    "fig1_baseline": ["norm.type"],
+    "fig2_small_batch": ["norm.type", "data.per_worker_batch"],
+    "fig3_noniid": ["norm.type", "sampler.type"],
+    "batch_size_sweep": ["norm.type", "data.per_worker_batch"],
+    "rd_schedule_ablation": ["norm.r_max", "norm.d_max"],
+    "moving_average_question": ["norm.type", "norm.momentum", "norm.momentum_start"],
+}
+SUMMARY_FIELDS = ("status", "test_acc", "train_acc", "minibatch_stats_acc", "best_test_acc",
+                  "steps_done", "diverged_step", "wall_seconds", "images_per_second")
+METRICS = ("test_acc", "train_acc", "minibatch_stats_acc")
+
+
+def load_runs(runs_root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, curves): one row per run (flattened config + summary), and one row per
+    evaluation of every run (metrics.jsonl) tagged with its run directory."""
+    runs, curves = [], []
+    for run_dir in find_records(runs_root):
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        row: dict[str, Any] = {k: v for k, v in flatten_config(config).items()
+                               if not isinstance(v, list | dict)}
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        row.update({k: summary.get(k) for k in SUMMARY_FIELDS})
+        row["status"] = summary.get("status", "incomplete")
+        row["run_dir"] = str(run_dir)
+        runs.append(row)
+        metrics_path = run_dir / "metrics.jsonl"
+        if metrics_path.exists():
+            for line in metrics_path.read_text().splitlines():
+                if line:
+                    curves.append({"run_dir": str(run_dir), **json.loads(line)})
+    return pd.DataFrame(runs), pd.DataFrame(curves)
+
+
+def load_wandb_runs(project: str, entity: str | None = None) -> pd.DataFrame:
+    """The same frame from the W&B API (online): config keys are already dotted."""
+    import wandb
+
+    api = wandb.Api()
+    rows = []
+    for run in api.runs(f"{entity}/{project}" if entity else project):
+        row = {k: v for k, v in run.config.items() if not isinstance(v, list | dict)}
+        row.update({k: run.summary.get(k) for k in SUMMARY_FIELDS})
+        row["run_dir"] = run.url
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def condition_columns(frame: pd.DataFrame, experiment: str) -> list[str]:
+    if experiment in CONDITIONS:
+        return [c for c in CONDITIONS[experiment] if c in frame.columns]
+    skip = {"seed", "run_dir", *SUMMARY_FIELDS}
+    return [c for c in frame.columns if c not in skip and frame[c].astype(str).nunique() > 1]
+
+
+def summarize(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean, std and n of each metric per condition, over completed runs; diverged
+    and incomplete runs are counted in their own columns."""
+    rows = []
+    for key, group in frame.groupby(by, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        done = group[group["status"] == "completed"]
+        row = dict(zip(by, key, strict=True))
+        row["n"] = len(done)
+        row["n_diverged"] = int((group["status"] == "diverged").sum())
+        row["n_incomplete"] = int((group["status"] == "incomplete").sum())
+        steps = group.loc[group["status"] == "diverged", "diverged_step"]
+        row["diverged_steps"] = " ".join(str(int(s)) for s in sorted(steps.dropna()))
+        for metric in METRICS:
+            values = pd.to_numeric(done[metric], errors="coerce").dropna()
+            row[f"{metric}_mean"] = values.mean() if len(values) else float("nan")
+            row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_atomic_csv(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False, float_format="%.4g")
+    tmp.replace(path)
+
+
+def aggregate(runs_root: str | Path, out: str | Path, wall_seconds: float | None = None,
+              source: str = "local", project: str = "brn-repro", entity: str | None = None,
+              log_to_wandb: bool = False) -> Path:
+    from brn_repro.claims import evaluate_claims
+    from brn_repro.plots import experiment_figures
+    from brn_repro.report import write_report
+
+    out = Path(out)
+    if source == "wandb":
+        runs, curves = load_wandb_runs(project, entity), pd.DataFrame()
+    else:
+        runs, curves = load_runs(runs_root)
+    if runs.empty:
+        raise SystemExit(f"no run records under {runs_root}; run an experiment first "
+                         "(python -m brn_repro.train -m +experiment=fig1_baseline profile=quick)")
+    summaries, figures = {}, {}
+    for experiment, frame in runs.groupby("experiment", sort=True):
+        by = condition_columns(frame, experiment) or ["norm.type"]
+        summary = summarize(frame, by)
+        (out / experiment).mkdir(parents=True, exist_ok=True)
+        write_atomic_csv(summary, out / experiment / "summary.csv")
+        summaries[experiment] = summary
+        figures[experiment] = experiment_figures(experiment, frame, curves, by, out / experiment)
+    claims = evaluate_claims(runs)
+    report = write_report(out, runs, summaries, claims, figures, wall_seconds)
+    if log_to_wandb:
+        _log_to_wandb(project, entity, summaries, figures, report)
+    return report
+
+
+def _log_to_wandb(project, entity, summaries, figures, report: Path) -> None:
+    from brn_repro.loggers import resolve_wandb_mode
+
+    if resolve_wandb_mode("auto", announce=False) != "online":
+        print("wandb: not online (no credentials); the aggregate stays local")
+        return
+    import wandb
+
+    run = wandb.init(project=project, entity=entity, job_type="aggregate", name="aggregate")
+    for experiment, summary in summaries.items():
+        run.log({f"{experiment}/summary": wandb.Table(dataframe=summary)})
+        for fig in figures.get(experiment, []):
+            run.log({f"{experiment}/{fig.stem}": wandb.Image(str(fig))})
+    run.save(str(report), policy="now")
+    run.finish()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Aggregate run records into results/.")
+    parser.add_argument("--runs", default="runs", help="the paths.runs of the runs")
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--wall-seconds", type=float, default=None,
+                        help="wall time of the reproduction, for the report")
+    parser.add_argument("--source", choices=("local", "wandb"), default="local")
+    parser.add_argument("--project", default="brn-repro")
+    parser.add_argument("--entity", default=None)
+    parser.add_argument("--wandb", action="store_true", help="also log figures and tables to W&B")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    report = aggregate(args.runs, args.out, args.wall_seconds, args.source, args.project,
+                       args.entity, args.wandb)
+    print(f"wrote {report} ({time.perf_counter() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

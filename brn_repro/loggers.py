@@ -1,0 +1,329 @@
+"""Experiment loggers the training runner writes metrics through.
+
+The runner always writes its own local run record (config, metrics.jsonl,
+summary.json), so a logger is only a *mirror* of that record into a tracking
+service. Two kinds exist:
+
+* ``none`` -- :class:`NullLogger`, does nothing (the local record is enough).
+* ``wandb`` -- :class:`WandbLogger`, one Weights & Biases run per training run.
+
+``wandb`` is imported lazily inside :class:`WandbLogger` so that ``kind=none``
+(and the test suite for everything else) never pays for, or depends on, wandb.
+
+Offline is a first-class mode: without credentials the run is written to
+``<run_dir>/wandb/offline-run-*`` and a single hint line says how to upload it
+later (``wandb sync``) or look at it now in the terminal (``wandb leet``).
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+__all__ = [
+    "RunLogger",
+    "NullLogger",
+    "WandbLogger",
+    "build_logger",
+    "flatten_config",
+    "scrub_secrets",
+    "is_secret_key",
+    "has_wandb_credentials",
+    "resolve_wandb_mode",
+    "offline_hint",
+]
+
+LOGGER_KINDS = ("none", "wandb")
+WANDB_MODES = ("auto", "online", "offline", "disabled", "shared")
+# Older spellings wandb still accepts in WANDB_MODE; mapped so the hint logic sees one name.
+_WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}
+DEFAULT_WANDB_HOST = "https://api.wandb.ai"
+
+# A key is a secret when one of its underscore-separated words (camelCase and
+# dashes normalised to underscores) is one of these. Word boundaries keep
+# harmless names such as ``tokenizer`` or ``max_tokens`` in the config.
+_SECRET_KEY_PATTERN = re.compile(
+    r"(?:^|_)(?:api_?key|apikey|token|access_?key|password|passwd|secret|secrets|credentials?)(?:$|_)"
+)
+
+
+@runtime_checkable
+class RunLogger(Protocol):
+    """What the training runner calls; one instance per training run."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def summary(self, values: dict[str, Any]) -> None: ...
+
+    def finish(self, exit_code: int = 0) -> None: ...
+
+
+class NullLogger:
+    """Discards everything: used when the local run record is the only output wanted."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- config
+
+
+def is_secret_key(key: object) -> bool:
+    """True for keys named like a credential (api_key, apiKey, HF_TOKEN, db-password, ...)."""
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(key))  # camelCase -> camel_Case
+    name = re.sub(r"[^a-z0-9]+", "_", name.lower())
+    return bool(_SECRET_KEY_PATTERN.search(name))
+
+
+def _looks_like_live_api_key(value: object) -> bool:
+    """True when a string carries the W&B key of this environment (e.g. an interpolated env var)."""
+    api_key = os.environ.get("WANDB_API_KEY", "")
+    return isinstance(value, str) and len(api_key) >= 8 and api_key in value
+
+
+def _to_plain(tree: Any) -> Any:
+    """Turn an OmegaConf DictConfig/ListConfig into plain dicts/lists (resolved); else identity."""
+    if type(tree).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(tree, resolve=True)
+    return tree
+
+
+def scrub_secrets(tree: Any) -> Any:
+    """Copy of ``tree`` without secret-named keys at any depth (inside lists too).
+
+    A secret-named key is dropped together with its whole subtree, and any string
+    holding the current ``WANDB_API_KEY`` is dropped as well, so that neither a
+    config group like ``secrets: {...}`` nor an ``${oc.env:WANDB_API_KEY}``
+    interpolation can reach the W&B record, which may be public.
+    """
+    tree = _to_plain(tree)
+    if isinstance(tree, Mapping):
+        return {
+            key: scrub_secrets(value)
+            for key, value in tree.items()
+            if not is_secret_key(key) and not _looks_like_live_api_key(value)
+        }
+    if isinstance(tree, list | tuple):
+        return [scrub_secrets(item) for item in tree if not _looks_like_live_api_key(item)]
+    return tree
+
+
+def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten a nested config into dotted keys (``norm.type``, ``optim.lr``), secrets dropped.
+
+    W&B can group and filter runs only by top-level config keys, so the nested
+    Hydra config is logged flat. Lists stay as values (``train.step_milestones``
+    keeps ``[0.5, 0.75]``); empty sub-dicts produce no key.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in scrub_secrets(cfg).items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, prefix=f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _jsonable(value: Any) -> Any:
+    """Make a config value something W&B stores faithfully (Paths and other objects -> str)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- mode
+
+
+def has_wandb_credentials() -> bool:
+    """True when wandb could authenticate without prompting: env key/token file or a netrc entry.
+
+    wandb 0.31 has no public helper for this (its netrc reader lives in the
+    private ``wandb.sdk.lib.wbauth``), so this mirrors its lookup with the
+    standard library: ``$NETRC`` if set, else ``~/.netrc``, machine = the host
+    of ``$WANDB_BASE_URL`` (default api.wandb.ai). Nothing is sent anywhere.
+    """
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or DEFAULT_WANDB_HOST).netloc
+    netrc_path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        entry = netrc.netrc(netrc_path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+def offline_hint(run_dir: Path | str | None, reason: str) -> str:
+    """The one line telling a user where an offline run went and how to see or upload it."""
+    wandb_dir = Path(run_dir if run_dir is not None else os.environ.get("WANDB_DIR") or ".")
+    wandb_dir = wandb_dir / "wandb"
+    return (
+        f"wandb: offline ({reason}); sync later with: wandb sync {wandb_dir}/offline-run-*"
+        f"  | view now in the terminal: wandb leet {wandb_dir}"
+    )
+
+
+def _normalise_mode(mode: str) -> str:
+    normalised = _WANDB_MODE_ALIASES.get(mode.strip().lower(), mode.strip().lower())
+    if normalised not in WANDB_MODES:
+        raise ValueError(f"unknown wandb mode {mode!r}; expected one of {WANDB_MODES}")
+    return normalised
+
+
+def resolve_wandb_mode(
+    requested: str = "auto", *, run_dir: Path | str | None = None, announce: bool = True
+) -> str:
+    """Decide online/offline/disabled, and print the offline hint line to stderr when offline.
+
+    Precedence follows wandb's own (an explicit argument beats the environment):
+    an explicit ``requested`` mode wins; ``auto`` defers to ``$WANDB_MODE`` when
+    set, else goes online only when credentials exist (:func:`has_wandb_credentials`),
+    because an online init without them would prompt for a key or fail mid-sweep.
+    """
+    mode = _normalise_mode(requested)
+    reason = f"mode={mode}"
+    if mode == "auto":
+        env_mode = os.environ.get("WANDB_MODE", "").strip()
+        if env_mode and _normalise_mode(env_mode) != "auto":
+            mode, reason = _normalise_mode(env_mode), f"WANDB_MODE={env_mode}"
+        elif has_wandb_credentials():
+            mode = "online"
+        else:
+            mode, reason = "offline", "no credentials"
+    if mode == "offline" and announce:
+        print(offline_hint(run_dir, reason), file=sys.stderr, flush=True)
+    return mode
+
+
+# ---------------------------------------------------------------------------- wandb
+
+
+class WandbLogger:
+    """One W&B run per training run, flat config, metrics plotted against the training step.
+
+    ``reinit="finish_previous"`` makes every construction a fresh run even when
+    Hydra multirun executes several jobs in one process; :meth:`finish` should
+    still be called per job so each run gets its own exit code.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Mapping[str, Any],
+        run_dir: Path | str,
+        run_name: str,
+        group: str | None,
+        project: str = "brn-repro",
+        entity: str | None = None,
+        mode: str = "auto",
+        tags: list[str] | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        import wandb
+
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)  # wandb falls back to a temp dir otherwise
+        self.mode = resolve_wandb_mode(mode, run_dir=run_dir)
+        flat_config = {key: _jsonable(value) for key, value in flatten_config(config).items()}
+        self._run = wandb.init(
+            project=project,
+            entity=entity,
+            group=group,
+            name=run_name,
+            tags=list(tags) if tags else None,
+            config=flat_config,
+            dir=str(run_dir),
+            mode=self.mode,
+            reinit="finish_previous",
+            settings=wandb.Settings(**settings) if settings else None,
+        )
+        # Plot every metric against the training step we pass, not wandb's call counter.
+        self._run.define_metric("step")
+        self._run.define_metric("*", step_metric="step")
+        self._last_step: int | None = None
+        self._finished = False
+
+    @property
+    def run_id(self) -> str:
+        return self._run.id
+
+    @property
+    def sync_dir(self) -> Path:
+        """``<run_dir>/wandb/offline-run-<time>-<id>`` (or ``run-...`` online): what ``wandb sync`` takes."""
+        return Path(self._run.settings.sync_dir)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Log one history row at ``step``; several calls with the same step merge into one row."""
+        step = int(step)
+        self._run.log({**metrics, "step": step}, step=step)
+        self._last_step = step
+
+    def _commit_pending_row(self) -> None:
+        """Write out the buffered row of the last step.
+
+        wandb holds a row open until a larger step arrives; if it were written
+        only at finish, its values (e.g. the last eval's ``test_acc``) would
+        overwrite the final summary written just before.
+        """
+        if self._last_step is not None:
+            self._run.log({}, step=self._last_step, commit=True)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """Set the run's final summary (status, test_acc, ...); these win over the last history row."""
+        self._commit_pending_row()
+        self._run.summary.update(_jsonable(scrub_secrets(values)))
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the run (a nonzero exit code marks it failed in W&B); safe to call twice."""
+        if self._finished:
+            return
+        self._finished = True
+        self._run.finish(exit_code=exit_code)
+
+
+def build_logger(
+    kind: str,
+    *,
+    config: dict,
+    run_dir: Path,
+    run_name: str,
+    group: str | None,
+    project: str = "brn-repro",
+    entity: str | None = None,
+    mode: str = "auto",
+    tags: list[str] | None = None,
+) -> RunLogger:
+    """The logger named by ``conf/logger/<kind>.yaml``: ``none`` or ``wandb``."""
+    if kind == "none":
+        return NullLogger()
+    if kind == "wandb":
+        return WandbLogger(
+            config=config,
+            run_dir=run_dir,
+            run_name=run_name,
+            group=group,
+            project=project,
+            entity=entity,
+            mode=mode,
+            tags=tags,
+        )
+    raise ValueError(f"unknown logger kind {kind!r}; expected one of {LOGGER_KINDS}")

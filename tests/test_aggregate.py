@@ -1,0 +1,120 @@
+"""Aggregation on synthetic run records with known values: summaries, verdicts, figures, report."""
+
+import pandas as pd
+import pytest
+
+from brn_repro.aggregate import aggregate, load_runs, summarize
+from brn_repro.claims import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    NOT_RUN,
+    REPRODUCED,
+    Stats,
+    beats,
+    evaluate_claims,
+    matches,
+)
+from brn_repro.records import RunRecord
+
+
+def write_run(root, experiment, norm, seed, acc, pwb=32, sampler="iid", status="completed",
+              train_acc=None, extra_norm=None, steps=(100, 200)):
+    config = {"experiment": experiment, "profile_name": "quick", "seed": seed,
+              "dataset": {"name": "fashion_mnist"}, "model": {"name": "small_cnn"},
+              "norm": {"type": norm, **(extra_norm or {})}, "sampler": {"type": sampler},
+              "data": {"per_worker_batch": pwb, "workers": 64 // pwb}, "train": {"steps": steps[-1]}}
+    record = RunRecord(root, config)
+    record.start()
+    for i, step in enumerate(steps):
+        if status == "diverged" and i == len(steps) - 1:
+            break
+        record.log_metrics({"step": step, "test_acc": acc * (i + 1) / len(steps), "loss": 1.0 / (i + 1),
+                            "train_acc": train_acc or acc, "weight_norm": 10.0 + i,
+                            "norm/mean/r_clip_frac": 0.1, "norm/mean/d_clip_frac": 0.0})
+    record.write_summary({"status": status, "test_acc": acc if status == "completed" else None,
+                          "train_acc": train_acc or acc, "minibatch_stats_acc": None,
+                          "best_test_acc": acc, "steps_done": steps[-1], "wall_seconds": 1.0,
+                          "diverged_step": steps[-1] if status == "diverged" else None,
+                          "images_per_second": 100.0})
+
+
+def test_verdict_rules_cover_every_kind():
+    assert beats(Stats(80, 1, 3), Stats(70, 1, 3)) == REPRODUCED
+    assert beats(Stats(70, 1, 3), Stats(80, 1, 3)) == NOT_REPRODUCED
+    assert beats(Stats(80.5, 2, 3), Stats(80, 2, 3)) == INCONCLUSIVE
+    assert beats(Stats(90, float("nan"), 1), Stats(10, 1, 3)) == INCONCLUSIVE  # one seed
+    assert beats(Stats(float("nan"), float("nan"), 0), Stats(80, 1, 3)) == NOT_RUN
+    assert matches(Stats(79.5, 0.1, 3), Stats(80, 0.1, 3)) == REPRODUCED  # within one point
+    assert matches(Stats(70, 0.5, 3), Stats(80, 0.5, 3)) == NOT_REPRODUCED
+
+
+def test_summary_rows_have_known_means_and_count_divergence(tmp_path):
+    for seed, acc in enumerate([80.0, 82.0, 84.0]):
+        write_run(tmp_path, "fig1_baseline", "bn", seed, acc)
+    write_run(tmp_path, "fig1_baseline", "brn", 0, 90.0)
+    write_run(tmp_path, "fig1_baseline", "brn", 1, 0.0, status="diverged")
+    runs, curves = load_runs(tmp_path)
+    assert len(runs) == 5 and len(curves) == 3 * 2 + 2 + 1
+    summary = summarize(runs, ["norm.type"]).set_index("norm.type")
+    assert summary.loc["bn", "test_acc_mean"] == pytest.approx(82.0)
+    assert summary.loc["bn", "test_acc_std"] == pytest.approx(2.0)
+    assert summary.loc["bn", "n"] == 3 and summary.loc["brn", "n"] == 1
+    assert summary.loc["brn", "n_diverged"] == 1 and summary.loc["brn", "diverged_steps"] == "200"
+
+
+def make_all_experiments(root):
+    for seed in range(3):
+        jitter = seed * 0.1
+        # claim 1: BRN matches BN at 32 -> reproduced
+        write_run(root, "fig1_baseline", "bn", seed, 80 + jitter)
+        write_run(root, "fig1_baseline", "brn", seed, 80.2 + jitter)
+        # claim 2: at b=4 BRN clearly below BN (not reproduced); at b=1 clearly above
+        for norm, accs in (("bn", {32: 85, 4: 84, 1: 30}), ("brn", {32: 85, 4: 80, 1: 70})):
+            for pwb, acc in accs.items():
+                write_run(root, "fig2_small_batch", norm, seed, acc + jitter, pwb=pwb)
+        # claim 3: BRN noniid beats BN noniid and matches iid
+        write_run(root, "fig3_noniid", "bn", seed, 60 + jitter, pwb=8, sampler="noniid", train_acc=62)
+        write_run(root, "fig3_noniid", "brn", seed, 84.5 + jitter, pwb=8, sampler="noniid")
+        write_run(root, "fig3_noniid", "bn", seed, 85 + jitter, pwb=8, sampler="iid", train_acc=88)
+        # claim 4: 2 of 3 moving-average runs diverge
+        write_run(root, "moving_average_question", "moving_average", seed, 50,
+                  status="diverged" if seed < 2 else "completed", extra_norm={"momentum": 0.01})
+        write_run(root, "moving_average_question", "bn", seed, 85 + jitter)
+        for r_max in (1.0, 3.0):
+            for d_max in (0.0, 5.0):
+                write_run(root, "rd_schedule_ablation", "brn", seed, 70 + r_max + d_max, pwb=2,
+                          extra_norm={"r_max": r_max, "d_max": d_max})
+
+
+def test_claims_on_synthetic_records_give_the_expected_verdicts(tmp_path):
+    make_all_experiments(tmp_path)
+    runs, _ = load_runs(tmp_path)
+    claims = {c.key: c for c in evaluate_claims(runs)}
+    assert claims["1"].verdict == REPRODUCED
+    rows = {label: verdict for label, _, _, verdict in claims["2"].rows}
+    assert rows["BRN > BN at per-worker batch 4"] == NOT_REPRODUCED
+    assert rows["BRN > BN at per-worker batch 1"] == REPRODUCED
+    assert claims["2"].verdict == "partly reproduced"
+    assert claims["3"].verdict == REPRODUCED
+    assert claims["4"].verdict == REPRODUCED and claims["4"].ours.startswith("2 of 3")
+    empty = evaluate_claims(runs[runs["experiment"] == "fig1_baseline"])
+    assert [c.verdict for c in empty[1:]] == [NOT_RUN] * 3
+
+
+def test_aggregate_writes_summaries_figures_and_report(tmp_path):
+    make_all_experiments(tmp_path / "runs")
+    report = aggregate(tmp_path / "runs", tmp_path / "results", wall_seconds=123.0)
+    text = report.read_text()
+    for experiment in ("fig1_baseline", "fig2_small_batch", "fig3_noniid",
+                       "moving_average_question", "rd_schedule_ablation"):
+        summary = pd.read_csv(tmp_path / "results" / experiment / "summary.csv")
+        assert summary["n"].sum() + summary["n_diverged"].sum() > 0
+        assert f"![test_acc_vs_step]({experiment}/test_acc_vs_step.png)" in text
+        assert (tmp_path / "results" / experiment / "test_acc_vs_step.png").stat().st_size > 5000
+    assert (tmp_path / "results" / "rd_schedule_ablation" / "rmax_dmax_heatmap.png").exists()
+    assert (tmp_path / "results" / "moving_average_question" / "weight_norm_vs_step.png").exists()
+    assert "| 1 | At normal batch sizes BRN matches" in text and "**reproduced**" in text
+    assert "2.0 min" in text  # the wall time given
+    heat = pd.read_csv(tmp_path / "results" / "rd_schedule_ablation" / "summary.csv")
+    cell = heat[(heat["norm.r_max"] == 3.0) & (heat["norm.d_max"] == 5.0)]
+    assert cell["test_acc_mean"].iloc[0] == pytest.approx(78.0)
