@@ -9,8 +9,12 @@ BIN := $(VENV)/bin
 #   make setup TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu126"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+# make reproduce PROFILE=cifar JOBS=1 THREADS=8: another profile, or another split of the cores
+PROFILE ?= quick
+JOBS ?= 2
+THREADS ?= 1
 
-.PHONY: help setup test test-slow test-all bench lint clean
+.PHONY: help setup data reproduce aggregate test test-slow test-all bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -22,6 +26,17 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 setup: $(STAMP)  ## create .venv and install the package (editable) with dev extras
+
+data: $(STAMP)  ## get the default dataset (Fashion-MNIST) and say where it is
+	$(BIN)/python scripts/get_data.py
+
+reproduce:  ## install, get the data, run the default reproduction, write results/
+	@start=$$(date +%s); $(MAKE) --no-print-directory data && \
+	$(BIN)/python scripts/reproduce.py --profile $(PROFILE) --jobs $(JOBS) --threads $(THREADS) \
+		--started-at $$start
+
+aggregate: $(STAMP)  ## re-aggregate existing run records into results/
+	$(BIN)/python -m brn_repro.aggregate --runs runs/$(PROFILE) --out results
 
 test: $(STAMP)  ## the fast test suite (CPU, minutes)
 	$(BIN)/python -m pytest -q

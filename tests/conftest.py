@@ -22,16 +22,21 @@ def write_idx(path, array):
 
 
 def learnable_images(n, num_classes=10, size=28, seed=0):
-    """Images whose class is a bright 6x6 patch at a class-specific place, plus noise:
+    """Images whose class is a stripe pattern (5 periods x 2 orientations) under noise:
     easy for a small CNN to learn, impossible to guess (chance is 1/num_classes)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, num_classes, n).astype(np.uint8)
-    images = rng.integers(0, 60, (n, size, size)).astype(np.uint8)
+    grid = np.arange(size)
+    images = np.empty((n, size, size), dtype=np.uint8)
     for i, label in enumerate(labels):
-        row, col = divmod(int(label), 4)
-        images[i, 2 + row * 8: 8 + row * 8, 2 + col * 6: 8 + col * 6] = 230
+        period, vertical = 2 + int(label) // 2, int(label) % 2
+        phase = rng.integers(0, period)
+        stripes = ((grid + phase) // max(period // 2, 1)) % 2 if period > 2 else (grid + phase) % 2
+        pattern = np.tile(stripes, (size, 1)) if vertical else np.tile(stripes[:, None], (1, size))
+        noise = rng.integers(0, 80, (size, size))
+        images[i] = np.clip(pattern * 150 + noise, 0, 255)
     return images, labels
 
 

@@ -1,5 +1,52 @@
-"""Models that take any normalization through a ``norm_layer`` factory."""
+"""Models that take any normalization through a ``norm_layer`` factory.
+
+``build_model(name, num_classes=, in_channels=, image_size=, norm_layer=, **options)``
+builds by name; ``check_model_input`` says, before anything is built, whether a
+model can take the dataset's images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
 
 from brn_repro.models.resnet_cifar import ResNetCifar
+from brn_repro.models.small_cnn import SmallCNN
+from brn_repro.models.torchvision_models import check_inception_input, inception_v3, resnet
+from brn_repro.norm.registry import NormFactory
 
-__all__ = ["ResNetCifar"]
+MODEL_NAMES = ("small_cnn", "resnet_cifar", "resnet18", "resnet50", "inception_v3")
+_OPTIONS = {"small_cnn": {"width"}, "resnet_cifar": {"depth", "width"},
+            "resnet18": {"small_input_stem"}, "resnet50": {"small_input_stem"}, "inception_v3": set()}
+
+
+def check_model_input(name: str, *, image_size: int, in_channels: int, dataset: str = "the dataset",
+                      **options: Any) -> None:
+    """One-line ValueError for an unknown model, option, or an input it cannot take."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"model={name!r} is not a model; use one of {', '.join(MODEL_NAMES)}")
+    unknown = sorted(set(options) - _OPTIONS[name])
+    if unknown:
+        raise ValueError(f"model.{unknown[0]} is not an option of model={name}; "
+                         f"it takes {sorted(_OPTIONS[name]) or 'none'}")
+    if in_channels < 1 or image_size < 4:
+        raise ValueError(f"model={name} cannot take {in_channels}-channel {image_size}x{image_size} images")
+    if name == "inception_v3":
+        check_inception_input(image_size, dataset)
+
+
+def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int,
+                norm_layer: NormFactory, **options: Any) -> nn.Module:
+    check_model_input(name, image_size=image_size, in_channels=in_channels, **options)
+    if name == "small_cnn":
+        return SmallCNN(num_classes, in_channels, norm_layer=norm_layer, **options)
+    if name == "resnet_cifar":
+        return ResNetCifar(num_classes=num_classes, in_channels=in_channels, norm_layer=norm_layer,
+                           **options)
+    if name in ("resnet18", "resnet50"):
+        return resnet(name, num_classes, in_channels, image_size, norm_layer, **options)
+    return inception_v3(num_classes, in_channels, image_size, norm_layer)
+
+
+__all__ = ["MODEL_NAMES", "ResNetCifar", "SmallCNN", "build_model", "check_model_input"]

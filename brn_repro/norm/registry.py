@@ -74,6 +74,10 @@ def _limits(options: dict[str, Any]) -> None:
     r_end = options.pop("r_max_end_step", None)
     d_end = options.pop("d_max_end_step", None)
     for key, first, end_step in (("r_max", 1.0, r_end), ("d_max", 0.0, d_end)):
+        value = options.get(key)
+        if isinstance(value, int | float) and value < first:
+            raise ValueError(f"norm.{key}={value} must be >= {first:g} "
+                             f"({key} = {first:g} is plain batchnorm)")
         if key in options and isinstance(options[key], int | float) and end_step is not None:
             options[key] = _ramp(shape, first, options[key], start, end_step, f"{key}_end_step")
         elif key in options and not isinstance(options[key], int | float):

@@ -1,0 +1,128 @@
+"""Which examples make each step's global batch.
+
+A step's batch is ``workers x per_worker_batch`` indices laid out worker-major
+(indices ``[w*b:(w+1)*b]`` are worker w's), so batch-statistics norms with
+``per_worker_batch=b`` normalize exactly the workers' minibatches. All draws come
+from one seeded ``torch.Generator`` whose state is saved in checkpoints: a
+resumed run sees the same batches as an uninterrupted one.
+
+- ``iid``: shuffled without replacement, reshuffled every epoch.
+- ``noniid``: the paper's recipe (section 4, Fig 3): each per-worker batch is
+  ``labels_per_batch`` labels drawn with replacement, ``images_per_label``
+  distinct images of each.
+- ``noniid_split``: the paper's "batchnorm on half-minibatches" control: the same
+  batches, but each label's images are split across the two halves of the
+  per-worker batch; the runner then normalizes each half on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class Sampler:
+    def __init__(self, labels: Tensor, workers: int, per_worker_batch: int, seed: int):
+        self.labels, self.workers, self.per_worker_batch = labels, workers, per_worker_batch
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def global_batch(self) -> int:
+        return self.workers * self.per_worker_batch
+
+    def next(self) -> Tensor:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class IIDSampler(Sampler):
+    def __init__(self, labels: Tensor, workers: int, per_worker_batch: int, seed: int):
+        super().__init__(labels, workers, per_worker_batch, seed)
+        if self.global_batch > len(labels):
+            raise ValueError(f"the global batch of {self.global_batch} (data.workers x "
+                             f"data.per_worker_batch) exceeds the {len(labels)} training examples")
+        self.order, self.position = torch.randperm(len(labels), generator=self.generator), 0
+
+    def next(self) -> Tensor:
+        if self.position + self.global_batch > len(self.order):
+            self.order, self.position = torch.randperm(len(self.labels), generator=self.generator), 0
+        batch = self.order[self.position:self.position + self.global_batch]
+        self.position += self.global_batch
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "order": self.order, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.order, self.position = state["order"], int(state["position"])
+
+
+class NonIIDSampler(Sampler):
+    def __init__(self, labels: Tensor, workers: int, per_worker_batch: int, seed: int,
+                 labels_per_batch: int, images_per_label: int):
+        super().__init__(labels, workers, per_worker_batch, seed)
+        if labels_per_batch * images_per_label != per_worker_batch:
+            raise ValueError(
+                f"data.per_worker_batch={per_worker_batch} must equal sampler.labels_per_batch x "
+                f"sampler.images_per_label = {labels_per_batch} x {images_per_label}")
+        self.labels_per_batch, self.images_per_label = labels_per_batch, images_per_label
+        self.by_label = torch.argsort(labels, stable=True)
+        self.num_classes = int(labels.max()) + 1
+        self.counts = torch.bincount(labels, minlength=self.num_classes)
+        self.offsets = torch.cumsum(self.counts, 0) - self.counts
+        short = int(self.counts.min())
+        if short < images_per_label:
+            raise ValueError(f"sampler.images_per_label={images_per_label} exceeds the {short} "
+                             "examples of the rarest label")
+
+    def draw(self, groups: int) -> Tensor:
+        """(groups, labels_per_batch, images_per_label) indices."""
+        shape = (groups, self.labels_per_batch)
+        drawn = torch.randint(self.num_classes, shape, generator=self.generator)
+        counts = self.counts[drawn].unsqueeze(-1)
+        u = torch.rand(*shape, self.images_per_label, generator=self.generator)
+        positions = (u * counts).long()
+        # distinct images of a label: redraw the (rare) rows with a repeat
+        if self.images_per_label > 1:
+            sorted_positions = positions.sort(-1).values
+            repeats = (sorted_positions[..., 1:] == sorted_positions[..., :-1]).any(-1)
+            for g, slot in repeats.nonzero().tolist():
+                count = int(self.counts[drawn[g, slot]])
+                positions[g, slot] = torch.randperm(count, generator=self.generator)[:self.images_per_label]
+        return self.by_label[self.offsets[drawn].unsqueeze(-1) + positions]
+
+    def next(self) -> Tensor:
+        return self.draw(self.workers).reshape(-1)
+
+
+class NonIIDSplitSampler(NonIIDSampler):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.images_per_label % 2:
+            raise ValueError(f"sampler.images_per_label={self.images_per_label} must be even for "
+                             "noniid_split (each label's images are split across the halves)")
+
+    def next(self) -> Tensor:
+        idx = self.draw(self.workers)  # (W, L, I)
+        half = self.images_per_label // 2
+        # worker w: [first half of every label's images | second half of every label's images]
+        return torch.cat([idx[..., :half].reshape(self.workers, -1),
+                          idx[..., half:].reshape(self.workers, -1)], dim=1).reshape(-1)
+
+
+def build_sampler(kind: str, labels: Tensor, workers: int, per_worker_batch: int, seed: int,
+                  labels_per_batch: int | None = None, images_per_label: int | None = None) -> Sampler:
+    if kind == "iid":
+        return IIDSampler(labels, workers, per_worker_batch, seed)
+    cls = {"noniid": NonIIDSampler, "noniid_split": NonIIDSplitSampler}.get(kind)
+    if cls is None:
+        raise ValueError(f"sampler.type={kind!r} is not a sampler; use iid, noniid or noniid_split")
+    return cls(labels, workers, per_worker_batch, seed, labels_per_batch, images_per_label)

@@ -1,0 +1,184 @@
+"""Train one configuration end to end; with ``-m``, a Hydra sweep of them.
+
+    python -m brn_repro.train norm=brn data.per_worker_batch=4 data.workers=16
+    python -m brn_repro.train -m norm=bn,brn data.per_worker_batch=1,2,4,32
+
+A global batch of ``data.workers x data.per_worker_batch`` examples goes through
+the model in one call; batch-statistics norms normalize it in groups of the
+per-worker batch (the paper's synchronized workers), the gradient is over all of
+it. The run leaves one record (``brn_repro.records``); re-running a finished
+config does nothing, an interrupted one resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any
+
+import hydra
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from brn_repro.config import (
+    ConfigError,
+    build_lr_schedule,
+    build_optimizer,
+    norm_factory,
+    relaxation_warning,
+    validate,
+)
+from brn_repro.data import DatasetError, TrainingData
+from brn_repro.evaluate import WeightEMA, accuracy, minibatch_stats_accuracy
+from brn_repro.loggers import build_logger
+from brn_repro.models import build_model, check_model_input
+from brn_repro.norm import norm_diagnostics
+from brn_repro.records import RunRecord, run_name
+
+
+def weight_norm(model: torch.nn.Module) -> float:
+    return math.sqrt(sum(p.detach().pow(2).sum().item() for p in model.parameters()))
+
+
+def prepare(config: dict[str, Any]) -> tuple[RunRecord, TrainingData, torch.nn.Module]:
+    """Everything that can fail on bad input, before any training or any record."""
+    validate(config)
+    model_options = {k: v for k, v in config["model"].items() if k != "name"}
+    data = TrainingData(config)  # finds the dataset; one-line DatasetError when it can't
+    check_model_input(config["model"]["name"], image_size=data.image_size,
+                      in_channels=data.in_channels, **model_options)
+    torch.manual_seed(config["seed"])
+    model = build_model(config["model"]["name"], num_classes=data.num_classes,
+                        in_channels=data.in_channels, image_size=data.image_size,
+                        norm_layer=norm_factory(config), **model_options)
+    return RunRecord(config["paths"]["runs"], config), data, model
+
+
+def evaluate(model, ema, data: TrainingData, config) -> dict[str, float]:
+    net = ema.model if ema is not None else model
+    test_acc, test_loss = accuracy(net, data.test_batches())
+    train_acc, _ = accuracy(net, data.train_subset_batches())
+    row = {"test_acc": test_acc, "test_loss": test_loss, "train_acc": train_acc}
+    if config["train"]["minibatch_stats_eval"]:
+        row["minibatch_stats_acc"] = minibatch_stats_accuracy(net, data.noniid_test_batches())
+    return row
+
+
+def run(config: dict[str, Any]) -> dict[str, Any]:
+    """Train ``config`` (a resolved config as a plain dict); returns the run's summary."""
+    if config["train"].get("threads"):
+        torch.set_num_threads(config["train"]["threads"])
+    record, data, model = prepare(config)
+    done = record.summary()
+    if done is not None:
+        print(f"already {done['status']}: {record.dir} (test_acc {done['test_acc']}); nothing to do")
+        return done
+    if note := relaxation_warning(config):
+        print(note, file=sys.stderr)
+    train = config["train"]
+    optimizer = build_optimizer(config, model.parameters())
+    scheduler = build_lr_schedule(config, optimizer)
+    ema = WeightEMA(model, train["ema_decay"]) if train.get("ema_decay") else None
+    start, best, wall_before = 0, -1.0, 0.0
+    if record.has_checkpoint():
+        state = record.load_checkpoint()
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        data.load_state_dict(state["data"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        start, best, wall_before = state["step"], state["best_test_acc"], state["wall_seconds"]
+        record.truncate_metrics(start)
+        print(f"resuming {record.dir} from step {start}")
+    else:
+        record.start()
+    name = run_name(config)
+    logger = build_logger(config["logger"]["kind"], config=config, run_dir=record.dir,
+                          run_name=name, group=config["experiment"],
+                          **{k: v for k, v in config["logger"].items() if k != "kind"})
+
+    def checkpoint(step: int, wall: float) -> None:
+        record.save_checkpoint({
+            "step": step, "best_test_acc": best, "wall_seconds": wall,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "data": data.state_dict(),
+            "ema": ema.state_dict() if ema is not None else {},
+        })
+
+    model.train()
+    status, diverged_step, last = "completed", None, {}
+    t0, window_start, window_steps = time.perf_counter(), time.perf_counter(), 0
+    bar = tqdm(total=train["steps"], initial=start, desc=name, unit="step",
+               disable=not train.get("progress", True), dynamic_ncols=True)
+    step = start
+    for step in range(start + 1, train["steps"] + 1):
+        x, y = data.train_batch()
+        loss = F.cross_entropy(model(x), y)
+        if not torch.isfinite(loss):
+            status, diverged_step = "diverged", step
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(model)
+        window_steps += 1
+        bar.update(1)
+        if step % train["eval_every"] == 0 or step == train["steps"]:
+            images_per_second = window_steps * data.global_batch / (time.perf_counter() - window_start)
+            row = {"step": step, "loss": loss.item(), **evaluate(model, ema, data, config),
+                   "lr": scheduler.get_last_lr()[0], "weight_norm": weight_norm(model),
+                   "images_per_second": images_per_second, **norm_diagnostics(model)}
+            best = max(best, row["test_acc"])
+            record.log_metrics(row)
+            logger.log(row, step)
+            last = row
+            bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['test_acc']:.1f}",
+                            img_s=f"{images_per_second:.0f}")
+            model.train()
+            window_start, window_steps = time.perf_counter(), 0
+        if step % train["checkpoint_every"] == 0 or step == train["steps"]:
+            checkpoint(step, wall_before + time.perf_counter() - t0)
+    bar.close()
+    wall = wall_before + time.perf_counter() - t0
+    steps_done = (diverged_step - 1) if diverged_step else step
+    summary = {
+        "status": status,
+        "name": name,
+        "run_dir": str(record.dir),
+        "steps_done": steps_done,
+        "diverged_step": diverged_step,
+        "test_acc": last.get("test_acc") if status == "completed" else None,
+        "train_acc": last.get("train_acc") if status == "completed" else None,
+        "minibatch_stats_acc": last.get("minibatch_stats_acc") if status == "completed" else None,
+        "best_test_acc": best if best >= 0 else None,
+        "wall_seconds": round(wall, 2),
+        "images_per_second": round((steps_done - start) * data.global_batch
+                                   / max(time.perf_counter() - t0, 1e-9), 1),
+    }
+    if status == "diverged":
+        print(f"diverged at step {diverged_step} (loss {loss.item()}): recorded in {record.summary_path}")
+    record.write_summary(summary)
+    logger.summary(summary)
+    logger.finish()
+    return summary
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    config = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        summary = run(config)
+    except (ConfigError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return summary.get("test_acc")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""`make reproduce`: run the paper's experiments as Hydra sweeps, then aggregate.
+
+For each experiment this expands its sweep (conf/experiment/<name>.yaml,
+``hydra.sweeper.params``) with the chosen profile, skips it when every run is
+already recorded, and otherwise launches it as a Hydra multirun on the joblib
+launcher while a progress bar counts finished runs across the whole
+reproduction. Interrupted, it resumes: finished runs are skipped by the runner,
+unfinished ones continue from their checkpoints. At the end it aggregates the
+records into results/ (summaries, figures, REPORT.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+import brn_repro.config  # noqa: F401  (registers the config resolvers)
+from brn_repro.records import RunRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ("fig1_baseline", "fig2_small_batch", "fig3_noniid", "batch_size_sweep",
+               "rd_schedule_ablation", "moving_average_question")
+
+
+def expand(experiment: str, base: list[str]) -> list[dict]:
+    """Every resolved run config of one experiment's sweep."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        head = compose("config", overrides=[f"+experiment={experiment}", *base],
+                       return_hydra_config=True)
+        params = OmegaConf.to_container(head.hydra.sweeper.params) or {}
+        axes = [[f"{key}={value.strip()}" for value in str(values).split(",")]
+                for key, values in params.items()]
+        configs = []
+        for combo in itertools.product(*axes):
+            cfg = compose("config", overrides=[f"+experiment={experiment}", *base, *combo])
+            configs.append(OmegaConf.to_container(cfg, resolve=True))
+    return configs
+
+
+def watch(records: list[RunRecord], bar: tqdm, stop: threading.Event) -> None:
+    while not stop.wait(5.0):
+        bar.n = sum(r.summary_path.exists() for r in records)
+        bar.refresh()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel runs (joblib)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--runs", default=None, help="run records root (default runs/<profile>)")
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--experiments", default=" ".join(EXPERIMENTS))
+    parser.add_argument("--launcher", default="local", help="hydra/launcher: local (joblib) or slurm")
+    parser.add_argument("--started-at", type=float, default=None,
+                        help="epoch seconds when `make reproduce` began (install included)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+    args = parser.parse_args()
+    runs = args.runs or f"runs/{args.profile}"
+    start = time.time() if args.started_at is None else args.started_at
+    base = [f"profile={args.profile}", f"paths.runs={runs}", f"train.threads={args.threads}",
+            *args.overrides]
+    plan = {name: expand(name, base) for name in args.experiments.split()}
+    records = {name: [RunRecord(runs, c) for c in configs] for name, configs in plan.items()}
+    every = [r for rs in records.values() for r in rs]
+    todo = [name for name, rs in records.items() if not all(r.summary_path.exists() for r in rs)]
+    print(f"profile {args.profile}: {len(every)} runs in {len(plan)} experiments, "
+          f"{sum(r.summary_path.exists() for r in every)} already recorded; "
+          f"{args.jobs} jobs x {args.threads} threads")
+    bar = tqdm(total=len(every), initial=sum(r.summary_path.exists() for r in every),
+               desc="reproduction", unit="run", dynamic_ncols=True, file=sys.stdout)
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch, args=(every, bar, stop), daemon=True)
+    watcher.start()
+    failed = []
+    for name in todo:
+        bar.set_postfix_str(name)
+        command = [sys.executable, "-m", "brn_repro.train", "-m", f"+experiment={name}", *base,
+                   f"hydra/launcher={args.launcher}"]
+        if args.launcher == "local":
+            command.append(f"hydra.launcher.n_jobs={args.jobs}")
+        log = Path(runs) / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as out:
+            result = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        if result.returncode != 0:
+            failed.append(name)
+            tqdm.write(f"{name}: the sweep exited with {result.returncode}; see {log}")
+    stop.set()
+    watcher.join()
+    bar.n = sum(r.summary_path.exists() for r in every)
+    bar.close()
+    from brn_repro.aggregate import aggregate
+
+    wall = time.time() - start
+    report = aggregate(runs, args.out, wall_seconds=wall)
+    print(f"wrote {report}; wall time {wall / 60:.1f} min")
+    if failed:
+        sys.exit(f"experiments with failed sweeps: {', '.join(failed)} (their finished runs are "
+                 "in the report; run make reproduce again to resume)")
+
+
+if __name__ == "__main__":
+    main()

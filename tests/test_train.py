@@ -1,0 +1,143 @@
+"""The runner end to end on a tiny learnable dataset in the real IDX format."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from brn_repro.config import ConfigError
+from brn_repro.records import RunRecord
+from brn_repro.train import run
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def make_config(tmp_path, root, *overrides):
+    chosen = dict(o.split("=", 1) for o in overrides if "=" in o and "." not in o.split("=")[0])
+    base = [
+        f"dataset.root={root}", "dataset.download=false", "logger=none", f"paths.runs={tmp_path}",
+        "train.steps=60", "train.eval_every=20", "train.checkpoint_every=20", "train.progress=false",
+        "data.per_worker_batch=8", "data.workers=4", "data.train_eval_size=200",
+        "train.eval_batch=300", "optim.lr=0.1",
+    ]
+    if chosen.get("model", "small_cnn") == "small_cnn":
+        base.append("model.width=8")
+    if chosen.get("norm", "bn") in ("bn", "brn", "moving_average"):
+        base.append("norm.momentum=0.1")  # the paper's 0.01 needs more than 60 steps
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=base + list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("norm", ["bn", "brn", "moving_average"])
+def test_short_run_learns_and_writes_a_record(tmp_path, tiny_fashion_mnist, norm):
+    extra = ["norm.relax_start=10", "norm.r_max_end_step=40", "norm.d_max_end_step=30"] if norm == "brn" else []
+    config = make_config(tmp_path, tiny_fashion_mnist, f"norm={norm}", *extra)
+    summary = run(config)
+    record = RunRecord(tmp_path, config)
+    rows = record.read_metrics()
+    assert [r["step"] for r in rows] == [20, 40, 60]
+    assert summary["status"] == "completed" and summary["steps_done"] == 60
+    assert summary == json.loads(record.summary_path.read_text())
+    assert summary["test_acc"] == rows[-1]["test_acc"] > 50.0  # chance is 10%
+    assert record.checkpoint_path.exists() and record.config_path.exists()
+    if norm == "brn":
+        assert rows[-1]["norm/mean/r_max"] > 1.0 and "norm/mean/d_clip_frac" in rows[-1]
+
+
+def test_untrained_model_scores_near_chance(tmp_path, tiny_fashion_mnist):
+    from brn_repro.evaluate import accuracy
+    from brn_repro.train import prepare
+
+    config = make_config(tmp_path, tiny_fashion_mnist)
+    _, data, model = prepare(config)
+    acc, _ = accuracy(model, data.test_batches())
+    assert acc < 30.0
+
+
+def test_interrupted_run_resumes_bit_identically(tmp_path, tiny_fashion_mnist, monkeypatch):
+    import brn_repro.data as data_module
+
+    straight = make_config(tmp_path / "a", tiny_fashion_mnist, "norm=brn", "norm.relax_start=10",
+                           "norm.r_max_end_step=40", "norm.d_max_end_step=30")
+    expected = run(straight)
+
+    resumed = make_config(tmp_path / "b", tiny_fashion_mnist, "norm=brn", "norm.relax_start=10",
+                          "norm.r_max_end_step=40", "norm.d_max_end_step=30")
+    original = data_module.TrainingData.train_batch
+    calls = {"n": 0}
+
+    def interrupt_after_30(self):
+        calls["n"] += 1
+        if calls["n"] > 30:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(data_module.TrainingData, "train_batch", interrupt_after_30)
+    with pytest.raises(KeyboardInterrupt):
+        run(resumed)
+    record = RunRecord(tmp_path / "b", resumed)
+    assert record.summary() is None and torch.load(record.checkpoint_path)["step"] == 20
+    monkeypatch.setattr(data_module.TrainingData, "train_batch", original)
+    got = run(resumed)
+
+    assert got["test_acc"] == expected["test_acc"]
+    timing = ("images_per_second",)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    assert strip(record.read_metrics()) == strip(RunRecord(tmp_path / "a", straight).read_metrics())
+    a = RunRecord(tmp_path / "a", straight).load_checkpoint()["model"]
+    b = record.load_checkpoint()["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rerunning_a_completed_run_does_nothing(tmp_path, tiny_fashion_mnist, capsys):
+    config = make_config(tmp_path, tiny_fashion_mnist, "train.steps=20")
+    first = run(config)
+    record = RunRecord(tmp_path, config)
+    stamp = {p: p.stat().st_mtime_ns for p in record.dir.iterdir()}
+    capsys.readouterr()
+    second = run(config)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert second == first
+    assert len(out) == 1 and out[0].startswith("already completed")
+    assert stamp == {p: p.stat().st_mtime_ns for p in record.dir.iterdir()}
+
+
+def test_divergence_is_a_recorded_result(tmp_path, tiny_fashion_mnist):
+    config = make_config(tmp_path, tiny_fashion_mnist, "norm=none", "optim.lr=1e12",
+                         "optim.weight_decay=0", "train.lr_schedule=constant")
+    summary = run(config)
+    assert summary["status"] == "diverged"
+    assert 1 <= summary["diverged_step"] <= 60 and summary["test_acc"] is None
+    assert RunRecord(tmp_path, config).summary()["status"] == "diverged"
+
+
+@pytest.mark.parametrize("override,needle", [
+    (["norm=brn", "norm.r_max=0.5"], "r_max=0.5"),
+    (["norm=brn", "norm.d_max=-1"], "d_max=-1"),
+    (["sampler=noniid", "sampler.labels_per_batch=3"], "data.per_worker_batch=8"),
+    (["data.per_worker_batch=0"], "data.per_worker_batch=0"),
+    (["model=inception_v3"], "inception_v3"),
+    (["norm.type=batchnorm"], "norm.type='batchnorm'"),
+    (["optim.name=lbfgs"], "optim.name='lbfgs'"),
+])
+def test_config_mistakes_fail_before_training_in_one_line(tmp_path, tiny_fashion_mnist, override, needle):
+    config = make_config(tmp_path, tiny_fashion_mnist, *override)
+    with pytest.raises(ValueError) as err:
+        run(config)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    assert not any(tmp_path.iterdir())  # no half-written record
+
+
+def test_sampler_and_norm_groups_follow_the_config(tmp_path, tiny_fashion_mnist):
+    from brn_repro.config import norm_options
+
+    config = make_config(tmp_path, tiny_fashion_mnist, "sampler=noniid_split",
+                         "sampler.labels_per_batch=4", "sampler.images_per_label=2")
+    assert norm_options(config)["per_worker_batch"] == 4  # halves normalized on their own
+    with pytest.raises(ConfigError):
+        run(make_config(tmp_path, tiny_fashion_mnist, "sampler=noniid_split",
+                        "sampler.labels_per_batch=8", "sampler.images_per_label=1"))
