@@ -13,6 +13,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= quick
 JOBS ?= 2
 THREADS ?= 1
+DATASET ?= fashion_mnist
 
 .PHONY: help setup data reproduce aggregate test test-slow test-all bench lint clean
 
@@ -28,7 +29,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)  ## create .venv and install the package (editable) with dev extras
 
 data: $(STAMP)  ## get the default dataset (Fashion-MNIST) and say where it is
-	$(BIN)/python scripts/get_data.py
+	$(BIN)/python scripts/get_data.py --dataset $(DATASET)
 
 reproduce:  ## install, get the data, run the default reproduction, write results/
 	@start=$$(date +%s); $(MAKE) --no-print-directory data && \

@@ -325,5 +325,9 @@ def build_logger(
             entity=entity,
             mode=mode,
             tags=tags,
+            # The runner's own progress bar and record say what happened; keep wandb's
+            # console wrapping and system sampling out of a CPU training loop.
+            settings={"quiet": True, "console": "off", "x_disable_stats": True,
+                      "save_code": False, "disable_git": True},
         )
     raise ValueError(f"unknown logger kind {kind!r}; expected one of {LOGGER_KINDS}")

@@ -43,18 +43,23 @@ def weight_norm(model: torch.nn.Module) -> float:
     return math.sqrt(sum(p.detach().pow(2).sum().item() for p in model.parameters()))
 
 
-def prepare(config: dict[str, Any]) -> tuple[RunRecord, TrainingData, torch.nn.Module]:
+def prepare(config: dict[str, Any]) -> tuple[TrainingData, torch.nn.Module]:
     """Everything that can fail on bad input, before any training or any record."""
-    validate(config)
     model_options = {k: v for k, v in config["model"].items() if k != "name"}
-    data = TrainingData(config)  # finds the dataset; one-line DatasetError when it can't
-    check_model_input(config["model"]["name"], image_size=data.image_size,
-                      in_channels=data.in_channels, **model_options)
+    try:
+        data = TrainingData(config)  # finds the dataset; one-line DatasetError when it can't
+        check_model_input(config["model"]["name"], image_size=data.image_size,
+                          in_channels=data.in_channels, dataset=config["dataset"]["name"],
+                          **model_options)
+    except DatasetError:
+        raise
+    except ValueError as err:  # a sampler or model that cannot take this data
+        raise ConfigError(str(err)) from None
     torch.manual_seed(config["seed"])
     model = build_model(config["model"]["name"], num_classes=data.num_classes,
                         in_channels=data.in_channels, image_size=data.image_size,
                         norm_layer=norm_factory(config), **model_options)
-    return RunRecord(config["paths"]["runs"], config), data, model
+    return data, model
 
 
 def evaluate(model, ema, data: TrainingData, config) -> dict[str, float]:
@@ -71,11 +76,13 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     """Train ``config`` (a resolved config as a plain dict); returns the run's summary."""
     if config["train"].get("threads"):
         torch.set_num_threads(config["train"]["threads"])
-    record, data, model = prepare(config)
+    validate(config)
+    record = RunRecord(config["paths"]["runs"], config)
     done = record.summary()
-    if done is not None:
+    if done is not None:  # before loading anything: re-running a finished sweep is quick
         print(f"already {done['status']}: {record.dir} (test_acc {done['test_acc']}); nothing to do")
         return done
+    data, model = prepare(config)
     if note := relaxation_warning(config):
         print(note, file=sys.stderr)
     train = config["train"]

@@ -53,7 +53,7 @@ def test_untrained_model_scores_near_chance(tmp_path, tiny_fashion_mnist):
     from brn_repro.train import prepare
 
     config = make_config(tmp_path, tiny_fashion_mnist)
-    _, data, model = prepare(config)
+    data, model = prepare(config)
     acc, _ = accuracy(model, data.test_batches())
     assert acc < 30.0
 

@@ -15,6 +15,7 @@ from brn_repro.data.sources import (
     DatasetNotFoundError,
     DatasetTensors,
     load_cifar,
+    find_fashion_mnist,
     load_fashion_mnist,
     read_idx,
 )
@@ -22,6 +23,6 @@ from brn_repro.data.sources import (
 __all__ = [
     "DEBIAN_FASHION_MNIST", "DatasetError", "DatasetNotFoundError", "DatasetTensors",
     "IIDSampler", "NonIIDSampler", "NonIIDSplitSampler", "TrainingData", "augment",
-    "build_sampler", "load_cifar", "load_fashion_mnist", "load_imagefolder", "load_tensors",
+    "build_sampler", "find_fashion_mnist", "load_cifar", "load_fashion_mnist", "load_imagefolder", "load_tensors",
     "read_idx",
 ]

@@ -113,15 +113,25 @@ def _from_idx(files: dict[str, Path]) -> DatasetTensors:
     )
 
 
-def load_fashion_mnist(root: str | Path | None, download: bool = True,
-                       cache: str | Path = "data") -> DatasetTensors:
-    looked = []
-    candidates = ([Path(root)] if root else []) + [DEBIAN_FASHION_MNIST, Path(cache)]
-    for directory in candidates:
-        looked.append(str(directory))
+def fashion_mnist_places(root: str | Path | None, cache: str | Path = "data") -> list[Path]:
+    """Where Fashion-MNIST is looked for, in order (the download goes to ``cache``)."""
+    return ([Path(root)] if root else []) + [DEBIAN_FASHION_MNIST, Path(cache)]
+
+
+def find_fashion_mnist(root: str | Path | None, cache: str | Path = "data") -> dict[str, Path] | None:
+    for directory in fashion_mnist_places(root, cache):
         files = _find_idx(directory)
         if files:
-            return _from_idx(files)
+            return files
+    return None
+
+
+def load_fashion_mnist(root: str | Path | None, download: bool = True,
+                       cache: str | Path = "data") -> DatasetTensors:
+    looked = [str(p) for p in fashion_mnist_places(root, cache)]
+    files = find_fashion_mnist(root, cache)
+    if files:
+        return _from_idx(files)
     reason = "download=false"
     if download:
         try:
