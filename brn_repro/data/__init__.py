@@ -14,8 +14,8 @@ from brn_repro.data.sources import (
     DatasetError,
     DatasetNotFoundError,
     DatasetTensors,
-    load_cifar,
     find_fashion_mnist,
+    load_cifar,
     load_fashion_mnist,
     read_idx,
 )
