@@ -126,3 +126,15 @@ def test_groups_run_as_one_vectorized_call(monkeypatch):
     monkeypatch.setattr(torch, "batch_norm_update_stats", lambda *a: calls.append(1) or original(*a))
     BatchRenorm2d(3, per_worker_batch=2)(torch.randn(64, 3, 4, 4))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("name", ["bn", "brn", "moving_average"])
+@pytest.mark.parametrize("b", [1, 2])
+def test_grouped_output_takes_inplace_relu_and_trains(name, b):
+    from brn_repro.norm import build_norm
+
+    layer = build_norm(name, per_worker_batch=b)(3)
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    y = torch.relu_(layer(x))
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

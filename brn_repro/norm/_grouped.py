@@ -115,7 +115,10 @@ class _GroupedBatchNorm(torch.autograd.Function):
         y = torch.native_batch_norm(x_grouped, w_eff, b_eff, mean, var, False, 0.0, eps)[0]
         ctx.save_for_backward(x_grouped, w_eff, mean, var_eps.rsqrt_(), r, d)
         ctx.groups, ctx.channels, ctx.eps = groups, channels, eps
-        return from_groups(y, groups, channels)
+        out = from_groups(y, groups, channels)
+        # With one example per group the layout change is a view of y, and autograd
+        # forbids in-place ops (ReLU(inplace=True)) on views made inside a Function.
+        return out.clone() if out._base is not None else out
 
     @staticmethod
     def backward(ctx, grad_out):
