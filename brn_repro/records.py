@@ -1,14 +1,19 @@
 """Run records: one directory per run, named from its resolved config.
 
-    <paths.runs>/<experiment>-<norm>-pwb<b>x<W>-<sampler>-s<seed>-<hash>/
+    <paths.runs>/<norm>-pwb<b>x<W>-<sampler>-s<seed>-<hash>/
         config.yaml      the resolved config (what the hash is of)
         metrics.jsonl    one JSON line per evaluation
         summary.json     written atomically at the end: status completed | diverged
         checkpoint.pt    every train.checkpoint_every steps and at the end
 
 A run's identity is its resolved config minus what cannot change its numbers
-(logger, paths, where the data lies, checkpoint cadence, progress bars), so
-re-running a finished config is a no-op and an interrupted one resumes.
+(the experiment that asked for it, logger, paths, where the data lies,
+checkpoint cadence, progress bars), so re-running a finished config is a no-op,
+an interrupted one resumes, and experiments that share a configuration share
+its run. Norms without batch statistics (gn, ln, in, none) on i.i.d. batches do
+not see how the global batch is split into workers, so for them only the global
+batch is part of the identity. A lock file keeps two processes from training
+the same run at once; the second waits for the first's summary.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import hashlib
 import json
 import os
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +33,7 @@ import yaml
 
 # Config keys that do not change a run's numbers, so they are not part of its identity.
 NON_IDENTITY_KEYS = (
-    "logger", "paths", "profile_name", "schedule", "noniid_recipe", "dataset.root", "dataset.download", "dataset.loader_workers",
+    "experiment", "logger", "paths", "profile_name", "schedule", "noniid_recipe", "dataset.root", "dataset.download", "dataset.loader_workers",
     "train.checkpoint_every", "train.threads", "train.progress",
 )
 
@@ -40,10 +48,21 @@ def _drop(config: dict[str, Any], dotted: str) -> None:
     node.pop(leaf, None)
 
 
+SPLIT_BLIND_NORMS = ("gn", "ln", "in", "none")
+
+
+def split_blind(config: dict[str, Any]) -> bool:
+    """True when the split of the global batch into workers cannot change the run."""
+    return config["norm"]["type"] in SPLIT_BLIND_NORMS and config["sampler"]["type"] == "iid"
+
+
 def identity(config: dict[str, Any]) -> dict[str, Any]:
     ident = json.loads(json.dumps(config))
     for key in NON_IDENTITY_KEYS:
         _drop(ident, key)
+    if split_blind(config):
+        data = ident["data"]
+        data["global_batch"] = data.pop("per_worker_batch") * data.pop("workers")
     return ident
 
 
@@ -55,12 +74,13 @@ def config_hash(config: dict[str, Any]) -> str:
 def run_name(config: dict[str, Any]) -> str:
     """A short readable name, e.g. ``brn-pwb4x16-iid-s0`` (also the W&B run name)."""
     data, norm = config["data"], config["norm"]
-    return f"{norm['type']}-pwb{data['per_worker_batch']}x{data['workers']}-" \
-           f"{config['sampler']['type']}-s{config['seed']}"
+    split = (f"gb{data['per_worker_batch'] * data['workers']}" if split_blind(config)
+             else f"pwb{data['per_worker_batch']}x{data['workers']}")
+    return f"{norm['type']}-{split}-{config['sampler']['type']}-s{config['seed']}"
 
 
 def run_dir_name(config: dict[str, Any]) -> str:
-    prefix = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config['experiment']}-{run_name(config)}")
+    prefix = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_name(config))
     return f"{prefix}-{config_hash(config)}"
 
 
@@ -89,6 +109,32 @@ class RunRecord:
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.exists()
+
+    @contextmanager
+    def lock(self, poll_seconds: float = 2.0) -> Iterator[bool]:
+        """Hold the run's lock; yields False after waiting for another live process
+        that held it (its summary is then the result). A lock left by a dead
+        process is taken over."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / "run.lock"
+        mine = path.with_name(f"run.lock.{os.getpid()}")
+        mine.write_text(str(os.getpid()))
+        waited = False
+        while True:
+            try:
+                os.link(mine, path)  # atomic: the lock appears with its owner's pid in it
+                break
+            except FileExistsError:
+                if not _alive(path):
+                    path.unlink(missing_ok=True)
+                    continue
+                waited = True
+                time.sleep(poll_seconds)
+        mine.unlink()
+        try:
+            yield not waited
+        finally:
+            path.unlink(missing_ok=True)
 
     # --- writing ---------------------------------------------------------------
     def start(self) -> None:
@@ -121,6 +167,17 @@ class RunRecord:
     def load_checkpoint(self) -> dict[str, Any]:
         # weights_only: a checkpoint is data, never code to run.
         return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+
+
+def _alive(lock: Path) -> bool:
+    try:
+        pid = int(lock.read_text() or "0")
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError, FileNotFoundError):
+        return False
+    except PermissionError:
+        return True
+    return pid != 0
 
 
 def find_records(root: str | Path) -> list[Path]:

@@ -85,6 +85,17 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     data, model = prepare(config)
     if note := relaxation_warning(config):
         print(note, file=sys.stderr)
+    with record.lock():
+        done = record.summary()
+        if done is not None:  # another process of the sweep trained this very config
+            print(f"already {done['status']} by another process: {record.dir}; nothing to do")
+            return done
+        return train_run(config, record, data, model)
+
+
+def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData,
+              model: torch.nn.Module) -> dict[str, Any]:
+    """The loop: train, evaluate, checkpoint, and leave the summary."""
     train = config["train"]
     optimizer = build_optimizer(config, model.parameters())
     scheduler = build_lr_schedule(config, optimizer)

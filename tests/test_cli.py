@@ -36,7 +36,7 @@ def test_two_job_multirun_gives_two_records_and_two_wandb_runs_equal_to_them(tmp
     done = train(tmp_path, tiny_fashion_mnist, "-m", "norm=bn,brn", "logger=wandb")
     assert done.returncode == 0, done.stderr[-2000:]
     run_dirs = sorted((tmp_path / "runs").iterdir())
-    assert [d.name.split("-")[1] for d in run_dirs] == ["bn", "brn"]
+    assert [d.name.split("-")[0] for d in run_dirs] == ["bn", "brn"]
     ids = set()
     for run_dir in run_dirs:
         (sync_dir,) = (run_dir / "wandb").glob("offline-run-*")
@@ -52,7 +52,7 @@ def test_two_job_multirun_gives_two_records_and_two_wandb_runs_equal_to_them(tmp
         state = read_final_state(wandb_file)
         summary = json.loads((run_dir / "summary.json").read_text())
         assert state["summary"]["test_acc"] == summary["test_acc"]
-        assert state["config"]["norm.type"] == run_dir.name.split("-")[1]
+        assert state["config"]["norm.type"] == run_dir.name.split("-")[0]
         assert state["config"]["data.per_worker_batch"] == 4
     assert len(ids) == 2
 

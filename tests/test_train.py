@@ -141,3 +141,22 @@ def test_sampler_and_norm_groups_follow_the_config(tmp_path, tiny_fashion_mnist)
     with pytest.raises(ConfigError):
         run(make_config(tmp_path, tiny_fashion_mnist, "sampler=noniid_split",
                         "sampler.labels_per_batch=8", "sampler.images_per_label=1"))
+
+
+def test_split_blind_norms_share_one_run_and_a_second_process_waits(tmp_path, tiny_fashion_mnist):
+    import multiprocessing
+
+    one = make_config(tmp_path, tiny_fashion_mnist, "norm=gn", "data.per_worker_batch=1",
+                      "data.workers=32", "train.steps=20")
+    other = make_config(tmp_path, tiny_fashion_mnist, "norm=gn", "data.per_worker_batch=32",
+                        "data.workers=1", "train.steps=20", "train.checkpoint_every=5")
+    assert RunRecord(tmp_path, one).dir == RunRecord(tmp_path, other).dir  # same run, by construction
+    bn_one = make_config(tmp_path, tiny_fashion_mnist, "data.per_worker_batch=1", "data.workers=32")
+    bn_other = make_config(tmp_path, tiny_fashion_mnist, "data.per_worker_batch=32", "data.workers=1")
+    assert RunRecord(tmp_path, bn_one).dir != RunRecord(tmp_path, bn_other).dir
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        first, second = pool.map(run, [one, other])
+    assert first == second and first["status"] == "completed"
+    assert len(RunRecord(tmp_path, one).read_metrics()) == 1  # trained once, not twice
+    assert not list(RunRecord(tmp_path, one).dir.glob("run.lock*"))
