@@ -30,6 +30,7 @@ CONDITIONS: dict[str, list[str]] = {
     "fig3_noniid": ["norm.type", "sampler.type"],
     "batch_size_sweep": ["norm.type", "data.per_worker_batch"],
     "rd_schedule_ablation": ["norm.r_max", "norm.d_max"],
+    "relaxation_length": ["norm.relax_start", "norm.r_max_end_step", "norm.d_max_end_step"],
     "moving_average_question": ["norm.type", "norm.momentum", "norm.momentum_start"],
 }
 SUMMARY_FIELDS = ("status", "test_acc", "train_acc", "minibatch_stats_acc", "best_test_acc",
@@ -37,12 +38,25 @@ SUMMARY_FIELDS = ("status", "test_acc", "train_acc", "minibatch_stats_acc", "bes
 METRICS = ("test_acc", "train_acc", "minibatch_stats_acc")
 
 
+MEMBERSHIP_FILE = "experiments.json"
+
+
+def _members(runs_root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(run directory, config) per member of each experiment. ``make reproduce`` writes
+    the membership (runs are shared between experiments and between split-blind
+    conditions); without it, each record counts for the experiment that wrote it."""
+    membership = runs_root / MEMBERSHIP_FILE
+    if membership.exists():
+        plan = json.loads(membership.read_text())
+        return [(Path(m["run_dir"]), m["config"]) for members in plan.values() for m in members]
+    return [(d, yaml.safe_load((d / "config.yaml").read_text())) for d in find_records(runs_root)]
+
+
 def load_runs(runs_root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs, curves): one row per run (flattened config + summary), and one row per
-    evaluation of every run (metrics.jsonl) tagged with its run directory."""
-    runs, curves = [], []
-    for run_dir in find_records(runs_root):
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    """(runs, curves): one row per run and experiment (flattened config + summary),
+    and one row per evaluation of every run (metrics.jsonl) tagged with its directory."""
+    runs, curves, seen = [], [], set()
+    for run_dir, config in _members(Path(runs_root)):
         row: dict[str, Any] = {k: v for k, v in flatten_config(config).items()
                                if not isinstance(v, list | dict)}
         summary_path = run_dir / "summary.json"
@@ -52,7 +66,8 @@ def load_runs(runs_root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         row["run_dir"] = str(run_dir)
         runs.append(row)
         metrics_path = run_dir / "metrics.jsonl"
-        if metrics_path.exists():
+        if metrics_path.exists() and str(run_dir) not in seen:
+            seen.add(str(run_dir))
             for line in metrics_path.read_text().splitlines():
                 if line:
                     curves.append({"run_dir": str(run_dir), **json.loads(line)})

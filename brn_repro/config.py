@@ -39,6 +39,7 @@ def _divide(total: int, part: int) -> int:
 #   data.workers: ${div:${data.global_batch},${data.per_worker_batch}}
 OmegaConf.register_new_resolver("div", _divide, replace=True)
 OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b), replace=True)
+OmegaConf.register_new_resolver("scale", lambda a, f: int(round(float(a) * float(f))), replace=True)
 
 
 def _positive_int(value: Any, key: str) -> None:

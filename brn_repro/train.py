@@ -62,9 +62,12 @@ def prepare(config: dict[str, Any]) -> tuple[TrainingData, torch.nn.Module]:
     return data, model
 
 
-def evaluate(model, ema, data: TrainingData, config) -> dict[str, float]:
+def evaluate(model, ema, data: TrainingData, config, final: bool) -> dict[str, float]:
+    """Accuracies in inference mode; intermediate evaluations may use a fixed test
+    subset (``train.eval_test_size``) to keep short runs cheap, the last uses all of it."""
     net = ema.model if ema is not None else model
-    test_acc, test_loss = accuracy(net, data.test_batches())
+    subset = None if final else config["train"].get("eval_test_size")
+    test_acc, test_loss = accuracy(net, data.test_batches(subset))
     train_acc, _ = accuracy(net, data.train_subset_batches())
     row = {"test_acc": test_acc, "test_loss": test_loss, "train_acc": train_acc}
     if config["train"]["minibatch_stats_eval"]:
@@ -149,7 +152,8 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData,
         bar.update(1)
         if step % train["eval_every"] == 0 or step == train["steps"]:
             images_per_second = window_steps * data.global_batch / (time.perf_counter() - window_start)
-            row = {"step": step, "loss": loss.item(), **evaluate(model, ema, data, config),
+            row = {"step": step, "loss": loss.item(),
+                   **evaluate(model, ema, data, config, final=step == train["steps"]),
                    "lr": scheduler.get_last_lr()[0], "weight_norm": weight_norm(model),
                    "images_per_second": images_per_second, **norm_diagnostics(model)}
             best = max(best, row["test_acc"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import subprocess
 import sys
 import threading
@@ -24,11 +25,12 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import brn_repro.config  # noqa: F401  (registers the config resolvers)
-from brn_repro.records import RunRecord
+from brn_repro.aggregate import MEMBERSHIP_FILE
+from brn_repro.records import RunRecord, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("fig1_baseline", "fig2_small_batch", "fig3_noniid", "batch_size_sweep",
-               "rd_schedule_ablation", "moving_average_question")
+               "rd_schedule_ablation", "relaxation_length", "moving_average_question")
 
 
 def expand(experiment: str, base: list[str]) -> list[dict]:
@@ -71,7 +73,12 @@ def main() -> None:
             *args.overrides]
     plan = {name: expand(name, base) for name in args.experiments.split()}
     records = {name: [RunRecord(runs, c) for c in configs] for name, configs in plan.items()}
-    every = [r for rs in records.values() for r in rs]
+    every = list({r.dir: r for rs in records.values() for r in rs}.values())  # shared runs once
+    membership = {name: [{"run_dir": str(r.dir), "config": c} for r, c in zip(records[name], configs,
+                                                                              strict=True)]
+                  for name, configs in plan.items()}
+    Path(runs).mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(runs) / MEMBERSHIP_FILE, json.dumps(membership))
     todo = [name for name, rs in records.items() if not all(r.summary_path.exists() for r in rs)]
     print(f"profile {args.profile}: {len(every)} runs in {len(plan)} experiments, "
           f"{sum(r.summary_path.exists() for r in every)} already recorded; "

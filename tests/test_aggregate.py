@@ -22,7 +22,8 @@ def write_run(root, experiment, norm, seed, acc, pwb=32, sampler="iid", status="
     config = {"experiment": experiment, "profile_name": "quick", "seed": seed,
               "dataset": {"name": "fashion_mnist"}, "model": {"name": "small_cnn"},
               "norm": {"type": norm, **(extra_norm or {})}, "sampler": {"type": sampler},
-              "data": {"per_worker_batch": pwb, "workers": 64 // pwb}, "train": {"steps": steps[-1]}}
+              "data": {"per_worker_batch": pwb, "workers": 64 // pwb},
+              "train": {"steps": steps[-1], "note": experiment}}  # distinct runs per experiment
     record = RunRecord(root, config)
     record.start()
     for i, step in enumerate(steps):

@@ -123,10 +123,15 @@ class TrainingData:
         yield from torch.utils.data.DataLoader(subset, batch_size=batch or self.eval_batch,
                                                num_workers=self.loader_workers)
 
-    def test_batches(self):
+    def test_batches(self, size: int | None = None):
+        """The test set, or a fixed subset of ``size`` examples (the same for every run)."""
+        idx = None
+        if size is not None and size < len(self.test_labels):
+            generator = torch.Generator().manual_seed(TRAIN_SUBSET_SEED)
+            idx = torch.randperm(len(self.test_labels), generator=generator)[:size]
         if self.streaming:
-            return self._stream_batches(self.val_set)
-        return self._memory_batches(self.tensors.test_x, self.tensors.test_y)
+            return self._stream_batches(self.val_set, idx)
+        return self._memory_batches(self.tensors.test_x, self.tensors.test_y, idx)
 
     def train_subset_batches(self):
         """A fixed training subset (same for every run) for train accuracy in inference mode."""

@@ -1,0 +1,64 @@
+"""Experiment configs compose with every profile; a miniature `make reproduce` end to end."""
+
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import brn_repro.config  # noqa: F401  (resolvers)
+from brn_repro.config import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+PROFILES = sorted(p.stem for p in (ROOT / "conf" / "profile").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_with_every_profile(experiment, profile):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        head = compose("config", overrides=[f"+experiment={experiment}", f"profile={profile}"],
+                       return_hydra_config=True)
+        params = OmegaConf.to_container(head.hydra.sweeper.params)
+        assert "seed" in params and len(str(params["seed"]).split(",")) == 3  # 3 seeds by default
+        axes = [[f"{k}={v}" for v in str(values).split(",")] for k, values in params.items()]
+        combos = list(itertools.product(*axes))
+        # every point with the default profile; the first and last with the others (speed)
+        for combo in combos if profile == "quick" else [combos[0], combos[-1]]:
+            cfg = compose("config", overrides=[f"+experiment={experiment}", f"profile={profile}", *combo])
+            config = OmegaConf.to_container(cfg, resolve=True)
+            validate(config)  # every point of every sweep is a valid run
+            assert config["experiment"] == experiment and config["profile_name"] == profile
+            data = config["data"]
+            assert data["workers"] * data["per_worker_batch"] == data["global_batch"]
+
+
+def test_miniature_reproduction_runs_aggregates_and_is_idempotent(tmp_path, tiny_fashion_mnist):
+    command = [sys.executable, "scripts/reproduce.py", "--profile", "quick", "--jobs", "2",
+               "--experiments", "fig1_baseline fig2_small_batch", "--runs", str(tmp_path / "runs"),
+               "--out", str(tmp_path / "results"), f"dataset.root={tiny_fashion_mnist}",
+               "dataset.download=false", "train.steps=12", "train.eval_every=6", "model.width=4",
+               "data.train_eval_size=100", "hydra.sweeper.params.seed=0",
+               f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    # fig1 (bn, brn at 32) is a subset of fig2 (bn, brn at 32, 4, 2, 1): 8 distinct runs, not 10
+    assert "8 runs in 2 experiments, 0 already recorded" in first.stdout
+    summaries = list((tmp_path / "runs").glob("*/summary.json"))
+    assert len(summaries) == 8
+    report = (tmp_path / "results" / "REPORT.md").read_text()
+    assert "| 1 | At normal batch sizes BRN matches" in report
+    assert "![test_acc_vs_step](fig2_small_batch/test_acc_vs_step.png)" in report
+    assert (tmp_path / "results" / "fig1_baseline" / "summary.csv").read_text().count("\n") == 3
+    assert (tmp_path / "results" / "fig2_small_batch" / "summary.csv").read_text().count("\n") == 9
+    assert (tmp_path / "results" / "fig2_small_batch" / "acc_vs_per_worker_batch.png").exists()
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0
+    assert "8 runs in 2 experiments, 8 already recorded" in second.stdout
+    assert not list((tmp_path / "runs" / "logs").glob("*.log")) or all(
+        p.stat().st_mtime <= max(s.stat().st_mtime for s in summaries) + 1
+        for p in (tmp_path / "runs" / "logs").glob("*.log"))
