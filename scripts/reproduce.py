@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import brn_repro.config  # noqa: F401  (registers the config resolvers)
 from brn_repro.aggregate import MEMBERSHIP_FILE
+from brn_repro.loggers import has_wandb_credentials
 from brn_repro.records import RunRecord, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,8 @@ def main() -> None:
     from brn_repro.aggregate import aggregate
 
     wall = time.time() - start
-    report = aggregate(runs, args.out, wall_seconds=wall)
+    # With W&B credentials the aggregate's figures and tables go to the project too.
+    report = aggregate(runs, args.out, wall_seconds=wall, log_to_wandb=has_wandb_credentials())
     print(f"wrote {report}; wall time {wall / 60:.1f} min")
     if failed:
         sys.exit(f"experiments with failed sweeps: {', '.join(failed)} (their finished runs are "

@@ -1,12 +1,14 @@
-"""Data sources in their real formats (written here), samplers, augmentation."""
+"""Data sources read from files written here in their real formats (IDX gz, CIFAR
+pickles, PNG folders), samplers checked against the structure they promise, and
+the in-memory loader against hand-computed values."""
 
 import gzip
 import pickle
+import struct
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx
 from PIL import Image
 
 import brn_repro.data.sources as sources
@@ -14,25 +16,40 @@ from brn_repro.data import (
     DatasetError,
     DatasetNotFoundError,
     IIDSampler,
+    InMemoryBatches,
     NonIIDSampler,
     NonIIDSplitSampler,
     augment,
+    build_dataset,
+    build_sampler,
+    fixed_subset_indices,
     load_cifar,
     load_fashion_mnist,
     load_imagefolder,
+    noniid_test_indices,
 )
+from brn_repro.data.sources import DatasetTensors
+
+IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 0x00000803, 0x00000801
 
 
-def fake_idx_dir(directory, n_train=50, n_test=20, seed=0):
-    rng = np.random.default_rng(seed)
-    arrays = {}
+def write_idx(path, array, magic, compress=True):
+    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+
+
+def fake_fashion(directory, n_train=50, n_test=20, seed=0, compress=True):
+    """The four Fashion-MNIST IDX files with random pixels; returns what was written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng, suffix, written = np.random.default_rng(seed), ".gz" if compress else "", {}
     for split, n in (("train", n_train), ("t10k", n_test)):
         x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         y = rng.integers(0, 10, n, dtype=np.uint8)
-        write_idx(directory / f"{split}-images-idx3-ubyte.gz", x)
-        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", y)
-        arrays[split] = (x, y)
-    return arrays
+        write_idx(directory / f"{split}-images-idx3-ubyte{suffix}", x, IDX_IMAGES_MAGIC, compress)
+        write_idx(directory / f"{split}-labels-idx1-ubyte{suffix}", y, IDX_LABELS_MAGIC, compress)
+        written[split] = (torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
+    return written
 
 
 @pytest.fixture
@@ -40,144 +57,357 @@ def no_debian(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
 
 
-def test_fashion_mnist_reads_idx_from_root_exactly(tmp_path, no_debian):
-    arrays = fake_idx_dir(tmp_path)
-    data = load_fashion_mnist(tmp_path, download=False, cache=tmp_path / "cache")
-    assert torch.equal(data.train_x[:, 0], torch.from_numpy(arrays["train"][0]))
-    assert torch.equal(data.test_y, torch.from_numpy(arrays["t10k"][1].astype(np.int64)))
-    assert (data.in_channels, data.image_size, data.num_classes) == (1, 28, 10)
-
-
-def test_debian_package_is_the_fallback(tmp_path, monkeypatch):
-    debian = tmp_path / "debian"
-    debian.mkdir()
-    arrays = fake_idx_dir(debian, seed=3)
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", debian)
-    data = load_fashion_mnist(tmp_path / "empty-root", download=False, cache=tmp_path / "cache")
-    assert torch.equal(data.train_y, torch.from_numpy(arrays["train"][1].astype(np.int64)))
-
-
-def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path, no_debian, monkeypatch):
+@pytest.fixture
+def offline(monkeypatch):
+    """torchvision's downloads fail the way they do without a network."""
     import torchvision
 
-    def offline(*args, **kwargs):
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nno network")
+    def fail(*args, **kwargs):
+        raise RuntimeError("Error downloading x.gz:\nTried http://example/, got:\n"
+                           "<urlopen error [Errno -2] Name or service not known>\n")
 
-    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    for name in ("FashionMNIST", "CIFAR10", "CIFAR100"):
+        monkeypatch.setattr(torchvision.datasets, name, fail)
+
+
+# --- Fashion-MNIST --------------------------------------------------------------------
+
+
+def test_fashion_mnist_reads_exact_pixels_and_labels_from_root(tmp_path, no_debian):
+    written = fake_fashion(tmp_path / "root")
+    data = load_fashion_mnist(tmp_path / "root", download=False, cache=tmp_path / "cache")
+    assert data.train_x.dtype == torch.uint8 and data.train_x.shape == (50, 1, 28, 28)
+    assert torch.equal(data.train_x, written["train"][0]) and torch.equal(data.train_y, written["train"][1])
+    assert torch.equal(data.test_x, written["t10k"][0]) and torch.equal(data.test_y, written["t10k"][1])
+    assert data.test_y.dtype == torch.int64
+    assert (data.name, data.in_channels, data.image_size, data.num_classes) == ("fashion_mnist", 1, 28, 10)
+    assert data.mean == (0.2860,) and data.std == (0.3530,)
+
+
+def test_fashion_mnist_reads_raw_idx_in_torchvision_layout(tmp_path, no_debian):
+    written = fake_fashion(tmp_path / "root" / "FashionMNIST" / "raw", compress=False, seed=5)
+    data = load_fashion_mnist(tmp_path / "root", download=False, cache=tmp_path / "cache")
+    assert torch.equal(data.train_x, written["train"][0]) and torch.equal(data.test_y, written["t10k"][1])
+
+
+def test_debian_package_is_the_fallback_and_root_comes_first(tmp_path, monkeypatch):
+    debian = fake_fashion(tmp_path / "debian", seed=3)
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    (tmp_path / "empty-root").mkdir()
+    data = load_fashion_mnist(tmp_path / "empty-root", download=False, cache=tmp_path / "cache")
+    assert torch.equal(data.train_y, debian["train"][1])
+    mine = fake_fashion(tmp_path / "root", seed=4)
+    data = load_fashion_mnist(tmp_path / "root", download=False, cache=tmp_path / "cache")
+    assert torch.equal(data.train_x, mine["train"][0])
+
+
+def test_downloads_cache_defaults_to_brn_data(tmp_path, no_debian, monkeypatch):
+    written = fake_fashion(tmp_path / "env-cache" / "FashionMNIST" / "raw", seed=6)
+    monkeypatch.setenv("BRN_DATA", str(tmp_path / "env-cache"))
+    data = load_fashion_mnist(None, download=False)
+    assert torch.equal(data.test_x, written["t10k"][0])
+
+
+def test_missing_fashion_mnist_says_where_it_looked_and_how_to_get_it(tmp_path, no_debian, offline):
     with pytest.raises(DatasetNotFoundError) as err:
         load_fashion_mnist(tmp_path / "root", download=True, cache=tmp_path / "cache")
     message = str(err.value)
     assert "\n" not in message
-    assert str(tmp_path / "root") in message and "no-debian" in message
+    for place in (tmp_path / "root", tmp_path / "no-debian", tmp_path / "cache"):
+        assert str(place) in message
     assert "apt-get install dataset-fashion-mnist" in message and "dataset.root=" in message
-    assert "download" in message and "no network" not in message.split("failed:")[0]
+    assert "download to" in message and "Name or service not known" in message
+    with pytest.raises(DatasetNotFoundError, match="download disabled"):
+        load_fashion_mnist(None, download=False, cache=tmp_path / "cache")
+    assert isinstance(err.value, DatasetError)
 
 
-def test_truncated_and_corrupt_files_are_named(tmp_path, no_debian):
-    fake_idx_dir(tmp_path)
+def test_truncated_and_corrupt_idx_files_are_named(tmp_path, no_debian):
+    fake_fashion(tmp_path)
     images = tmp_path / "train-images-idx3-ubyte.gz"
     raw = gzip.decompress(images.read_bytes())
+
+    def load():
+        return load_fashion_mnist(tmp_path, download=False, cache=tmp_path / "cache")
+
     images.write_bytes(gzip.compress(raw[:-100]))
-    with pytest.raises(DatasetError, match="train-images-idx3-ubyte.gz.*truncated"):
-        load_fashion_mnist(tmp_path, download=False, cache=tmp_path / "cache")
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte\.gz: .*truncated") as err:
+        load()
+    assert "\n" not in str(err.value) and "39100" in str(err.value)  # 50*28*28 - 100 bytes
     images.write_bytes(gzip.compress(b"\x12\x34" + raw[2:]))
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte\.gz: .*bad magic"):
+        load()
+    images.write_bytes(gzip.compress(b"\x00\x00\x0d" + raw[3:]))  # IDX of floats, not bytes
     with pytest.raises(DatasetError, match="bad magic"):
-        load_fashion_mnist(tmp_path, download=False, cache=tmp_path / "cache")
-    images.write_bytes(images.read_bytes()[:30])  # a cut gzip stream
-    with pytest.raises(DatasetError, match="cannot read"):
-        load_fashion_mnist(tmp_path, download=False, cache=tmp_path / "cache")
+        load()
+    images.write_bytes(gzip.compress(raw)[:30])  # a cut gzip stream
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte\.gz: cannot read"):
+        load()
+    images.write_bytes(gzip.compress(raw))
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    write_idx(labels, np.zeros(19, dtype=np.uint8), IDX_LABELS_MAGIC)  # 20 test images
+    with pytest.raises(DatasetError, match=r"do not match .*t10k-labels"):
+        load()
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
-def test_cifar_pickle_batches(tmp_path, name):
-    rng = np.random.default_rng(0)
+# --- CIFAR ------------------------------------------------------------------------------
+
+
+def write_cifar(root, name, per_batch=4, seed=0):
+    rng = np.random.default_rng(seed)
     key = b"labels" if name == "cifar10" else b"fine_labels"
-    folder = tmp_path / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
-    folder.mkdir()
+    folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True)
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if name == "cifar10" else ["train", "test"]
     written = {}
     for f in files:
-        data = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 10, 4).tolist()
-        (folder / f).write_bytes(pickle.dumps({b"data": data, key: labels}))
-        written[f] = (data, labels)
-    loaded = load_cifar(name, tmp_path, download=False, cache=tmp_path / "cache")
-    first = written["data_batch_1" if name == "cifar10" else "train"]
-    assert torch.equal(loaded.train_x[:4], torch.from_numpy(first[0].reshape(4, 3, 32, 32)))
-    assert loaded.train_y[:4].tolist() == first[1]
-    assert loaded.num_classes == (10 if name == "cifar10" else 100)
-    (folder / files[-1]).write_bytes(b"not a pickle")
-    with pytest.raises(DatasetError, match=files[-1]):
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10 if name == "cifar10" else 100, per_batch).tolist()
+        (folder / f).write_bytes(pickle.dumps({b"data": data, key: labels, b"batch_label": b"x"}))
+        written[f] = (torch.from_numpy(data.reshape(-1, 3, 32, 32)), torch.tensor(labels))
+    return folder, files, written
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_pickle_batches_read_back_exactly(tmp_path, name):
+    folder, files, written = write_cifar(tmp_path, name)
+    data = load_cifar(name, tmp_path, download=False, cache=tmp_path / "cache")
+    train_files, test_file = files[:-1], files[-1]
+    assert torch.equal(data.train_x, torch.cat([written[f][0] for f in train_files]))
+    assert torch.equal(data.train_y, torch.cat([written[f][1] for f in train_files]))
+    assert torch.equal(data.test_x, written[test_file][0]) and torch.equal(data.test_y, written[test_file][1])
+    assert data.num_classes == (10 if name == "cifar10" else 100) and data.in_channels == 3
+    assert data.image_size == 32 and data.name == name
+    (folder / test_file).write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)})[:-5])
+    with pytest.raises(DatasetError, match=f"{test_file}: cannot read"):
         load_cifar(name, tmp_path, download=False, cache=tmp_path / "cache")
 
 
-def test_imagefolder_of_pngs(tmp_path):
+def test_missing_cifar_is_one_line(tmp_path, offline):
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_cifar("cifar100", tmp_path / "root", download=True, cache=tmp_path / "cache")
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "root") in message
+    assert "cifar-100-python" in message and "failed" in message
+
+
+# --- ImageFolder --------------------------------------------------------------------------
+
+
+def write_pngs(root, colors):
     for split in ("train", "val"):
-        for label, color in (("cat", 30), ("dog", 220)):
-            folder = tmp_path / split / label
+        for label, color in colors.items():
+            folder = root / split / label
             folder.mkdir(parents=True)
             for i in range(2):
                 Image.fromarray(np.full((40, 40, 3), color, dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_imagefolder_reads_pngs_with_their_classes(tmp_path):
+    colors = {"cat": (30, 60, 90), "dog": (220, 200, 10)}
+    write_pngs(tmp_path, colors)
     train, val = load_imagefolder(tmp_path, image_size=32)
-    x, y = val[3]
-    assert train.classes == ["cat", "dog"] and x.shape == (3, 32, 32) and y == 1
-    assert x.mean() > 1.0  # the bright dog image, normalized
-    with pytest.raises(DatasetNotFoundError, match="val"):
-        load_imagefolder(tmp_path / "train", image_size=32)
+    assert train.classes == ["cat", "dog"] and len(train) == len(val) == 4
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    for i, color in enumerate(colors.values()):
+        x, y = val[2 * i]
+        expected = (torch.tensor(color) / 255 - mean) / std
+        assert y == i and x.shape == (3, 32, 32)
+        assert torch.allclose(x, expected.view(3, 1, 1).expand(3, 32, 32), atol=1e-5)
+        assert train[2 * i][0].shape == (3, 32, 32) and train[2 * i][1] == i
+    splits = build_dataset("imagefolder", tmp_path, download=False, image_size=32)
+    assert (splits.num_classes, splits.in_channels, splits.image_size) == (2, 3, 32)
 
 
-def labels_for(n_per_class=30, classes=10):
+def test_imagefolder_missing_or_empty_split_is_named(tmp_path):
+    write_pngs(tmp_path, {"cat": (1, 2, 3)})
+    (tmp_path / "val").rename(tmp_path / "validation")
+    with pytest.raises(DatasetNotFoundError, match=r"val is missing"):
+        load_imagefolder(tmp_path, image_size=32)
+    (tmp_path / "validation").rename(tmp_path / "val")
+    (tmp_path / "val" / "cat" / "0.png").unlink()
+    (tmp_path / "val" / "cat" / "1.png").unlink()
+    with pytest.raises(DatasetError, match="imagefolder .*cat") as err:
+        load_imagefolder(tmp_path, image_size=32)
+    assert "\n" not in str(err.value)
+    with pytest.raises(DatasetNotFoundError, match="dataset.root"):
+        load_imagefolder(None)
+
+
+def test_build_dataset_dispatches_and_names_bad_values(tmp_path, no_debian):
+    fake_fashion(tmp_path)
+    assert build_dataset("fashion_mnist", tmp_path, download=False, cache=tmp_path).num_classes == 10
+    with pytest.raises(ValueError, match="'mnist'.*fashion_mnist, cifar10, cifar100, imagefolder"):
+        build_dataset("mnist", tmp_path)
+
+
+# --- samplers -----------------------------------------------------------------------------
+
+
+def class_labels(n_per_class=30, classes=10):
     return torch.arange(classes).repeat_interleave(n_per_class)
 
 
 def test_noniid_batches_have_the_promised_label_structure():
-    labels = labels_for()
+    labels = class_labels()
     sampler = NonIIDSampler(labels, workers=5, per_worker_batch=8, seed=0, labels_per_batch=2,
                             images_per_label=4)
-    repeated_label = False
+    repeated_label, seen = False, torch.zeros(10, dtype=torch.bool)
     for _ in range(50):
-        batch = sampler.next().view(5, 2, 4)
-        groups = labels[batch]
+        batch = sampler.next()
+        assert batch.shape == (40,) and batch.dtype == torch.int64
+        groups = labels[batch.view(5, 2, 4)]  # worker, label group, image
         assert (groups == groups[..., :1]).all()  # 4 images of one label in each group
         assert all(len(set(row.tolist())) == 4 for row in batch.view(-1, 4))  # distinct images
         repeated_label |= bool((groups[:, 0, 0] == groups[:, 1, 0]).any())
-    assert repeated_label  # labels are drawn with replacement
+        seen[groups.flatten()] = True
+    assert repeated_label  # labels are drawn with replacement: P(no repeat in 250) = 0.9^250
+    assert seen.all()
 
 
-def test_noniid_split_puts_each_pair_in_different_halves():
-    labels = labels_for()
-    sampler = NonIIDSplitSampler(labels, workers=3, per_worker_batch=8, seed=0, labels_per_batch=4,
-                                 images_per_label=2)
-    batch = sampler.next().view(3, 2, 4)  # worker, half, label slot
-    first, second = labels[batch[:, 0]], labels[batch[:, 1]]
-    assert torch.equal(first, second)  # slot k of each half holds the same label's images
-    assert not (batch[:, 0] == batch[:, 1]).any()
+def test_noniid_recipe_must_fill_the_per_worker_batch():
+    with pytest.raises(ValueError) as err:
+        build_sampler("noniid", class_labels(), 2, 32, 0, labels_per_batch=16, images_per_label=3)
+    message = str(err.value)
+    assert "\n" not in message
+    for key in ("sampler.labels_per_batch", "sampler.images_per_label", "data.per_worker_batch"):
+        assert key in message
+    with pytest.raises(ValueError, match="sampler.type='shuffled'.*iid, noniid, noniid_split"):
+        build_sampler("shuffled", class_labels(), 2, 32, 0)
+    with pytest.raises(ValueError, match="even"):
+        build_sampler("noniid_split", class_labels(), 1, 6, 0, labels_per_batch=2, images_per_label=3)
 
 
-def test_iid_covers_each_example_once_per_epoch_and_resumes():
-    labels = labels_for(n_per_class=6)
-    sampler = IIDSampler(labels, workers=2, per_worker_batch=5, seed=1)
-    epoch = torch.cat([sampler.next() for _ in range(6)])
-    assert sorted(epoch.tolist()) == list(range(60))
+def test_noniid_draws_only_labels_that_exist():
+    labels = torch.tensor([0] * 5 + [3] * 5 + [7] * 5)  # classes 1, 2, 4-6 absent
+    sampler = NonIIDSampler(labels, 4, 4, 0, labels_per_batch=2, images_per_label=2)
+    drawn = labels[torch.cat([sampler.next() for _ in range(30)])]
+    assert set(drawn.tolist()) == {0, 3, 7}
+
+
+@pytest.mark.parametrize("images_per_label", [2, 4])
+def test_noniid_split_puts_each_labels_images_in_both_halves(images_per_label):
+    labels = class_labels()
+    sampler = build_sampler("noniid_split", labels, 3, 4 * images_per_label, 0,
+                            labels_per_batch=4, images_per_label=images_per_label)
+    assert isinstance(sampler, NonIIDSplitSampler)
+    half = images_per_label // 2
+    for _ in range(20):
+        batch = sampler.next().view(3, 2, 4, half)  # worker, half, label slot, image
+        first, second = labels[batch[:, 0]], labels[batch[:, 1]]
+        assert torch.equal(first, second)  # slot k of each half: the same drawn label
+        assert (first == first[..., :1]).all()
+        pooled = batch.permute(0, 2, 1, 3).reshape(3, 4, -1)  # each label group, both halves
+        assert all(len(set(g.tolist())) == images_per_label for g in pooled.reshape(-1, images_per_label))
+
+
+def test_iid_covers_each_example_once_per_epoch_and_reshuffles():
+    sampler = IIDSampler(class_labels(n_per_class=6), workers=2, per_worker_batch=5, seed=1)
+    epochs = [torch.cat([sampler.next() for _ in range(6)]) for _ in range(2)]
+    assert all(sorted(e.tolist()) == list(range(60)) for e in epochs)
+    assert not torch.equal(epochs[0], epochs[1])
+    with pytest.raises(ValueError, match="exceeds"):
+        IIDSampler(class_labels(n_per_class=1), workers=4, per_worker_batch=4, seed=0)
+
+
+@pytest.mark.parametrize("kind", ["iid", "noniid", "noniid_split"])
+def test_sampler_resumes_to_the_identical_continuation(kind):
+    labels = class_labels()
+
+    def make(seed):
+        return build_sampler(kind, labels, 3, 4, seed, labels_per_batch=2, images_per_label=2)
+
+    sampler = make(seed=7)
+    for _ in range(23):  # past an iid epoch boundary (300 / 12 = 25 steps)
+        sampler.next()
     state = sampler.state_dict()
     ahead = [sampler.next() for _ in range(10)]
-    restored = IIDSampler(labels, workers=2, per_worker_batch=5, seed=99)
+    restored = make(seed=99)
     restored.load_state_dict(state)
     assert all(torch.equal(a, restored.next()) for a in ahead)
+    again = make(seed=7)
+    assert torch.equal(torch.stack([again.next() for _ in range(33)])[23:], torch.stack(ahead))
 
 
-def test_augmentation_crop_and_flip():
+# --- loader -------------------------------------------------------------------------------
+
+
+def test_augmentation_identity_crop_windows_and_exact_flip():
     x = torch.arange(2 * 1 * 4 * 5, dtype=torch.float32).view(2, 1, 4, 5)
     g = torch.Generator().manual_seed(0)
     assert torch.equal(augment(x, 0, False, g), x)
-    cropped = augment(x, 2, False, g)
-    assert cropped.shape == x.shape
-    flipped = [augment(x[:1], 0, True, torch.Generator().manual_seed(s)) for s in range(20)]
-    assert any(torch.equal(f, x[:1].flip(-1)) for f in flipped) and any(torch.equal(f, x[:1]) for f in flipped)
-    again = augment(x, 2, True, torch.Generator().manual_seed(5))
-    assert torch.equal(again, augment(x, 2, True, torch.Generator().manual_seed(5)))
-    # every crop is a window of the zero-padded image
     padded = torch.nn.functional.pad(x, [2] * 4)
     windows = [padded[:, :, i:i + 4, j:j + 5] for i in range(5) for j in range(5)]
-    for b in range(2):
-        assert any(torch.equal(cropped[b], w[b]) for w in windows)
+    offsets = set()
+    for _ in range(30):
+        cropped = augment(x, 2, False, g)
+        assert cropped.shape == x.shape
+        for b in range(2):  # every crop is a window of the zero-padded image
+            hits = [k for k, w in enumerate(windows) if torch.equal(cropped[b], w[b])]
+            assert hits
+            offsets.update(hits)
+    assert len(offsets) > 10  # random offsets, not one fixed window
+    outcomes = {torch.equal(f, x[:1].flip(-1)) for f in (augment(x[:1], 0, True, g) for _ in range(30))}
+    assert outcomes == {True, False}  # always x or exactly x reversed in width, both happen
+    flipped = augment(x, 0, True, g)
+    assert all(torch.equal(flipped[b], x[b]) or torch.equal(flipped[b], x[b].flip(-1)) for b in range(2))
+    u8 = torch.randint(0, 256, (3, 3, 6, 6), dtype=torch.uint8)
+    out = augment(u8, 1, True, torch.Generator().manual_seed(1))
+    assert out.dtype == torch.uint8 and out.shape == u8.shape
+
+
+def tiny_tensors(n_train=40, n_test=30, channels=3):
+    g = torch.Generator().manual_seed(0)
+    return DatasetTensors(
+        name="tiny",
+        train_x=torch.randint(0, 256, (n_train, channels, 8, 8), dtype=torch.uint8, generator=g),
+        train_y=torch.arange(n_train) % 5,
+        test_x=torch.randint(0, 256, (n_test, channels, 8, 8), dtype=torch.uint8, generator=g),
+        test_y=torch.arange(n_test) % 5,
+        num_classes=5, mean=(0.5, 0.25, 0.75)[:channels], std=(0.2, 0.5, 0.1)[:channels],
+    )
+
+
+def test_loader_normalizes_exactly_and_is_reproducible_from_the_seed():
+    tensors = tiny_tensors()
+    plain = InMemoryBatches(tensors)
+    idx = torch.tensor([3, 0, 17])
+    x, y = plain.train_batch(idx)
+    expected = (tensors.train_x[idx].float() / 255 - torch.tensor([0.5, 0.25, 0.75]).view(1, 3, 1, 1)) \
+        / torch.tensor([0.2, 0.5, 0.1]).view(1, 3, 1, 1)
+    assert x.dtype == torch.float32 and torch.allclose(x, expected, atol=1e-5)
+    assert torch.equal(y, tensors.train_y[idx])
+    a, b = InMemoryBatches(tensors, 2, True, seed=3), InMemoryBatches(tensors, 2, True, seed=3)
+    first = [a.train_batch(idx)[0] for _ in range(3)]
+    assert all(torch.equal(f, b.train_batch(idx)[0]) for f in first)
+    assert not torch.equal(first[0], x)  # augmentation is on
+    state = a.state_dict()
+    ahead = a.train_batch(idx)[0]
+    resumed = InMemoryBatches(tensors, 2, True, seed=42)
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.train_batch(idx)[0], ahead)
+
+
+def test_evaluation_chunks_subsets_and_noniid_test_batches():
+    tensors = tiny_tensors()
+    batches = InMemoryBatches(tensors, crop_padding=2, flip=True)
+    chunks = list(batches.test_batches(chunk=8))
+    assert [len(c[1]) for c in chunks] == [8, 8, 8, 6]
+    assert torch.equal(torch.cat([c[1] for c in chunks]), tensors.test_y)  # in order, no augmentation
+    assert torch.equal(torch.cat([c[0] for c in chunks]), batches.batch(torch.arange(30))[0])
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(1234))
+    assert torch.equal(fixed_subset_indices(40, 10), perm[:10])
+    subset = torch.cat([y for _, y in batches.train_subset_batches(10, chunk=4)])
+    assert torch.equal(subset, tensors.train_y[perm[:10]])
+    test_perm = torch.randperm(30, generator=torch.Generator().manual_seed(1234))
+    assert torch.equal(torch.cat([y for _, y in batches.test_batches(8, size=12)]),
+                       tensors.test_y[test_perm[:12]])
+    rows = noniid_test_indices(tensors.test_y, labels_per_batch=3, images_per_label=2, seed=5)
+    assert rows.shape == (5, 6)  # 30 test examples fill 5 batches of 6
+    pairs = tensors.test_y[rows].view(5, 3, 2)
+    assert (pairs[..., 0] == pairs[..., 1]).all()  # 3 labels x 2 images each
+    assert (rows.view(5, 3, 2)[..., 0] != rows.view(5, 3, 2)[..., 1]).all()  # two distinct images
+    assert torch.equal(rows, noniid_test_indices(tensors.test_y, 3, 2, seed=5))
+    assert torch.equal(rows[:2], noniid_test_indices(tensors.test_y, 3, 2, seed=5, batches=2))
+    served = list(batches.noniid_test_batches(3, 2, seed=5))
+    assert len(served) == 5 and torch.equal(served[0][1], tensors.test_y[rows[0]])

@@ -160,3 +160,46 @@ def test_split_blind_norms_share_one_run_and_a_second_process_waits(tmp_path, ti
     assert first == second and first["status"] == "completed"
     assert len(RunRecord(tmp_path, one).read_metrics()) == 1  # trained once, not twice
     assert not list(RunRecord(tmp_path, one).dir.glob("run.lock*"))
+
+
+def test_weight_ema_matches_hand_computation():
+    from brn_repro.evaluate import WeightEMA
+    from brn_repro.norm import BatchRenorm2d
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), BatchRenorm2d(2))
+    ema = WeightEMA(model, decay=0.9)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_std.mul_(2.0)
+        model[1].step.fill_(7)
+    ema.update(model)
+    state = ema.state_dict()
+    torch.testing.assert_close(state["0.weight"], 0.9 * start["0.weight"] + 0.1 * (start["0.weight"] + 1))
+    torch.testing.assert_close(state["1.running_std"], 0.9 * start["1.running_std"] + 0.1 * 2 * start["1.running_std"])
+    assert int(state["1.step"]) == 7  # integer buffers are copied, not averaged
+
+
+def test_ema_run_and_imagefolder_run(tmp_path, tiny_fashion_mnist):
+    import numpy as np
+    from PIL import Image
+
+    config = make_config(tmp_path, tiny_fashion_mnist, "train.ema_decay=0.5", "train.steps=20")
+    summary = run(config)
+    assert summary["status"] == "completed"
+    assert RunRecord(tmp_path, config).load_checkpoint()["ema"]  # EMA weights are checkpointed
+
+    root = tmp_path / "folder"
+    for split in ("train", "val"):
+        for label, color in (("dark", 20), ("bright", 230)):
+            (root / split / label).mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray(np.full((36, 36, 3), color + i, dtype=np.uint8)).save(
+                    root / split / label / f"{i}.png")
+    config = make_config(tmp_path, tiny_fashion_mnist, "dataset=imagefolder", f"dataset.root={root}",
+                         "dataset.image_size=32", "dataset.loader_workers=0", "train.steps=8",
+                         "train.eval_every=4", "data.per_worker_batch=2", "data.workers=2",
+                         "data.train_eval_size=8")
+    summary = run(config)
+    assert summary["status"] == "completed" and summary["steps_done"] == 8
+    assert 0.0 <= summary["test_acc"] <= 100.0 and summary["images_per_second"] > 0

@@ -1,19 +1,35 @@
-"""Datasets (sources), samplers (i.i.d. and the paper's non-i.i.d. recipes) and the
-in-memory batch pipeline the training loop reads from."""
+"""Datasets (sources), samplers (i.i.d. and the paper's non-i.i.d. recipes), the
+in-memory batch loader, and the config-bound ``TrainingData`` the training loop
+reads from."""
 
-from brn_repro.data.imagefolder import load_imagefolder
-from brn_repro.data.pipeline import TrainingData, augment, load_tensors
+from brn_repro.data.imagefolder import ImageFolderSplits, load_imagefolder, load_imagefolder_splits
+from brn_repro.data.loader import (
+    NONIID_TEST_SEED,
+    TRAIN_SUBSET_SEED,
+    InMemoryBatches,
+    augment,
+    channel_stats,
+    fixed_subset_indices,
+    noniid_test_indices,
+    normalize,
+)
+from brn_repro.data.pipeline import TrainingData, load_tensors
 from brn_repro.data.samplers import (
+    SAMPLER_NAMES,
+    GlobalBatchSampler,
     IIDSampler,
     NonIIDSampler,
     NonIIDSplitSampler,
     build_sampler,
 )
 from brn_repro.data.sources import (
+    DATASET_NAMES,
     DEBIAN_FASHION_MNIST,
     DatasetError,
     DatasetNotFoundError,
     DatasetTensors,
+    build_dataset,
+    default_cache,
     find_fashion_mnist,
     load_cifar,
     load_fashion_mnist,
@@ -21,8 +37,11 @@ from brn_repro.data.sources import (
 )
 
 __all__ = [
-    "DEBIAN_FASHION_MNIST", "DatasetError", "DatasetNotFoundError", "DatasetTensors",
-    "IIDSampler", "NonIIDSampler", "NonIIDSplitSampler", "TrainingData", "augment",
-    "build_sampler", "find_fashion_mnist", "load_cifar", "load_fashion_mnist", "load_imagefolder", "load_tensors",
-    "read_idx",
+    "DATASET_NAMES", "DEBIAN_FASHION_MNIST", "NONIID_TEST_SEED", "SAMPLER_NAMES",
+    "TRAIN_SUBSET_SEED", "DatasetError", "DatasetNotFoundError", "DatasetTensors",
+    "GlobalBatchSampler", "IIDSampler", "ImageFolderSplits", "InMemoryBatches",
+    "NonIIDSampler", "NonIIDSplitSampler", "TrainingData", "augment", "build_dataset",
+    "build_sampler", "channel_stats", "default_cache", "find_fashion_mnist",
+    "fixed_subset_indices", "load_cifar", "load_fashion_mnist", "load_imagefolder",
+    "load_imagefolder_splits", "load_tensors", "noniid_test_indices", "normalize", "read_idx",
 ]

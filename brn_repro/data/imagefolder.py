@@ -1,8 +1,16 @@
 """ImageNet-style folders (ImageNet, Imagenette, Tiny ImageNet): ``root/train/<class>/*``
-and ``root/val/<class>/*``, streamed through a DataLoader with worker processes."""
+and ``root/val/<class>/*``.
+
+These are too big for memory, so unlike the other sources they stream: the
+datasets decode and transform one image at a time and are meant for a torch
+DataLoader with worker processes. Augmentation is the standard ImageNet one
+(RandomResizedCrop + flip for train, Resize + CenterCrop for val), applied in
+the workers instead of on tensors.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from brn_repro.data.sources import DatasetError, DatasetNotFoundError
@@ -10,8 +18,31 @@ from brn_repro.data.sources import DatasetError, DatasetNotFoundError
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def load_imagefolder(root: str | Path | None, image_size: int = 224, crop_padding: int = 0,
-                     flip: bool = True):
+@dataclass
+class ImageFolderSplits:
+    """The streamed counterpart of ``DatasetTensors``: two ImageFolder datasets
+    whose items are already-normalized float tensors."""
+
+    name: str
+    train: object  # torchvision.datasets.ImageFolder
+    val: object
+    num_classes: int
+    image_size: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    in_channels: int = 3
+
+
+def _check_split(folder: Path) -> None:
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"imagefolder: {folder} is missing; fix: dataset.root= a "
+                                   "directory with train/ and val/ class folders")
+    if not any(p.is_dir() for p in folder.iterdir()):
+        raise DatasetNotFoundError(f"imagefolder: {folder} has no class folders; fix: dataset.root= "
+                                   "a directory with train/<class>/*.jpg and val/<class>/*.jpg")
+
+
+def load_imagefolder(root: str | Path | None, image_size: int = 224, flip: bool = True):
     """(train, val) torchvision ImageFolder datasets with their transforms."""
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
@@ -21,23 +52,29 @@ def load_imagefolder(root: str | Path | None, image_size: int = 224, crop_paddin
                                    "class folders (ImageNet, Imagenette, Tiny ImageNet)")
     root = Path(root)
     for split in ("train", "val"):
-        folder = root / split
-        if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
-            raise DatasetNotFoundError(f"imagefolder: {folder} is missing or has no class folders; "
-                                       f"fix: dataset.root= a directory with train/ and val/ class folders")
+        _check_split(root / split)
     normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     train_tf = [T.RandomResizedCrop(image_size)]
     if flip:
         train_tf.append(T.RandomHorizontalFlip())
     train_tf += [T.ToTensor(), normalize]
+    # The usual 256 -> 224 resize-then-center-crop ratio, at any size.
     val_tf = T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size),
                         T.ToTensor(), normalize])
     try:
         train = ImageFolder(str(root / "train"), T.Compose(train_tf))
-        val = ImageFolder(str(root / "val"), val_tf, allow_empty=False)
-    except (FileNotFoundError, OSError) as err:
+        val = ImageFolder(str(root / "val"), val_tf)
+    except (FileNotFoundError, OSError) as err:  # e.g. a class folder with no images
         raise DatasetError(f"imagefolder {root}: {str(err).splitlines()[0]}") from None
     if train.classes != val.classes:
         raise DatasetError(f"imagefolder {root}: train/ has {len(train.classes)} classes, val/ has "
                            f"{len(val.classes)}; they must list the same class folders")
     return train, val
+
+
+def load_imagefolder_splits(root: str | Path | None, image_size: int = 224,
+                            flip: bool = True) -> ImageFolderSplits:
+    """``load_imagefolder`` with the facts a model and a sampler need alongside."""
+    train, val = load_imagefolder(root, image_size=image_size, flip=flip)
+    return ImageFolderSplits(name="imagefolder", train=train, val=val,
+                             num_classes=len(train.classes), image_size=image_size)

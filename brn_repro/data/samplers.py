@@ -2,17 +2,21 @@
 
 A step's batch is ``workers x per_worker_batch`` indices laid out worker-major
 (indices ``[w*b:(w+1)*b]`` are worker w's), so batch-statistics norms with
-``per_worker_batch=b`` normalize exactly the workers' minibatches. All draws come
-from one seeded ``torch.Generator`` whose state is saved in checkpoints: a
-resumed run sees the same batches as an uninterrupted one.
+``per_worker_batch=b`` normalize exactly the workers' minibatches, as the paper's
+synchronized workers each normalize their own. All draws come from one seeded
+``torch.Generator`` whose state ``state_dict()`` returns: a run resumed from a
+checkpoint sees the same batches as an uninterrupted one.
 
-- ``iid``: shuffled without replacement, reshuffled every epoch.
+- ``iid``: shuffled without replacement, reshuffled every epoch (the last
+  ``N mod global_batch`` examples of each shuffle wait for the next epoch).
 - ``noniid``: the paper's recipe (section 4, Fig 3): each per-worker batch is
   ``labels_per_batch`` labels drawn with replacement, ``images_per_label``
-  distinct images of each.
+  distinct random images of each.
 - ``noniid_split``: the paper's "batchnorm on half-minibatches" control: the same
-  batches, but each label's images are split across the two halves of the
-  per-worker batch; the runner then normalizes each half on its own.
+  draws, but each label's images are split across the two halves of the
+  per-worker batch. Use it with normalization groups of ``per_worker_batch // 2``
+  (``brn_repro.config.norm_batch`` does): each half then holds one image of each
+  drawn pair, so neither half sees a label twice from the same pair.
 """
 
 from __future__ import annotations
@@ -22,9 +26,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+SAMPLER_NAMES = ("iid", "noniid", "noniid_split")
 
-class Sampler:
+
+class GlobalBatchSampler:
+    """Base: a seeded generator and the worker-major global batch shape."""
+
     def __init__(self, labels: Tensor, workers: int, per_worker_batch: int, seed: int):
+        if workers < 1 or per_worker_batch < 1:
+            raise ValueError(f"data.workers={workers} and data.per_worker_batch={per_worker_batch} "
+                             "must be positive")
         self.labels, self.workers, self.per_worker_batch = labels, workers, per_worker_batch
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -33,7 +44,12 @@ class Sampler:
         return self.workers * self.per_worker_batch
 
     def next(self) -> Tensor:
+        """The next step's ``global_batch`` int64 indices, worker-major."""
         raise NotImplementedError
+
+    def __iter__(self):
+        while True:
+            yield self.next()
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
@@ -42,7 +58,9 @@ class Sampler:
         self.generator.set_state(state["generator"])
 
 
-class IIDSampler(Sampler):
+class IIDSampler(GlobalBatchSampler):
+    """Random without replacement within an epoch; a fresh shuffle each epoch."""
+
     def __init__(self, labels: Tensor, workers: int, per_worker_batch: int, seed: int):
         super().__init__(labels, workers, per_worker_batch, seed)
         if self.global_batch > len(labels):
@@ -58,39 +76,46 @@ class IIDSampler(Sampler):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "order": self.order, "position": self.position}
+        return {**super().state_dict(), "order": self.order.clone(), "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.order, self.position = state["order"], int(state["position"])
+        self.order, self.position = state["order"].clone(), int(state["position"])
 
 
-class NonIIDSampler(Sampler):
+class NonIIDSampler(GlobalBatchSampler):
+    """Per-worker batch = ``labels_per_batch`` labels drawn with replacement (from the
+    labels present) x ``images_per_label`` distinct random images of each, laid out
+    label group by label group: ``[w*b + g*I : w*b + (g+1)*I]`` is group g of worker w."""
+
     def __init__(self, labels: Tensor, workers: int, per_worker_batch: int, seed: int,
                  labels_per_batch: int, images_per_label: int):
         super().__init__(labels, workers, per_worker_batch, seed)
-        if labels_per_batch * images_per_label != per_worker_batch:
+        if not labels_per_batch or not images_per_label or \
+                labels_per_batch * images_per_label != per_worker_batch:
             raise ValueError(
                 f"data.per_worker_batch={per_worker_batch} must equal sampler.labels_per_batch x "
                 f"sampler.images_per_label = {labels_per_batch} x {images_per_label}")
         self.labels_per_batch, self.images_per_label = labels_per_batch, images_per_label
+        # Indices sorted by label: label c's images are by_label[offsets[c]:offsets[c]+counts[c]].
         self.by_label = torch.argsort(labels, stable=True)
         self.num_classes = int(labels.max()) + 1
         self.counts = torch.bincount(labels, minlength=self.num_classes)
         self.offsets = torch.cumsum(self.counts, 0) - self.counts
-        short = int(self.counts.min())
+        self.present = self.counts.nonzero().flatten()
+        short = int(self.counts[self.present].min())
         if short < images_per_label:
             raise ValueError(f"sampler.images_per_label={images_per_label} exceeds the {short} "
                              "examples of the rarest label")
 
     def draw(self, groups: int) -> Tensor:
-        """(groups, labels_per_batch, images_per_label) indices."""
+        """(groups, labels_per_batch, images_per_label) indices, one vectorized draw."""
         shape = (groups, self.labels_per_batch)
-        drawn = torch.randint(self.num_classes, shape, generator=self.generator)
+        drawn = self.present[torch.randint(len(self.present), shape, generator=self.generator)]
         counts = self.counts[drawn].unsqueeze(-1)
         u = torch.rand(*shape, self.images_per_label, generator=self.generator)
         positions = (u * counts).long()
-        # distinct images of a label: redraw the (rare) rows with a repeat
+        # Distinct images within a label group: redraw the (rare) groups with a repeat.
         if self.images_per_label > 1:
             sorted_positions = positions.sort(-1).values
             repeats = (sorted_positions[..., 1:] == sorted_positions[..., :-1]).any(-1)
@@ -104,8 +129,14 @@ class NonIIDSampler(Sampler):
 
 
 class NonIIDSplitSampler(NonIIDSampler):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    """``NonIIDSampler``'s draws, each label's images split across the per-worker
+    batch's halves: worker w's batch is ``[first I/2 images of every drawn label |
+    the other I/2 of every drawn label]``, slot k of each half from the same label.
+    Normalize in groups of ``per_worker_batch // 2`` to get the paper's control."""
+
+    def __init__(self, labels: Tensor, workers: int, per_worker_batch: int, seed: int,
+                 labels_per_batch: int, images_per_label: int):
+        super().__init__(labels, workers, per_worker_batch, seed, labels_per_batch, images_per_label)
         if self.images_per_label % 2:
             raise ValueError(f"sampler.images_per_label={self.images_per_label} must be even for "
                              "noniid_split (each label's images are split across the halves)")
@@ -113,16 +144,17 @@ class NonIIDSplitSampler(NonIIDSampler):
     def next(self) -> Tensor:
         idx = self.draw(self.workers)  # (W, L, I)
         half = self.images_per_label // 2
-        # worker w: [first half of every label's images | second half of every label's images]
         return torch.cat([idx[..., :half].reshape(self.workers, -1),
                           idx[..., half:].reshape(self.workers, -1)], dim=1).reshape(-1)
 
 
 def build_sampler(kind: str, labels: Tensor, workers: int, per_worker_batch: int, seed: int,
-                  labels_per_batch: int | None = None, images_per_label: int | None = None) -> Sampler:
+                  labels_per_batch: int | None = None,
+                  images_per_label: int | None = None) -> GlobalBatchSampler:
+    """``sampler.type`` -> its sampler; the non-i.i.d. ones need both recipe keys."""
     if kind == "iid":
         return IIDSampler(labels, workers, per_worker_batch, seed)
     cls = {"noniid": NonIIDSampler, "noniid_split": NonIIDSplitSampler}.get(kind)
     if cls is None:
-        raise ValueError(f"sampler.type={kind!r} is not a sampler; use iid, noniid or noniid_split")
+        raise ValueError(f"sampler.type={kind!r} is not a sampler; use one of {', '.join(SAMPLER_NAMES)}")
     return cls(labels, workers, per_worker_batch, seed, labels_per_batch, images_per_label)

@@ -2,14 +2,17 @@
 
 Fashion-MNIST is the offline default, looked for in this order: ``dataset.root``,
 Debian's ``dataset-fashion-mnist`` package (/usr/share/datasets/fashion-mnist),
-then torchvision's download. CIFAR-10/100: a local copy of the python pickle
-batches, then torchvision's download. Each file is checked as it is read, so a
-truncated or corrupt file is a one-line ``DatasetError`` naming it.
+a previous download in the cache dir, then torchvision's download into it.
+CIFAR-10/100: a local copy of the python pickle batches, then torchvision's
+download. Each file is checked as it is read, so a truncated or corrupt file is
+a one-line ``DatasetError`` naming it, not a numpy or pickle traceback deep in a
+sweep's log. ``build_dataset`` picks the source from ``dataset.name``.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 import zlib
@@ -19,17 +22,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# A module constant (not a default argument) so tests can point it at a tmp dir.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# Where downloads go when no cache is passed: $BRN_DATA, else data/ in the cwd.
+CACHE_ENV = "BRN_DATA"
 FASHION_FILES = {
     "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
     "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
 }
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 # Per-channel mean/std of the training sets (on the 0-1 scale), for normalization.
 STATS = {
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
+DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagefolder")
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class DatasetError(RuntimeError):
@@ -42,13 +51,15 @@ class DatasetNotFoundError(DatasetError):
 
 @dataclass
 class DatasetTensors:
+    """A whole dataset in memory: small enough that a batch is a tensor gather."""
+
     name: str
     train_x: torch.Tensor  # uint8 (N, C, H, W)
     train_y: torch.Tensor  # int64 (N,)
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
-    mean: tuple[float, ...]
+    mean: tuple[float, ...]  # per channel, on the 0-1 scale
     std: tuple[float, ...]
 
     @property
@@ -60,34 +71,57 @@ class DatasetTensors:
         return self.train_x.shape[-1]
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzipped or not) as a uint8 array, with its header checked."""
+def default_cache() -> Path:
+    """Where downloads go: ``$BRN_DATA`` if set, else ``data/`` in the cwd."""
+    return Path(os.environ.get(CACHE_ENV) or "data")
+
+
+def _short_reason(err: BaseException) -> str:
+    """An exception as one short line: torchvision puts the cause on its last line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+    return text[:160]
+
+
+# --- IDX (Fashion-MNIST) ----------------------------------------------------------
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX file of unsigned bytes (gzipped or raw, told apart by content) as a
+    uint8 array, with its magic number and declared size checked."""
+    path = Path(path)
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        raw = path.read_bytes()
+        if raw[:2] == GZIP_MAGIC:
+            raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as err:
-        raise DatasetError(f"{path}: cannot read ({err}); delete it and get the dataset again") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DatasetError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+        raise DatasetError(f"{path}: cannot read, truncated or corrupt gzip ({_short_reason(err)}); "
+                           "delete it and get the dataset again") from None
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or raw[3] == 0:
+        raise DatasetError(f"{path}: not an IDX file of unsigned bytes (bad magic number "
+                           f"{raw[:4].hex() or 'empty file'}, expected 0000080N)")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DatasetError(f"{path}: truncated IDX header")
+        raise DatasetError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dims)")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     expected = int(np.prod(shape))
     if len(raw) - header != expected:
         raise DatasetError(f"{path}: holds {len(raw) - header} bytes of data, the header says "
-                           f"{expected} {shape}; the file is truncated or corrupt")
+                           f"{expected} {tuple(shape)}; the file is truncated or corrupt")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def _find_idx(directory: Path) -> dict[str, Path] | None:
+    """The four IDX files directly in ``directory`` or in torchvision's
+    ``FashionMNIST/raw/`` under it; None unless all four are there."""
     found = {}
     for key, stem in FASHION_FILES.items():
-        for candidate in (directory / f"{stem}.gz", directory / stem,
-                          directory / "FashionMNIST" / "raw" / f"{stem}.gz",
-                          directory / "FashionMNIST" / "raw" / stem):
-            if candidate.exists():
-                found[key] = candidate
+        for folder in (directory, directory / "FashionMNIST" / "raw"):
+            candidates = [folder / f"{stem}.gz", folder / stem]
+            hit = next((c for c in candidates if c.is_file()), None)
+            if hit:
+                found[key] = hit
                 break
         else:
             return None
@@ -99,26 +133,30 @@ def _from_idx(files: dict[str, Path]) -> DatasetTensors:
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise DatasetError(f"{files[f'{split}_x']}: {x.shape} images do not match "
-                               f"{y.shape} labels in {files[f'{split}_y']}")
+            raise DatasetError(f"{files[f'{split}_x']}: images of shape {x.shape} do not match "
+                               f"labels of shape {y.shape} in {files[f'{split}_y']}")
         if y.max(initial=0) > 9:
             raise DatasetError(f"{files[f'{split}_y']}: label {y.max()} outside 0-9")
+    mean, std = STATS["fashion_mnist"]
     return DatasetTensors(
-        "fashion_mnist",
-        torch.from_numpy(arrays["train_x"].copy()).unsqueeze(1),
-        torch.from_numpy(arrays["train_y"].astype(np.int64)),
-        torch.from_numpy(arrays["test_x"].copy()).unsqueeze(1),
-        torch.from_numpy(arrays["test_y"].astype(np.int64)),
-        10, *STATS["fashion_mnist"],
+        name="fashion_mnist",
+        train_x=torch.from_numpy(arrays["train_x"].copy()).unsqueeze(1),
+        train_y=torch.from_numpy(arrays["train_y"].astype(np.int64)),
+        test_x=torch.from_numpy(arrays["test_x"].copy()).unsqueeze(1),
+        test_y=torch.from_numpy(arrays["test_y"].astype(np.int64)),
+        num_classes=10, mean=mean, std=std,
     )
 
 
-def fashion_mnist_places(root: str | Path | None, cache: str | Path = "data") -> list[Path]:
-    """Where Fashion-MNIST is looked for, in order (the download goes to ``cache``)."""
-    return ([Path(root)] if root else []) + [DEBIAN_FASHION_MNIST, Path(cache)]
+def fashion_mnist_places(root: str | Path | None, cache: str | Path | None = None) -> list[Path]:
+    """Where Fashion-MNIST is looked for, in order (a download goes to the last)."""
+    cache = default_cache() if cache is None else Path(cache)
+    return ([Path(root)] if root else []) + [DEBIAN_FASHION_MNIST, cache]
 
 
-def find_fashion_mnist(root: str | Path | None, cache: str | Path = "data") -> dict[str, Path] | None:
+def find_fashion_mnist(root: str | Path | None,
+                       cache: str | Path | None = None) -> dict[str, Path] | None:
+    """The IDX files of the first place holding all four, without reading them."""
     for directory in fashion_mnist_places(root, cache):
         files = _find_idx(directory)
         if files:
@@ -127,91 +165,126 @@ def find_fashion_mnist(root: str | Path | None, cache: str | Path = "data") -> d
 
 
 def load_fashion_mnist(root: str | Path | None, download: bool = True,
-                       cache: str | Path = "data") -> DatasetTensors:
+                       cache: str | Path | None = None) -> DatasetTensors:
+    """Fashion-MNIST from ``root``, Debian's package, the cache, or a download into
+    the cache; ``DatasetNotFoundError`` (one line: where it looked, how to get it)."""
+    cache = default_cache() if cache is None else Path(cache)
     looked = [str(p) for p in fashion_mnist_places(root, cache)]
     files = find_fashion_mnist(root, cache)
     if files:
         return _from_idx(files)
-    reason = "download=false"
+    reason = "download disabled (dataset.download=false)"
     if download:
         try:
             import torchvision
 
             torchvision.datasets.FashionMNIST(str(cache), train=True, download=True)
             torchvision.datasets.FashionMNIST(str(cache), train=False, download=True)
-            files = _find_idx(Path(cache))
+            files = _find_idx(cache)
             if files:
                 return _from_idx(files)
             reason = f"torchvision download to {cache} left no IDX files"
         except Exception as err:  # noqa: BLE001 - any download failure becomes the one line below
-            reason = f"torchvision download to {cache} failed: {str(err).splitlines()[0][:120]}"
+            reason = f"torchvision download to {cache} failed: {_short_reason(err)}"
     raise DatasetNotFoundError(
         f"Fashion-MNIST not found (looked in: {', '.join(looked)}; {reason}); fix: "
-        "apt-get install dataset-fashion-mnist, or make data on a machine with internet, "
-        "or dataset.root=/path/to/the/idx/files"
+        "apt-get install dataset-fashion-mnist, or run make data on a machine with internet, "
+        "or pass dataset.root=/path/to/the/idx/files"
     )
+
+
+# --- CIFAR python pickles -----------------------------------------------------------
 
 
 def _unpickle(path: Path) -> dict:
     try:
         with path.open("rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as err:
-        raise DatasetError(f"{path}: cannot read the CIFAR batch ({err}); the file is "
-                           "truncated or corrupt") from None
+            batch = pickle.load(f, encoding="bytes")
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as err:
+        raise DatasetError(f"{path}: cannot read the CIFAR batch ({_short_reason(err)}); the file "
+                           "is truncated or corrupt") from None
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{path}: not a CIFAR batch (a {type(batch).__name__}, not a dict)")
+    return batch
 
 
-def _cifar_arrays(paths: list[Path], label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+def _cifar_arrays(paths: list[Path], label_key: bytes,
+                  num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for path in paths:
         batch = _unpickle(path)
         if b"data" not in batch or label_key not in batch:
             raise DatasetError(f"{path}: not a CIFAR batch (no {label_key.decode()} / data)")
         data = np.asarray(batch[b"data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(batch[label_key]):
-            raise DatasetError(f"{path}: data of shape {data.shape} is not N x 3072 with N labels")
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+        if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
+            raise DatasetError(f"{path}: data of shape {data.shape} with {labels.size} labels is "
+                               "not N x 3072 with N labels")
+        if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
+            raise DatasetError(f"{path}: labels outside 0-{num_classes - 1}")
         xs.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
-        ys.append(torch.tensor(batch[label_key], dtype=torch.int64))
+        ys.append(torch.from_numpy(labels))
     return torch.cat(xs), torch.cat(ys)
 
 
 def _cifar_files(name: str, directory: Path) -> tuple[list[Path], list[Path]] | None:
+    base = directory / CIFAR_FOLDERS[name]
     if name == "cifar10":
-        base = directory / "cifar-10-batches-py"
         train = [base / f"data_batch_{i}" for i in range(1, 6)]
         test = [base / "test_batch"]
     else:
-        base = directory / "cifar-100-python"
         train, test = [base / "train"], [base / "test"]
-    return (train, test) if all(p.exists() for p in train + test) else None
+    return (train, test) if all(p.is_file() for p in train + test) else None
 
 
 def load_cifar(name: str, root: str | Path | None, download: bool = True,
-               cache: str | Path = "data") -> DatasetTensors:
+               cache: str | Path | None = None) -> DatasetTensors:
+    """CIFAR-10 (``labels``) or CIFAR-100 (``fine_labels``) from the python pickle
+    batches under ``root`` or the cache, else torchvision's download into the cache."""
+    if name not in CIFAR_FOLDERS:
+        raise ValueError(f"load_cifar name={name!r}; use cifar10 or cifar100")
+    cache = default_cache() if cache is None else Path(cache)
     classes, label_key = (10, b"labels") if name == "cifar10" else (100, b"fine_labels")
-    looked = []
-    for directory in ([Path(root)] if root else []) + [Path(cache)]:
-        looked.append(str(directory))
-        files = _cifar_files(name, directory)
-        if files:
-            break
-    else:
-        files, reason = None, "download=false"
+    places = ([Path(root)] if root else []) + [cache]
+    files = next((f for f in (_cifar_files(name, p) for p in places) if f), None)
+    if files is None:
+        reason = "download disabled (dataset.download=false)"
         if download:
             try:
                 import torchvision
 
                 cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
                 cls(str(cache), train=True, download=True)
-                files = _cifar_files(name, Path(cache))
-            except Exception as err:  # noqa: BLE001
-                reason = f"torchvision download to {cache} failed: {str(err).splitlines()[0][:120]}"
+                files = _cifar_files(name, cache)
+                reason = f"torchvision download to {cache} left no {CIFAR_FOLDERS[name]}"
+            except Exception as err:  # noqa: BLE001 - any download failure becomes one line
+                reason = f"torchvision download to {cache} failed: {_short_reason(err)}"
         if files is None:
             raise DatasetNotFoundError(
-                f"{name} not found (looked in: {', '.join(looked)}; {reason}); fix: dataset.root="
-                f"/path/containing/{'cifar-10-batches-py' if name == 'cifar10' else 'cifar-100-python'}"
-                ", or make data DATASET=" + name + " on a machine with internet"
+                f"{name} not found (looked in: {', '.join(map(str, places))}; {reason}); fix: "
+                f"pass dataset.root=/path/containing/{CIFAR_FOLDERS[name]}, or run "
+                f"make data DATASET={name} on a machine with internet"
             )
-    train_x, train_y = _cifar_arrays(files[0], label_key)
-    test_x, test_y = _cifar_arrays(files[1], label_key)
-    return DatasetTensors(name, train_x, train_y, test_x, test_y, classes, *STATS[name])
+    train_x, train_y = _cifar_arrays(files[0], label_key, classes)
+    test_x, test_y = _cifar_arrays(files[1], label_key, classes)
+    mean, std = STATS[name]
+    return DatasetTensors(name=name, train_x=train_x, train_y=train_y, test_x=test_x,
+                          test_y=test_y, num_classes=classes, mean=mean, std=std)
+
+
+# --- by name ------------------------------------------------------------------------
+
+
+def build_dataset(name: str, root: str | Path | None = None, download: bool = True,
+                  cache: str | Path | None = None, image_size: int = 224, flip: bool = True):
+    """``dataset.name`` -> its data: ``DatasetTensors`` for the in-memory sets,
+    ``ImageFolderSplits`` (streamed) for ``imagefolder``."""
+    if name == "fashion_mnist":
+        return load_fashion_mnist(root, download, cache)
+    if name in CIFAR_FOLDERS:
+        return load_cifar(name, root, download, cache)
+    if name == "imagefolder":
+        from brn_repro.data.imagefolder import load_imagefolder_splits
+
+        return load_imagefolder_splits(root, image_size=image_size, flip=flip)
+    raise ValueError(f"dataset.name={name!r} is not a dataset; use one of {', '.join(DATASET_NAMES)}")
