@@ -92,6 +92,10 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"optim.name={config['optim']['name']!r} is not an optimizer; use one of {OPTIMIZERS}")
     if not config["optim"]["lr"] > 0:
         raise ConfigError(f"optim.lr={config['optim']['lr']!r} must be > 0")
+    stop = train.get("stop_at_step")
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or not 0 < stop < train["steps"]):
+        raise ConfigError(f"train.stop_at_step={stop!r} must be a step between 1 and train.steps-1 "
+                          f"({train['steps'] - 1}), or null")
     decay = train.get("ema_decay")
     if decay is not None and not 0 < decay < 1:
         raise ConfigError(f"train.ema_decay={decay!r} must lie in (0, 1), or null for no EMA")

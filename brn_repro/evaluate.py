@@ -17,33 +17,61 @@ import torch
 from torch import Tensor, nn
 
 
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, float]:
-    """(accuracy in %, mean cross-entropy) of ``model`` in eval mode."""
+def accuracy_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> list[float]:
+    """[correct, total, summed cross-entropy] of ``model`` in eval mode: sums, so the
+    shards of a multi-process evaluation add up (``brn_repro.distributed``)."""
     was_training = model.training
     model.eval()
-    correct, total, loss_sum = 0, 0, 0.0
+    device = _device(model)
+    # Accumulated on the device: one host sync at the end, not one per batch.
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    total = 0
     for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
         total += y.numel()
     model.train(was_training)
+    return [float(correct.item()), float(total), loss_sum.item()]
+
+
+def accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, float]:
+    """(accuracy in %, mean cross-entropy) of ``model`` in eval mode."""
+    return percent(accuracy_counts(model, batches))
+
+
+def percent(counts: list[float]) -> tuple[float, float]:
+    """(accuracy in %, mean loss) from ``[correct, total, loss sum]``."""
+    correct, total, loss_sum = counts
     return 100.0 * correct / max(total, 1), loss_sum / max(total, 1)
 
 
 @torch.no_grad()
-def minibatch_stats_accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> float:
-    """Accuracy (%) with every norm layer using the statistics of the test batch itself."""
+def minibatch_stats_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> list[float]:
+    """[correct, total, 0] with every norm layer using the statistics of the test batch itself."""
     probe = copy.deepcopy(model).train()
     for module in probe.modules():
         if hasattr(module, "per_worker_batch"):
             module.per_worker_batch = None  # one normalization group: the whole test batch
-    correct, total = 0, 0
+    device = _device(probe)
+    correct, total = torch.zeros((), dtype=torch.long, device=device), 0
     for x, y in batches:
-        correct += (probe(x).argmax(1) == y).sum().item()
+        y = y.to(device, non_blocking=True)
+        correct += (probe(x.to(device, non_blocking=True)).argmax(1) == y).sum()
         total += y.numel()
-    return 100.0 * correct / max(total, 1)
+    return [float(correct.item()), float(total), 0.0]
+
+
+def minibatch_stats_accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> float:
+    """Accuracy (%) with every norm layer using the statistics of the test batch itself."""
+    return percent(minibatch_stats_counts(model, batches))[0]
 
 
 class WeightEMA:

@@ -34,7 +34,7 @@ import yaml
 # Config keys that do not change a run's numbers, so they are not part of its identity.
 NON_IDENTITY_KEYS = (
     "experiment", "logger", "paths", "profile_name", "norm_momentum", "schedule", "noniid_recipe", "dataset.root", "dataset.download", "dataset.loader_workers",
-    "train.checkpoint_every", "train.threads", "train.progress",
+    "train.checkpoint_every", "train.eval_batch", "train.threads", "train.progress", "train.device", "train.stop_at_step",
 )
 
 

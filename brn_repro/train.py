@@ -2,12 +2,15 @@
 
     python -m brn_repro.train norm=brn data.per_worker_batch=4 data.workers=16
     python -m brn_repro.train -m norm=bn,brn data.per_worker_batch=1,2,4,32
+    torchrun --nproc_per_node=2 -m brn_repro.train norm=brn data.per_worker_batch=4 data.workers=16
 
 A global batch of ``data.workers x data.per_worker_batch`` examples goes through
 the model in one call; batch-statistics norms normalize it in groups of the
 per-worker batch (the paper's synchronized workers), the gradient is over all of
-it. The run leaves one record (``brn_repro.records``); re-running a finished
-config does nothing, an interrupted one resumes from its checkpoint.
+it. Under torchrun (or SLURM tasks) the same global batch is spread over the
+processes, each normalizing its own workers (``brn_repro.distributed``). The run
+leaves one record (``brn_repro.records``); re-running a finished config does
+nothing, an interrupted one resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import hydra
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from brn_repro import distributed
 from brn_repro.config import (
     ConfigError,
     build_lr_schedule,
@@ -32,7 +37,7 @@ from brn_repro.config import (
     validate,
 )
 from brn_repro.data import DatasetError, TrainingData
-from brn_repro.evaluate import WeightEMA, accuracy, minibatch_stats_accuracy
+from brn_repro.evaluate import WeightEMA, accuracy_counts, minibatch_stats_counts, percent
 from brn_repro.loggers import build_logger
 from brn_repro.models import build_model, check_model_input
 from brn_repro.norm import norm_diagnostics
@@ -43,11 +48,13 @@ def weight_norm(model: torch.nn.Module) -> float:
     return math.sqrt(sum(p.detach().pow(2).sum().item() for p in model.parameters()))
 
 
-def prepare(config: dict[str, Any]) -> tuple[TrainingData, torch.nn.Module]:
+def prepare(config: dict[str, Any], ctx: distributed.Context = distributed.SINGLE_PROCESS
+            ) -> tuple[TrainingData, torch.nn.Module]:
     """Everything that can fail on bad input, before any training or any record."""
     model_options = {k: v for k, v in config["model"].items() if k != "name"}
     try:
-        data = TrainingData(config)  # finds the dataset; one-line DatasetError when it can't
+        # finds the dataset; one-line DatasetError when it can't
+        data = TrainingData(config, rank=ctx.rank, world_size=ctx.world_size)
         check_model_input(config["model"]["name"], image_size=data.image_size,
                           in_channels=data.in_channels, dataset=config["dataset"]["name"],
                           **model_options)
@@ -62,16 +69,21 @@ def prepare(config: dict[str, Any]) -> tuple[TrainingData, torch.nn.Module]:
     return data, model
 
 
-def evaluate(model, ema, data: TrainingData, config, final: bool) -> dict[str, float]:
+def evaluate(model, ema, data: TrainingData, config, final: bool,
+             ctx: distributed.Context, device: torch.device) -> dict[str, float]:
     """Accuracies in inference mode; intermediate evaluations may use a fixed test
-    subset (``train.eval_test_size``) to keep short runs cheap, the last uses all of it."""
+    subset (``train.eval_test_size``) to keep short runs cheap, the last uses all of it.
+    Several processes each count their shard of the batches; the counts are summed."""
     net = ema.model if ema is not None else model
     subset = None if final else config["train"].get("eval_test_size")
-    test_acc, test_loss = accuracy(net, data.test_batches(subset))
-    train_acc, _ = accuracy(net, data.train_subset_batches())
+    counts = accuracy_counts(net, data.test_batches(subset)) + accuracy_counts(net, data.train_subset_batches())
+    if config["train"]["minibatch_stats_eval"]:
+        counts += minibatch_stats_counts(net, data.noniid_test_batches(subset))
+    counts = distributed.all_reduce_sum(counts, ctx, device)
+    (test_acc, test_loss), (train_acc, _) = percent(counts[0:3]), percent(counts[3:6])
     row = {"test_acc": test_acc, "test_loss": test_loss, "train_acc": train_acc}
     if config["train"]["minibatch_stats_eval"]:
-        row["minibatch_stats_acc"] = minibatch_stats_accuracy(net, data.noniid_test_batches())
+        row["minibatch_stats_acc"] = percent(counts[6:9])[0]
     return row
 
 
@@ -80,26 +92,33 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     if config["train"].get("threads"):
         torch.set_num_threads(config["train"]["threads"])
     validate(config)
+    ctx, device = distributed.init(config["train"].get("device", "auto"))
+    distributed.check_workers(config["data"]["workers"], ctx)
     record = RunRecord(config["paths"]["runs"], config)
     done = record.summary()
     if done is not None:  # before loading anything: re-running a finished sweep is quick
-        print(f"already {done['status']}: {record.dir} (test_acc {done['test_acc']}); nothing to do")
+        if ctx.is_main:
+            print(f"already {done['status']}: {record.dir} (test_acc {done['test_acc']}); nothing to do")
         return done
-    data, model = prepare(config)
-    if note := relaxation_warning(config):
+    data, model = prepare(config, ctx)
+    if (note := relaxation_warning(config)) and ctx.is_main:
         print(note, file=sys.stderr)
-    with record.lock():
-        done = record.summary()
-        if done is not None:  # another process of the sweep trained this very config
-            print(f"already {done['status']} by another process: {record.dir}; nothing to do")
+    # Rank 0 holds the lock and speaks for all: another sweep process may have trained it.
+    with record.lock() if ctx.is_main else nullcontext():
+        done = distributed.broadcast(record.summary() if ctx.is_main else None, ctx)
+        if done is not None:
+            if ctx.is_main:
+                print(f"already {done['status']} by another process: {record.dir}; nothing to do")
             return done
-        return train_run(config, record, data, model)
+        return train_run(config, record, data, model, ctx, device)
 
 
-def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData,
-              model: torch.nn.Module) -> dict[str, Any]:
-    """The loop: train, evaluate, checkpoint, and leave the summary."""
+def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, model: torch.nn.Module,
+              ctx: distributed.Context = distributed.SINGLE_PROCESS,
+              device: torch.device = distributed.CPU) -> dict[str, Any]:
+    """The loop: train, evaluate, checkpoint, and leave the summary (rank 0 writes)."""
     train = config["train"]
+    model.to(device)
     optimizer = build_optimizer(config, model.parameters())
     scheduler = build_lr_schedule(config, optimizer)
     ema = WeightEMA(model, train["ema_decay"]) if train.get("ema_decay") else None
@@ -113,16 +132,21 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData,
         if ema is not None:
             ema.load_state_dict(state["ema"])
         start, best, wall_before = state["step"], state["best_test_acc"], state["wall_seconds"]
-        record.truncate_metrics(start)
-        print(f"resuming {record.dir} from step {start}")
-    else:
+        if ctx.is_main:
+            record.truncate_metrics(start)
+            print(f"resuming {record.dir} from step {start}")
+    elif ctx.is_main:
         record.start()
     name = run_name(config)
-    logger = build_logger(config["logger"]["kind"], config=config, run_dir=record.dir,
-                          run_name=name, group=config["experiment"],
+    logger = build_logger(config["logger"]["kind"] if ctx.is_main else "none", config=config,
+                          run_dir=record.dir, run_name=name, group=config["experiment"],
                           **{k: v for k, v in config["logger"].items() if k != "kind"})
+    net = distributed.wrap(model, ctx, device)  # after loading: every process starts equal
+    average_statistics = distributed.StatisticsAverager(model, ctx)
 
     def checkpoint(step: int, wall: float) -> None:
+        if not ctx.is_main:
+            return
         record.save_checkpoint({
             "step": step, "best_test_acc": best, "wall_seconds": wall,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -134,12 +158,16 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData,
     status, diverged_step, last = "completed", None, {}
     t0, window_start, window_steps = time.perf_counter(), time.perf_counter(), 0
     bar = tqdm(total=train["steps"], initial=start, desc=name, unit="step",
-               disable=not train.get("progress", True), dynamic_ncols=True)
+               disable=not (train.get("progress", True) and ctx.is_main), dynamic_ncols=True)
     step = start
     for step in range(start + 1, train["steps"] + 1):
         x, y = data.train_batch()
-        loss = F.cross_entropy(model(x), y)
-        if not torch.isfinite(loss):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(net(x), y)
+        # The loss over the global batch; with several processes also the moving
+        # statistics' mean over processes (one all-reduce), before they are used again.
+        global_loss = average_statistics(loss)
+        if not torch.isfinite(global_loss):
             status, diverged_step = "diverged", step
             break
         optimizer.zero_grad(set_to_none=True)
@@ -152,22 +180,34 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData,
         bar.update(1)
         if step % train["eval_every"] == 0 or step == train["steps"]:
             images_per_second = window_steps * data.global_batch / (time.perf_counter() - window_start)
-            row = {"step": step, "loss": loss.item(),
-                   **evaluate(model, ema, data, config, final=step == train["steps"]),
+            row = {"step": step, "loss": global_loss.item(),
+                   **evaluate(model, ema, data, config, step == train["steps"], ctx, device),
                    "lr": scheduler.get_last_lr()[0], "weight_norm": weight_norm(model),
-                   "images_per_second": images_per_second, **norm_diagnostics(model)}
+                   "images_per_second": images_per_second,
+                   **distributed.all_reduce_mean(norm_diagnostics(model), ctx, device)}
             best = max(best, row["test_acc"])
-            record.log_metrics(row)
+            if ctx.is_main:
+                record.log_metrics(row)
             logger.log(row, step)
             last = row
             bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['test_acc']:.1f}",
                             img_s=f"{images_per_second:.0f}")
             model.train()
             window_start, window_steps = time.perf_counter(), 0
-        if step % train["checkpoint_every"] == 0 or step == train["steps"]:
+        stopping = step == train.get("stop_at_step")
+        if step % train["checkpoint_every"] == 0 or step == train["steps"] or stopping:
             checkpoint(step, wall_before + time.perf_counter() - t0)
+        if stopping:
+            status = "stopped"
+            break
     bar.close()
     wall = wall_before + time.perf_counter() - t0
+    if status == "stopped":  # a job's share of the run: checkpointed, no summary yet
+        if ctx.is_main:
+            print(f"stopped at step {step} (train.stop_at_step); run the same command without it "
+                  f"to resume: {record.dir}")
+        logger.finish()
+        return {"status": "stopped", "steps_done": step, "test_acc": None, "run_dir": str(record.dir)}
     steps_done = (diverged_step - 1) if diverged_step else step
     summary = {
         "status": status,
@@ -182,9 +222,14 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData,
         "wall_seconds": round(wall, 2),
         "images_per_second": round((steps_done - start) * data.global_batch
                                    / max(time.perf_counter() - t0, 1e-9), 1),
+        "processes": ctx.world_size,
+        "device": device.type,
     }
+    if not ctx.is_main:
+        return summary
     if status == "diverged":
-        print(f"diverged at step {diverged_step} (loss {loss.item()}): recorded in {record.summary_path}")
+        print(f"diverged at step {diverged_step} (loss {global_loss.item()}): "
+              f"recorded in {record.summary_path}")
     record.write_summary(summary)
     logger.summary(summary)
     logger.finish()

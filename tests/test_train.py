@@ -58,15 +58,16 @@ def test_untrained_model_scores_near_chance(tmp_path, tiny_fashion_mnist):
     assert acc < 30.0
 
 
-def test_interrupted_run_resumes_bit_identically(tmp_path, tiny_fashion_mnist, monkeypatch):
+@pytest.mark.parametrize("norm", ["bn", "brn", "moving_average"])
+def test_interrupted_run_resumes_bit_identically(tmp_path, tiny_fashion_mnist, monkeypatch, norm):
     import brn_repro.data as data_module
 
-    straight = make_config(tmp_path / "a", tiny_fashion_mnist, "norm=brn", "norm.relax_start=10",
-                           "norm.r_max_end_step=40", "norm.d_max_end_step=30")
+    schedule = {"brn": ["norm.relax_start=10", "norm.r_max_end_step=40", "norm.d_max_end_step=30"],
+                "moving_average": ["norm.momentum_start=0.5", "norm.momentum_end_step=40"]}.get(norm, [])
+    straight = make_config(tmp_path / "a", tiny_fashion_mnist, f"norm={norm}", *schedule)
     expected = run(straight)
 
-    resumed = make_config(tmp_path / "b", tiny_fashion_mnist, "norm=brn", "norm.relax_start=10",
-                          "norm.r_max_end_step=40", "norm.d_max_end_step=30")
+    resumed = make_config(tmp_path / "b", tiny_fashion_mnist, f"norm={norm}", *schedule)
     original = data_module.TrainingData.train_batch
     calls = {"n": 0}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 
 import torch
@@ -42,20 +43,25 @@ def load_tensors(name: str, root: str | None, download: bool, cache: str | None)
 
 
 class _SamplerBatches:
-    """The sampler as an endless DataLoader ``batch_sampler`` (lists of indices)."""
+    """The sampler as an endless DataLoader ``batch_sampler`` (lists of indices),
+    cut to this process's ``local`` part of each global batch."""
 
-    def __init__(self, sampler):
-        self.sampler = sampler
+    def __init__(self, sampler, local: slice):
+        self.sampler, self.local = sampler, local
 
     def __iter__(self):
         while True:
-            yield self.sampler.next().tolist()
+            yield self.sampler.next()[self.local].tolist()
 
 
 class TrainingData:
-    """Built from a resolved config; raises ``DatasetError`` (one line) before training."""
+    """Built from a resolved config; raises ``DatasetError`` (one line) before training.
 
-    def __init__(self, config: dict[str, Any]):
+    Under several processes (``brn_repro.distributed``), ``rank`` of ``world_size``
+    trains on its contiguous part of each global batch and evaluates every
+    ``world_size``-th evaluation batch (the caller sums the counts)."""
+
+    def __init__(self, config: dict[str, Any], rank: int = 0, world_size: int = 1):
         dataset, data, train = config["dataset"], config["data"], config["train"]
         sampler_cfg, seed = config["sampler"], config["seed"]
         self.eval_batch, self.train_eval_size = train["eval_batch"], data["train_eval_size"]
@@ -82,6 +88,9 @@ class TrainingData:
                                      data["per_worker_batch"], seed, sampler_cfg.get("labels_per_batch"),
                                      sampler_cfg.get("images_per_label"))
         self.global_batch = self.sampler.global_batch
+        self.rank, self.world_size = rank, world_size
+        part = self.global_batch // world_size
+        self.local = slice(rank * part, (rank + 1) * part)
         self.steps_taken = 0
         self._stream: Iterator | None = None
 
@@ -91,13 +100,22 @@ class TrainingData:
         if self.streaming:
             if self._stream is None:
                 self._stream = iter(torch.utils.data.DataLoader(
-                    self.train_set, batch_sampler=_SamplerBatches(self.sampler),
+                    self.train_set, batch_sampler=_SamplerBatches(self.sampler, self.local),
                     num_workers=self.loader_workers, persistent_workers=False))
             return next(self._stream)
-        return self.batches.train_batch(self.sampler.next())
+        # The whole global batch is augmented, then cut: the augmentation draws (one
+        # generator for the global batch) do not depend on the number of processes.
+        x, y = self.batches.train_batch(self.sampler.next())
+        return x[self.local], y[self.local]
 
     # --- evaluation -----------------------------------------------------------
+    def _shard(self, batches):
+        """This process's evaluation batches: every ``world_size``-th one."""
+        return batches if self.world_size == 1 else islice(batches, self.rank, None, self.world_size)
+
     def _stream_batches(self, dataset, idx: Tensor | None = None, batch: int | None = None):
+        if self.world_size > 1:  # shard the examples before any image is decoded
+            idx = (torch.arange(len(dataset)) if idx is None else idx)[self.rank::self.world_size]
         subset = dataset if idx is None else torch.utils.data.Subset(dataset, idx.tolist())
         yield from torch.utils.data.DataLoader(subset, batch_size=batch or self.eval_batch,
                                                num_workers=self.loader_workers)
@@ -105,7 +123,7 @@ class TrainingData:
     def test_batches(self, size: int | None = None):
         """The test set, or a fixed subset of ``size`` examples (the same for every run)."""
         if not self.streaming:
-            return self.batches.test_batches(self.eval_batch, size)
+            return self._shard(self.batches.test_batches(self.eval_batch, size))
         total = len(self.test_labels)
         idx = fixed_subset_indices(total, size) if size is not None and size < total else None
         return self._stream_batches(self.val_set, idx)
@@ -113,18 +131,25 @@ class TrainingData:
     def train_subset_batches(self):
         """A fixed training subset (same for every run) for train accuracy in inference mode."""
         if not self.streaming:
-            return self.batches.train_subset_batches(self.train_eval_size, self.eval_batch)
+            return self._shard(self.batches.train_subset_batches(self.train_eval_size, self.eval_batch))
         idx = fixed_subset_indices(len(self.train_labels), self.train_eval_size)
         return self._stream_batches(self.train_set, idx)
 
-    def noniid_test_batches(self):
-        """Test batches drawn the non-i.i.d. way (paper: 25 labels x 2), fixed across runs."""
+    def noniid_test_batches(self, size: int | None = None):
+        """Test batches drawn the non-i.i.d. way (paper: 25 labels x 2), fixed across
+        runs: as many as fill the test set once, or the first ones holding ``size``
+        examples (each batch costs a forward pass of its own: small and many)."""
         labels, images = self.eval_recipe
+        count = None if size is None else max(1, size // (labels * images))
         if not self.streaming:
-            yield from self.batches.noniid_test_batches(labels, images)
+            yield from self._shard(self.batches.noniid_test_batches(labels, images, batches=count))
             return
-        for row in noniid_test_indices(self.test_labels, labels, images):
-            yield from self._stream_batches(self.val_set, row, batch=len(row))
+        rows = noniid_test_indices(self.test_labels, labels, images, batches=count)
+        rows = rows[self.rank::self.world_size]
+        for row in rows:  # one whole batch each: its statistics are the point
+            subset = torch.utils.data.Subset(self.val_set, row.tolist())
+            yield from torch.utils.data.DataLoader(subset, batch_size=len(row),
+                                                   num_workers=self.loader_workers)
 
     # --- resume ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from brn_repro.norm.batch_norm import BatchNorm1d, BatchNorm2d
 from brn_repro.norm.batch_renorm import BatchRenorm1d, BatchRenorm2d
 from brn_repro.norm.moving_average import MovingAverageNorm1d, MovingAverageNorm2d
 from brn_repro.norm.registry import NORM_NAMES, build_norm, norm_diagnostics, swap_norm
+from brn_repro.norm.sync_batch_norm import SyncBatchNorm
 
 __all__ = [
     "NORM_NAMES",
@@ -15,6 +16,7 @@ __all__ = [
     "BatchRenorm2d",
     "MovingAverageNorm1d",
     "MovingAverageNorm2d",
+    "SyncBatchNorm",
     "build_norm",
     "norm_diagnostics",
     "swap_norm",

@@ -15,7 +15,8 @@ Names and the options each takes (anything else is an error):
 - ``gn``: GroupNorm (Wu & He 2018). num_groups, eps, affine
 - ``ln``: LayerNorm over (C, H, W), as GroupNorm with one group. eps, affine
 - ``in``: InstanceNorm. eps, affine
-- ``syncbn``: torch's SyncBatchNorm, statistics over all processes. eps, momentum, affine
+- ``syncbn``: batchnorm over the whole global batch across processes (torch's SyncBatchNorm,
+  with a CPU/gloo path). eps, momentum, affine
 - ``none``: identity
 """
 
@@ -31,6 +32,7 @@ from torch import nn
 from brn_repro.norm.batch_norm import BatchNorm1d, BatchNorm2d
 from brn_repro.norm.batch_renorm import BatchRenorm1d, BatchRenorm2d, check_eps, check_momentum
 from brn_repro.norm.moving_average import MovingAverageNorm1d, MovingAverageNorm2d
+from brn_repro.norm.sync_batch_norm import SyncBatchNorm
 from brn_repro.schedules import Constant, Cosine, Linear, Schedule, as_schedule
 
 NormFactory = Callable[[int], nn.Module]
@@ -139,7 +141,7 @@ def build_norm(name: str, **options: Any) -> NormFactory:
         eps, affine = options.get("eps", 1e-5), options.get("affine", True)
         return lambda c: nn.InstanceNorm2d(c, eps=eps, affine=affine)
     if name == "syncbn":
-        return partial(nn.SyncBatchNorm, **options)
+        return partial(SyncBatchNorm, **options)
     return lambda c: nn.Identity()
 
 
