@@ -15,7 +15,7 @@ JOBS ?= 2
 THREADS ?= 1
 DATASET ?= fashion_mnist
 
-.PHONY: help setup data reproduce aggregate test test-slow test-all bench lint clean
+.PHONY: help setup data reproduce reproduce-extended aggregate test test-slow test-all bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -35,6 +35,11 @@ reproduce:  ## install, get the data, run the default reproduction, write result
 	@start=$$(date +%s); $(MAKE) --no-print-directory data && \
 	$(BIN)/python scripts/reproduce.py --profile $(PROFILE) --jobs $(JOBS) --threads $(THREADS) \
 		--started-at $$start
+
+reproduce-extended:  ## the default reproduction plus the later norms' sweep (MABN, FRN, EvoNorm, GN+WS)
+	@start=$$(date +%s); $(MAKE) --no-print-directory data && \
+	$(BIN)/python scripts/reproduce.py --profile $(PROFILE) --jobs $(JOBS) --threads $(THREADS) \
+		--started-at $$start --extended
 
 aggregate: $(STAMP)  ## re-aggregate existing run records into results/
 	$(BIN)/python -m brn_repro.aggregate --runs runs/$(PROFILE) --out results

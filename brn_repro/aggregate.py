@@ -29,6 +29,7 @@ CONDITIONS: dict[str, list[str]] = {
     "fig2_small_batch": ["norm.type", "data.per_worker_batch"],
     "fig3_noniid": ["norm.type", "sampler.type"],
     "batch_size_sweep": ["norm.type", "data.per_worker_batch"],
+    "batch_size_sweep_extended": ["norm.type", "data.per_worker_batch"],
     "rd_schedule_ablation": ["norm.r_max", "norm.d_max"],
     "relaxation_length": ["norm.relax_start", "norm.r_max_end_step", "norm.d_max_end_step"],
     "moving_average_question": ["norm.type", "norm.momentum", "norm.momentum_start"],
@@ -124,7 +125,9 @@ def write_atomic_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def aggregate(runs_root: str | Path, out: str | Path, wall_seconds: float | None = None,
               source: str = "local", project: str = "brn-repro", entity: str | None = None,
-              log_to_wandb: bool = False) -> Path:
+              log_to_wandb: bool = False, runs_trained: int | None = None) -> Path:
+    """Records -> summaries, figures, REPORT.md under ``out``. ``wall_seconds`` and
+    ``runs_trained``: of the ``make reproduce`` call that asks (the report says so)."""
     from brn_repro.claims import evaluate_claims
     from brn_repro.plots import experiment_figures
     from brn_repro.report import write_report
@@ -146,7 +149,7 @@ def aggregate(runs_root: str | Path, out: str | Path, wall_seconds: float | None
         summaries[experiment] = summary
         figures[experiment] = experiment_figures(experiment, frame, curves, by, out / experiment)
     claims = evaluate_claims(runs)
-    report = write_report(out, runs, summaries, claims, figures, wall_seconds)
+    report = write_report(out, runs, summaries, claims, figures, wall_seconds, runs_trained)
     if log_to_wandb:
         _log_to_wandb(project, entity, summaries, figures, report)
     return report

@@ -19,7 +19,7 @@ SAMPLERS = ("iid", "noniid", "noniid_split")
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 LR_SCHEDULES = ("cosine", "step", "constant")
 # Norms whose statistics come from the (per-worker) batch: they take per_worker_batch.
-BATCH_NORMS = ("bn", "brn", "moving_average")
+BATCH_NORMS = ("bn", "brn", "moving_average", "mabn")
 
 
 class ConfigError(ValueError):

@@ -26,6 +26,7 @@ batch over K processes so that the numbers do not change:
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +118,8 @@ def init(device_name: str = "auto") -> tuple[Context, torch.device]:
     if ctx.enabled and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=ctx.rank, world_size=ctx.world_size)
+        # One group for all the jobs of a sweep in this process; left cleanly at exit.
+        atexit.register(dist.destroy_process_group)
     return ctx, device
 
 

@@ -124,7 +124,7 @@ def experiment_figures(experiment: str, frame: pd.DataFrame, curves: pd.DataFram
     if experiment == "fig3_noniid":
         figures.append(curves_figure(frame, mine, by, "train_acc", out / "train_acc_vs_step.png",
                                      f"{experiment}: train accuracy (inference mode)"))
-    if experiment in ("batch_size_sweep", "fig2_small_batch"):
+    if experiment in ("batch_size_sweep", "batch_size_sweep_extended", "fig2_small_batch"):
         figures.append(batch_size_figure(frame, out / "acc_vs_per_worker_batch.png",
                                          f"{experiment}: accuracy vs per-worker batch"))
     if experiment == "rd_schedule_ablation":

@@ -48,7 +48,7 @@ def _drop(config: dict[str, Any], dotted: str) -> None:
     node.pop(leaf, None)
 
 
-SPLIT_BLIND_NORMS = ("gn", "ln", "in", "none")
+SPLIT_BLIND_NORMS = ("gn", "ln", "in", "none", "frn", "evonorm_s0", "gn_ws")
 
 
 def split_blind(config: dict[str, Any]) -> bool:

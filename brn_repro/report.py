@@ -57,47 +57,86 @@ def _claim_sections(claims: list[Claim]) -> list[str]:
     return lines
 
 
-def _group_norm_rows(runs: pd.DataFrame) -> list[str]:
-    sweep = runs[runs["experiment"] == "batch_size_sweep"]
+# MABN paper (Yan et al. 2020, ResNet-50 ImageNet), top-1 error at normalization batch 2.
+MABN_PAPER_ERROR = {"bn": {2: 35.22}, "brn": {2: 30.29}, "mabn": {2: 23.67}}
+LATER_NORMS = ("bn", "brn", "gn", "mabn", "frn", "evonorm_s0", "gn_ws")
+
+
+def _batch_rows(runs: pd.DataFrame, experiment: str, norms: tuple[str, ...],
+                published: list[tuple[str, dict[str, dict[int, float]]]]) -> list[str]:
+    """Per norm: the published ImageNet row(s) (100 - top-1 error) and ours, by per-worker batch."""
+    sweep = runs[runs["experiment"] == experiment]
     if sweep.empty:
-        return ["The batch_size_sweep experiment has no runs in this aggregate.", ""]
+        return [f"The {experiment} experiment has no runs in this aggregate.", ""]
     batches = [32, 16, 8, 4, 2, 1]
     lines = ["| norm | source | " + " | ".join(f"b={b}" for b in batches) + " |",
              "|---|---|" + "---|" * len(batches)]
-    for norm in ("bn", "gn", "brn", "ln", "moving_average"):
-        if norm in GN_PAPER_ERROR:
-            paper = [f"{100 - GN_PAPER_ERROR[norm][b]:.1f}" if b in GN_PAPER_ERROR[norm] else "-"
-                     for b in batches]
-            lines.append(f"| {norm} | GN paper (ImageNet, 100 - error) | " + " | ".join(paper) + " |")
+    for norm in norms:
+        for source, table in published:
+            if norm in table:
+                paper = [f"{100 - table[norm][b]:.1f}" if b in table[norm] else "-" for b in batches]
+                lines.append(f"| {norm} | {source} | " + " | ".join(paper) + " |")
         ours = []
         for b in batches:
             cell = sweep[(sweep["norm.type"] == norm) & (sweep["data.per_worker_batch"] == b)]
             ours.append(stats(cell).text() if len(cell) else "-")
         lines.append(f"| {norm} | ours | " + " | ".join(ours) + " |")
-    return lines + ["", "The GN paper's numbers are ResNet-50 on ImageNet; ours are the profile's "
-                    "model and dataset: compare the shape across batch sizes, not the levels.", ""]
+    return lines + ["", "The published numbers are ResNet-50 on ImageNet (100 - top-1 error); ours "
+                    "are the profile's model and dataset: compare the shape across batch sizes, "
+                    "not the levels.", ""]
+
+
+def _group_norm_rows(runs: pd.DataFrame) -> list[str]:
+    return _batch_rows(runs, "batch_size_sweep", ("bn", "gn", "brn", "ln", "moving_average"),
+                       [("GN paper (ImageNet, 100 - error)", GN_PAPER_ERROR)])
+
+
+def _later_rows(runs: pd.DataFrame) -> list[str]:
+    if runs[runs["experiment"] == "batch_size_sweep_extended"].empty:
+        return []
+    return ["## Later answers: MABN, FRN, EvoNorm-S0, GN + WS", "",
+            "`batch_size_sweep_extended` (`make reproduce-extended`): the post-2017 normalizations "
+            "next to BN, BRN and GN, global batch fixed. MABN's published row is its paper's "
+            "Table (normalization batch 2).", "",
+            *_batch_rows(runs, "batch_size_sweep_extended", LATER_NORMS,
+                         [("GN paper (ImageNet, 100 - error)", GN_PAPER_ERROR),
+                          ("MABN paper (ImageNet, 100 - error)", MABN_PAPER_ERROR)])]
+
+
+def _wall_text(wall_seconds: float | None, trained: int | None, total: int) -> str:
+    if not wall_seconds:
+        return ""
+    if trained is None:
+        return f"; wall time of the whole reproduction: {wall_seconds / 60:.1f} min"
+    return (f"; wall time of the `make reproduce` call that wrote this report: "
+            f"{wall_seconds / 60:.1f} min, install and data included, training {trained} of the "
+            f"{total} runs (the others were already recorded)")
 
 
 def write_report(out: Path, runs: pd.DataFrame, summaries: dict[str, pd.DataFrame],
                  claims: list[Claim], figures: dict[str, list[Path]],
-                 wall_seconds: float | None) -> Path:
+                 wall_seconds: float | None, runs_trained: int | None = None) -> Path:
     profiles = ", ".join(sorted(str(p) for p in runs.get("profile_name", pd.Series()).dropna().unique()))
     datasets = ", ".join(sorted(runs.get("dataset.name", pd.Series()).dropna().astype(str).unique()))
     models = ", ".join(sorted(runs.get("model.name", pd.Series()).dropna().astype(str).unique()))
-    counts = runs["status"].value_counts().to_dict()
-    run_wall = pd.to_numeric(runs["wall_seconds"], errors="coerce").sum()
+    # A run shared by several experiments appears once per experiment in ``runs``.
+    distinct = runs.drop_duplicates("run_dir") if "run_dir" in runs else runs
+    counts = distinct["status"].value_counts().to_dict()
+    run_wall = pd.to_numeric(distinct["wall_seconds"], errors="coerce").sum()
     lines = [
         "# Batch Renormalization: reproduction report", "",
         f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m brn_repro.aggregate` "
         "from the run records; every number below comes from a run that happened.", "",
         f"- profile: {profiles or '-'}; dataset: {datasets or '-'}; model: {models or '-'}",
         f"- machine: {_machine()}",
-        f"- runs: {len(runs)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); "
+        f"- runs: {len(distinct)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}), "
+        f"{len(runs)} experiment memberships (experiments share runs); "
         f"training time summed over runs: {run_wall / 60:.1f} min"
-        + (f"; wall time of the whole reproduction: {wall_seconds / 60:.1f} min" if wall_seconds else ""),
+        + _wall_text(wall_seconds, runs_trained, len(distinct)),
         "", "## Verdicts", "", *_claims_table(claims), "", "**Rule.** " + RULE, "",
         "## The claims in detail", "", *_claim_sections(claims),
         "## Group Norm paper's batch-size row, for comparison", "", *_group_norm_rows(runs),
+        *_later_rows(runs),
         "## Experiments", "",
     ]
     for experiment, summary in summaries.items():

@@ -20,9 +20,10 @@ import torch
 from tqdm import tqdm
 
 from brn_repro.models import ResNetCifar
-from brn_repro.norm import build_norm
+from brn_repro.norm import build_norm, swap_conv
 
-NORMS = ("bn", "brn", "moving_average", "gn", "ln", "in", "syncbn", "none")
+NORMS = ("bn", "brn", "moving_average", "gn", "ln", "in", "syncbn", "none",
+         "mabn", "frn", "evonorm_s0", "gn_ws")
 # The targets of the issue that asked for this benchmark (ratio to BN, same batch).
 TARGETS = {("brn", 128, 128): 1.05, ("brn", 4, 4): 1.15, ("bn", 128, 4): 1.15, ("brn", 128, 4): 1.15}
 
@@ -36,11 +37,15 @@ def configurations() -> list[tuple[str, int, int]]:
 def make_step(norm: str, batch: int, per_worker_batch: int, seed: int = 0):
     torch.manual_seed(seed)
     options = {"per_worker_batch": per_worker_batch} if norm in ("bn", "brn") else {}
+    if norm == "mabn":
+        options.update(warmup_iters=0, r_warmup=0)  # timed in its steady state: SMAs and r
     if norm == "brn":
         options.update(r_max=3.0, d_max=5.0)  # the paper's final limits: clipping active
     if per_worker_batch == batch:
         options.pop("per_worker_batch", None)
-    model = ResNetCifar(20, 10, 3, norm_layer=build_norm(norm, **options)).train()
+    factory = build_norm(norm, **options)
+    # with the convolutions the norm pairs with (MABN: centred, GN+WS: standardized)
+    model = swap_conv(ResNetCifar(20, 10, 3, norm_layer=factory), getattr(factory, "conv", None)).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, 32, 32)
     y = torch.randint(0, 10, (batch,))

@@ -32,6 +32,8 @@ from brn_repro.records import RunRecord, write_atomic
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("fig1_baseline", "fig2_small_batch", "fig3_noniid", "batch_size_sweep",
                "rd_schedule_ablation", "relaxation_length", "moving_average_question")
+# Beyond the paper and the default's 30-minute budget: `make reproduce-extended`.
+EXTENDED = ("batch_size_sweep_extended",)
 
 
 def expand(experiment: str, base: list[str]) -> list[dict]:
@@ -63,6 +65,8 @@ def main() -> None:
     parser.add_argument("--runs", default=None, help="run records root (default runs/<profile>)")
     parser.add_argument("--out", default="results")
     parser.add_argument("--experiments", default=" ".join(EXPERIMENTS))
+    parser.add_argument("--extended", action="store_true",
+                        help=f"also run {', '.join(EXTENDED)} (the later normalizations)")
     parser.add_argument("--launcher", default="local", help="hydra/launcher: local (joblib) or slurm")
     parser.add_argument("--started-at", type=float, default=None,
                         help="epoch seconds when `make reproduce` began (install included)")
@@ -72,19 +76,24 @@ def main() -> None:
     start = time.time() if args.started_at is None else args.started_at
     base = [f"profile={args.profile}", f"paths.runs={runs}", f"train.threads={args.threads}",
             *args.overrides]
-    plan = {name: expand(name, base) for name in args.experiments.split()}
+    names = args.experiments.split() + (list(EXTENDED) if args.extended else [])
+    plan = {name: expand(name, base) for name in names}
     records = {name: [RunRecord(runs, c) for c in configs] for name, configs in plan.items()}
     every = list({r.dir: r for rs in records.values() for r in rs}.values())  # shared runs once
     membership = {name: [{"run_dir": str(r.dir), "config": c} for r, c in zip(records[name], configs,
                                                                               strict=True)]
                   for name, configs in plan.items()}
     Path(runs).mkdir(parents=True, exist_ok=True)
-    write_atomic(Path(runs) / MEMBERSHIP_FILE, json.dumps(membership))
+    # Merged with earlier calls', so reproducing one experiment keeps the others in the report.
+    members_path = Path(runs) / MEMBERSHIP_FILE
+    earlier = json.loads(members_path.read_text()) if members_path.exists() else {}
+    write_atomic(members_path, json.dumps({**earlier, **membership}))
     todo = [name for name, rs in records.items() if not all(r.summary_path.exists() for r in rs)]
     print(f"profile {args.profile}: {len(every)} runs in {len(plan)} experiments, "
           f"{sum(r.summary_path.exists() for r in every)} already recorded; "
           f"{args.jobs} jobs x {args.threads} threads")
-    bar = tqdm(total=len(every), initial=sum(r.summary_path.exists() for r in every),
+    recorded_before = sum(r.summary_path.exists() for r in every)
+    bar = tqdm(total=len(every), initial=recorded_before,
                desc="reproduction", unit="run", dynamic_ncols=True, file=sys.stdout)
     stop = threading.Event()
     watcher = threading.Thread(target=watch, args=(every, bar, stop), daemon=True)
@@ -111,7 +120,9 @@ def main() -> None:
 
     wall = time.time() - start
     # With W&B credentials the aggregate's figures and tables go to the project too.
-    report = aggregate(runs, args.out, wall_seconds=wall, log_to_wandb=has_wandb_credentials())
+    trained = sum(r.summary_path.exists() for r in every) - recorded_before
+    report = aggregate(runs, args.out, wall_seconds=wall, log_to_wandb=has_wandb_credentials(),
+                       runs_trained=trained)
     print(f"wrote {report}; wall time {wall / 60:.1f} min")
     if failed:
         sys.exit(f"experiments with failed sweeps: {', '.join(failed)} (their finished runs are "

@@ -119,3 +119,22 @@ def test_aggregate_writes_summaries_figures_and_report(tmp_path):
     heat = pd.read_csv(tmp_path / "results" / "rd_schedule_ablation" / "summary.csv")
     cell = heat[(heat["norm.r_max"] == 3.0) & (heat["norm.d_max"] == 5.0)]
     assert cell["test_acc_mean"].iloc[0] == pytest.approx(78.0)
+
+
+def test_report_sets_the_later_norms_next_to_their_published_rows(tmp_path):
+    for seed in (0, 1):
+        for norm, acc in (("mabn", 70.0 + seed), ("bn", 50.0 + seed), ("frn", 65.0)):
+            write_run(tmp_path / "runs", "batch_size_sweep_extended", norm, seed, acc, pwb=2)
+    report = aggregate(tmp_path / "runs", tmp_path / "results", wall_seconds=600.0, runs_trained=4)
+    text = report.read_text()
+    assert "## Later answers: MABN, FRN, EvoNorm-S0, GN + WS" in text
+    rows = {line.split("|")[1].strip() + "/" + line.split("|")[2].strip(): line
+            for line in text.splitlines() if line.startswith("| ") and line.count("|") == 9}
+    # b=2 is the 6th column of 32, 16, 8, 4, 2, 1; MABN's published 23.67 error -> 76.3
+    assert rows["mabn/MABN paper (ImageNet, 100 - error)"].split("|")[7].strip() == "76.3"
+    assert rows["bn/MABN paper (ImageNet, 100 - error)"].split("|")[7].strip() == "64.8"
+    assert rows["mabn/ours"].split("|")[7].strip().startswith("70.5 ± 0.7 (n=2)")
+    assert "training 4 of the 6 runs" in text and "10.0 min" in text
+    summary = pd.read_csv(tmp_path / "results" / "batch_size_sweep_extended" / "summary.csv")
+    assert set(summary["norm.type"]) == {"mabn", "bn", "frn"}
+    assert (tmp_path / "results" / "batch_size_sweep_extended" / "acc_vs_per_worker_batch.png").exists()

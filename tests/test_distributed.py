@@ -161,6 +161,7 @@ def test_slurm_tasks_become_torch_ranks(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
         monkeypatch.setenv(key, "unset")
         monkeypatch.delenv(key)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # as inside a submitit job
     monkeypatch.setenv("SLURM_NTASKS", "4")
     monkeypatch.setenv("SLURM_PROCID", "3")
     monkeypatch.setenv("SLURM_LOCALID", "1")
@@ -182,7 +183,7 @@ def _overrides(root, runs, tmp_path):
             "norm.d_max_end_step=4", "norm.r_max=1.5", "norm.d_max=0.5",
             "data.per_worker_batch=4", "data.workers=4", "data.train_eval_size=200",
             "model.width=4", "train.steps=8", "train.eval_every=4", "train.checkpoint_every=4",
-            "train.eval_batch=128", "train.threads=1", "train.progress=false", "optim.lr=0.1",
+            "train.eval_batch=128", "train.progress=false", "optim.lr=0.1",
             f"hydra.run.dir={tmp_path / 'outputs'}"]
 
 

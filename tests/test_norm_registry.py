@@ -1,4 +1,5 @@
 import pytest
+import timm.layers
 import torch
 import torchvision
 from torch import nn
@@ -7,7 +8,9 @@ from brn_repro.norm import (
     NORM_NAMES,
     BatchNorm2d,
     BatchRenorm2d,
+    MABN2d,
     MovingAverageNorm2d,
+    SyncBatchNorm,
     build_norm,
     norm_diagnostics,
     swap_norm,
@@ -16,7 +19,9 @@ from brn_repro.norm import (
 EXPECTED = {
     "bn": nn.BatchNorm2d, "brn": BatchRenorm2d, "moving_average": MovingAverageNorm2d,
     "gn": nn.GroupNorm, "ln": nn.GroupNorm, "in": nn.InstanceNorm2d,
-    "syncbn": nn.SyncBatchNorm, "none": nn.Identity,
+    "syncbn": SyncBatchNorm, "none": nn.Identity, "mabn": MABN2d,
+    "frn": timm.layers.FilterResponseNormTlu2d, "evonorm_s0": timm.layers.EvoNorm2dS0,
+    "gn_ws": nn.GroupNorm,
 }
 
 
@@ -27,7 +32,7 @@ def test_every_name_builds_a_working_layer(name):
     x = torch.randn(4, 16, 5, 5)
     y = layer(x)
     assert y.shape == x.shape
-    if name in ("ln", "in", "gn"):
+    if name in ("ln", "in", "gn", "frn", "evonorm_s0", "gn_ws"):
         # per-example normalizations: one example's output does not depend on another
         torch.testing.assert_close(layer(x[:1]), y[:1])
 

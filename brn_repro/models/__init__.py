@@ -14,7 +14,7 @@ from torch import nn
 from brn_repro.models.resnet_cifar import ResNetCifar
 from brn_repro.models.small_cnn import SmallCNN
 from brn_repro.models.torchvision_models import check_inception_input, inception_v3, resnet
-from brn_repro.norm.registry import NormFactory
+from brn_repro.norm.registry import NormFactory, swap_conv
 
 MODEL_NAMES = ("small_cnn", "resnet_cifar", "resnet18", "resnet50", "inception_v3")
 _OPTIONS = {"small_cnn": {"width"}, "resnet_cifar": {"depth", "width"},
@@ -38,6 +38,15 @@ def check_model_input(name: str, *, image_size: int, in_channels: int, dataset: 
 
 def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int,
                 norm_layer: NormFactory, **options: Any) -> nn.Module:
+    """The model, with the convolutions its norm pairs with (``norm_layer.conv``:
+    MABN's centred, GN+WS's standardized ones)."""
+    model = _build(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                   norm_layer=norm_layer, **options)
+    return swap_conv(model, getattr(norm_layer, "conv", None))
+
+
+def _build(name: str, *, num_classes: int, in_channels: int, image_size: int,
+           norm_layer: NormFactory, **options: Any) -> nn.Module:
     check_model_input(name, image_size=image_size, in_channels=in_channels, **options)
     if name == "small_cnn":
         return SmallCNN(num_classes, in_channels, norm_layer=norm_layer, **options)

@@ -15,9 +15,23 @@ Names and the options each takes (anything else is an error):
 - ``gn``: GroupNorm (Wu & He 2018). num_groups, eps, affine
 - ``ln``: LayerNorm over (C, H, W), as GroupNorm with one group. eps, affine
 - ``in``: InstanceNorm. eps, affine
-- ``syncbn``: batchnorm over the whole global batch across processes (torch's SyncBatchNorm,
-  with a CPU/gloo path). eps, momentum, affine
+- ``syncbn``: batchnorm over the whole global batch across processes (``SyncBatchNorm``,
+  all-reduced statistics on gloo or NCCL). eps, momentum, affine
 - ``none``: identity
+
+Later answers to the same question (issue: "why not normalize with moving averages?"):
+
+- ``mabn``: Moving Average Batch Normalization (Yan et al. 2020), with weight-centralized
+  convolutions. eps, momentum (a decay, 0.98), buffer_size, warmup_iters, r_warmup, r_max,
+  per_worker_batch
+- ``frn``: Filter Response Normalization + TLU (Singh & Krishnan 2020), timm's. eps
+- ``evonorm_s0``: EvoNorm-S0 (Liu et al. 2020), timm's. num_groups, eps
+- ``gn_ws``: GroupNorm with weight-standardized convolutions (Qiao et al. 2019; timm's
+  StdConv2d). num_groups, eps, affine
+
+A factory whose layer needs other convolutions says so in ``factory.conv``
+(``"centered"`` or ``"standardized"``); ``brn_repro.models.build_model`` and
+``swap_conv`` replace the model's ``nn.Conv2d`` accordingly.
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ from torch import nn
 
 from brn_repro.norm.batch_norm import BatchNorm1d, BatchNorm2d
 from brn_repro.norm.batch_renorm import BatchRenorm1d, BatchRenorm2d, check_eps, check_momentum
+from brn_repro.norm.mabn import CenteredConv2d, MABN2d
 from brn_repro.norm.moving_average import MovingAverageNorm1d, MovingAverageNorm2d
 from brn_repro.norm.sync_batch_norm import SyncBatchNorm
 from brn_repro.schedules import Constant, Cosine, Linear, Schedule, as_schedule
@@ -50,6 +65,11 @@ _OPTIONS: dict[str, set[str]] = {
     "in": set(_COMMON),
     "syncbn": _COMMON | {"momentum"},
     "none": set(),
+    "mabn": {"eps", "momentum", "buffer_size", "warmup_iters", "r_warmup", "r_max", "per_worker_batch",
+             "dim"},
+    "frn": {"eps"},
+    "evonorm_s0": {"eps", "num_groups"},
+    "gn_ws": _COMMON | {"num_groups"},
 }
 NORM_NAMES = tuple(_OPTIONS)
 _SHAPES = {"linear": Linear, "cosine": Cosine}
@@ -142,11 +162,69 @@ def build_norm(name: str, **options: Any) -> NormFactory:
         return lambda c: nn.InstanceNorm2d(c, eps=eps, affine=affine)
     if name == "syncbn":
         return partial(SyncBatchNorm, **options)
+    if name in ("mabn", "frn", "evonorm_s0", "gn_ws"):
+        return _later_norm(name, dim, options)
     return lambda c: nn.Identity()
 
 
+def _later_norm(name: str, dim: int, options: dict[str, Any]) -> NormFactory:
+    """The post-2017 answers; FRN and EvoNorm come from timm rather than being rewritten."""
+    if dim != 2:
+        raise ValueError(f"norm={name} is for (N, C, H, W) feature maps, not dim={dim}")
+    if name == "mabn":
+        factory = partial(MABN2d, **options)
+        factory.conv = "centered"
+        return factory
+    from timm.layers import EvoNorm2dS0, FilterResponseNormTlu2d
+
+    eps = options.get("eps", 1e-5)
+    groups = options.get("num_groups", 32)
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"norm.num_groups={groups!r} must be a positive integer")
+    if name == "frn":
+        return lambda c: FilterResponseNormTlu2d(c, eps=eps)
+    if name == "evonorm_s0":
+        return lambda c: EvoNorm2dS0(c, groups=_gn_groups(c, groups), eps=eps)
+    affine = options.get("affine", True)
+
+    def gn_ws(c: int) -> nn.Module:
+        return nn.GroupNorm(_gn_groups(c, groups), c, eps=eps, affine=affine)
+
+    gn_ws.conv = "standardized"
+    return gn_ws
+
+
+def swap_conv(model: nn.Module, kind: str | None) -> nn.Module:
+    """Replace every ``nn.Conv2d`` of ``model`` (in place, weights kept) with the
+    convolution a norm pairs with: ``centered`` (MABN's weight centralization) or
+    ``standardized`` (weight standardization, timm's StdConv2d); None leaves it."""
+    if kind is None:
+        return model
+    if kind == "centered":
+        new_class = CenteredConv2d
+    elif kind == "standardized":
+        from timm.layers import StdConv2d
+
+        new_class = StdConv2d
+    else:
+        raise ValueError(f"conv={kind!r}: use centered or standardized")
+    targets = [(name, m) for name, m in model.named_modules()
+               if type(m) is nn.Conv2d and name]  # exact type: already-swapped ones stay
+    for name, old in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        new = new_class(old.in_channels, old.out_channels, old.kernel_size, stride=old.stride,
+                        padding=old.padding, dilation=old.dilation, groups=old.groups,
+                        bias=old.bias is not None)
+        new.load_state_dict(old.state_dict())
+        new.to(old.weight.device)
+        setattr(parent, child, new)
+    return model
+
+
 def swap_norm(model: nn.Module, factory: NormFactory) -> nn.Module:
-    """Replace every batchnorm in ``model`` (in place) with ``factory(num_features)``.
+    """Replace every batchnorm in ``model`` (in place) with ``factory(num_features)``,
+    and its convolutions with the kind the norm pairs with (``factory.conv``).
 
     Affine parameters are copied where the new layer has them, and running
     statistics are carried over (as a moving std for BRN / moving-average norm),
@@ -165,7 +243,7 @@ def swap_norm(model: nn.Module, factory: NormFactory) -> nn.Module:
         setattr(parent, child, new)
     if isinstance(model, nn.modules.batchnorm._BatchNorm):
         raise ValueError("swap_norm needs a model that contains norm layers, not a norm layer")
-    return model
+    return swap_conv(model, getattr(factory, "conv", None))  # MABN, GN+WS: their convolutions
 
 
 def _carry_state(old: nn.Module, new: nn.Module) -> None:
