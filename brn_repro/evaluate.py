@@ -2,10 +2,11 @@
 
 - ``accuracy``: the model in eval mode (moving statistics), over given batches.
 - ``minibatch_stats_accuracy``: the paper's control for non-i.i.d. training: the
-  model normalizes with the statistics of each test batch (train-mode norm
-  layers, one group per batch), test batches drawn the non-i.i.d. way (paper:
-  25 labels x 2 images). Run on a copy so no moving statistic or schedule step
-  of the real model changes.
+  model normalizes with the statistics of each test batch (every batch-statistics
+  norm replaced by plain batch normalization over the whole batch, its affine
+  parameters kept; no r/d correction, no moving average), test batches drawn the
+  non-i.i.d. way (paper: 25 labels x 2 images). Run on a copy so no moving
+  statistic or schedule step of the real model changes.
 """
 
 from __future__ import annotations
@@ -53,13 +54,34 @@ def percent(counts: list[float]) -> tuple[float, float]:
     return 100.0 * correct / max(total, 1), loss_sum / max(total, 1)
 
 
+class _MinibatchNorm(nn.Module):
+    """Normalize with the statistics of the batch at hand, whatever the layer did in
+    training (BN, BRN, the moving-average norm, MABN): the probe's norm layer."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.weight, self.bias, self.eps = layer.weight, layer.bias, layer.eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+
+def minibatch_stats_probe(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose batch-statistics norms normalize each batch with its own
+    mean and variance (one group: the whole batch); the model itself is untouched."""
+    probe = copy.deepcopy(model).eval()
+    targets = [(name, m) for name, m in probe.named_modules()
+               if name and (isinstance(m, nn.modules.batchnorm._BatchNorm) or hasattr(m, "per_worker_batch"))]
+    for name, layer in targets:
+        parent_name, _, child = name.rpartition(".")
+        setattr(probe.get_submodule(parent_name) if parent_name else probe, child, _MinibatchNorm(layer))
+    return probe
+
+
 @torch.no_grad()
 def minibatch_stats_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> list[float]:
     """[correct, total, 0] with every norm layer using the statistics of the test batch itself."""
-    probe = copy.deepcopy(model).train()
-    for module in probe.modules():
-        if hasattr(module, "per_worker_batch"):
-            module.per_worker_batch = None  # one normalization group: the whole test batch
+    probe = minibatch_stats_probe(model)
     device = _device(probe)
     correct, total = torch.zeros((), dtype=torch.long, device=device), 0
     for x, y in batches:

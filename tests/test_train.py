@@ -204,3 +204,32 @@ def test_ema_run_and_imagefolder_run(tmp_path, tiny_fashion_mnist):
     summary = run(config)
     assert summary["status"] == "completed" and summary["steps_done"] == 8
     assert 0.0 <= summary["test_acc"] <= 100.0 and summary["images_per_second"] > 0
+
+
+def test_minibatch_statistics_probe_normalizes_each_batch_with_its_own_statistics():
+    from brn_repro.evaluate import minibatch_stats_accuracy, minibatch_stats_probe
+    from brn_repro.models.small_cnn import SmallCNN
+    from brn_repro.norm import build_norm
+
+    torch.manual_seed(0)
+    for name, options in (("brn", {"r_max": 3.0, "d_max": 5.0, "per_worker_batch": 2}),
+                          ("moving_average", {"momentum": 0.5}), ("mabn", {"warmup_iters": 1})):
+        model = SmallCNN(num_classes=3, in_channels=1, width=4, norm_layer=build_norm(name, **options))
+        for _ in range(3):  # move the moving statistics and the schedule away from their start
+            model(torch.randn(8, 1, 10, 10) * 2 + 1).sum().backward()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        x = torch.randn(6, 1, 10, 10) * 3 - 1
+        h = x
+        for layer in model.features:  # conv -> norm -> relu, the norm by hand over this batch
+            if hasattr(layer, "per_worker_batch"):
+                h = torch.nn.functional.batch_norm(h, None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
+            else:
+                h = layer(h)
+        expected = model.fc(model.pool(h).flatten(1))
+        with torch.no_grad():
+            torch.testing.assert_close(minibatch_stats_probe(model)(x), expected.detach())
+            inference = model.eval()(x)
+        assert not torch.allclose(inference, expected.detach(), atol=1e-3)  # a different thing
+        y = expected.argmax(1)
+        assert minibatch_stats_accuracy(model, [(x, y)]) == 100.0
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
