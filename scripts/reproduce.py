@@ -12,6 +12,7 @@ records into results/ (summaries, figures, REPORT.md).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import subprocess
@@ -51,6 +52,23 @@ def expand(experiment: str, base: list[str]) -> list[dict]:
     return configs
 
 
+def expand_cached(experiment: str, base: list[str], cache_dir: Path) -> list[dict]:
+    """``expand``, remembered: composing a sweep costs ~0.4 s per run, so a second call
+    (everything recorded, only re-aggregating) reuses the plan while conf/ and the
+    overrides are unchanged (the key hashes conf/ and the config resolvers)."""
+    digest = hashlib.sha256(json.dumps([experiment, base]).encode())
+    # conf/ and the resolvers the configs use
+    for path in [*sorted((ROOT / "conf").rglob("*.yaml")), ROOT / "brn_repro" / "config.py"]:
+        digest.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())
+    cache = cache_dir / "plans" / f"{experiment}-{digest.hexdigest()[:16]}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    configs = expand(experiment, base)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(cache, json.dumps(configs))
+    return configs
+
+
 def watch(records: list[RunRecord], bar: tqdm, stop: threading.Event) -> None:
     while not stop.wait(5.0):
         bar.n = sum(r.summary_path.exists() for r in records)
@@ -77,7 +95,7 @@ def main() -> None:
     base = [f"profile={args.profile}", f"paths.runs={runs}", f"train.threads={args.threads}",
             *args.overrides]
     names = args.experiments.split() + (list(EXTENDED) if args.extended else [])
-    plan = {name: expand(name, base) for name in names}
+    plan = {name: expand_cached(name, base, Path(runs)) for name in names}
     records = {name: [RunRecord(runs, c) for c in configs] for name, configs in plan.items()}
     every = list({r.dir: r for rs in records.values() for r in rs}.values())  # shared runs once
     membership = {name: [{"run_dir": str(r.dir), "config": c} for r, c in zip(records[name], configs,
