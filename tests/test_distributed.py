@@ -224,3 +224,13 @@ def test_torchrun_run_stopped_and_resumed_equals_one_process(tmp_path, tiny_fash
     for key in want:
         assert torch.allclose(got[key].double(), want[key].double(), rtol=1e-4, atol=1e-5), key
     assert abs(summary["test_acc"] - expected["test_acc"]) <= 1.0
+
+
+def test_device_choice_is_checked_before_training():
+    with pytest.raises(ConfigError, match=r"train.device='tpu' is not a device; use one of auto, cpu, cuda"):
+        distributed.resolve_device("tpu")
+    assert distributed.resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"train.device=cuda but torch sees no CUDA device"):
+            distributed.resolve_device("cuda")
+        assert distributed.resolve_device("auto") == torch.device("cpu")
