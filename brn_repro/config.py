@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from brn_repro.data.samplers import SAMPLER_NAMES
 from brn_repro.norm import NORM_NAMES, build_norm
 from brn_repro.norm.registry import NormFactory
 
-SAMPLERS = ("iid", "noniid", "noniid_split")
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 LR_SCHEDULES = ("cosine", "step", "constant")
 # Norms whose statistics come from the (per-worker) batch: they take per_worker_batch.
@@ -64,8 +64,8 @@ def validate(config: dict[str, Any]) -> None:
         _positive_int(train[key], f"train.{key}")
     if not isinstance(config["seed"], int):
         raise ConfigError(f"seed={config['seed']!r} must be an integer")
-    if sampler["type"] not in SAMPLERS:
-        raise ConfigError(f"sampler.type={sampler['type']!r} is not a sampler; use one of {SAMPLERS}")
+    if sampler["type"] not in SAMPLER_NAMES:
+        raise ConfigError(f"sampler.type={sampler['type']!r} is not a sampler; use one of {SAMPLER_NAMES}")
     if sampler["type"] != "iid":
         labels, images = sampler["labels_per_batch"], sampler["images_per_label"]
         _positive_int(labels, "sampler.labels_per_batch")

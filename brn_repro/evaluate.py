@@ -73,8 +73,7 @@ def minibatch_stats_probe(model: nn.Module) -> nn.Module:
     targets = [(name, m) for name, m in probe.named_modules()
                if name and (isinstance(m, nn.modules.batchnorm._BatchNorm) or hasattr(m, "per_worker_batch"))]
     for name, layer in targets:
-        parent_name, _, child = name.rpartition(".")
-        setattr(probe.get_submodule(parent_name) if parent_name else probe, child, _MinibatchNorm(layer))
+        probe.set_submodule(name, _MinibatchNorm(layer))
     return probe
 
 

@@ -13,7 +13,7 @@ from brn_repro.data.loader import (
     noniid_test_indices,
     normalize,
 )
-from brn_repro.data.pipeline import TrainingData, load_tensors
+from brn_repro.data.pipeline import TrainingData, load_dataset
 from brn_repro.data.samplers import (
     SAMPLER_NAMES,
     GlobalBatchSampler,
@@ -43,5 +43,5 @@ __all__ = [
     "NonIIDSampler", "NonIIDSplitSampler", "TrainingData", "augment", "build_dataset",
     "build_sampler", "channel_stats", "default_cache", "find_fashion_mnist",
     "fixed_subset_indices", "load_cifar", "load_fashion_mnist", "load_imagefolder",
-    "load_imagefolder_splits", "load_tensors", "noniid_test_indices", "normalize", "read_idx",
+    "load_dataset", "load_imagefolder_splits", "noniid_test_indices", "normalize", "read_idx",
 ]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from brn_repro.data.imagefolder import load_imagefolder
+from brn_repro.data.imagefolder import ImageFolderSplits
 from brn_repro.data.loader import (
     NONIID_TEST_SEED,
     TRAIN_SUBSET_SEED,
@@ -27,19 +27,12 @@ from brn_repro.data.loader import (
     noniid_test_indices,
 )
 from brn_repro.data.samplers import build_sampler
-from brn_repro.data.sources import DATASET_NAMES, DatasetTensors, build_dataset
+from brn_repro.data.sources import DatasetTensors, build_dataset
 
-__all__ = ["NONIID_TEST_SEED", "TRAIN_SUBSET_SEED", "TrainingData", "augment", "load_tensors"]
+__all__ = ["NONIID_TEST_SEED", "TRAIN_SUBSET_SEED", "TrainingData", "augment", "load_dataset"]
 
-
-@lru_cache(maxsize=2)
-def load_tensors(name: str, root: str | None, download: bool, cache: str | None) -> DatasetTensors:
-    """``build_dataset`` for the in-memory sets, cached per process: a sweep's runs
-    in one worker read the files once."""
-    if name == "imagefolder" or name not in DATASET_NAMES:
-        raise ValueError(f"dataset.name={name!r} is not an in-memory dataset; use one of "
-                         f"{', '.join(n for n in DATASET_NAMES if n != 'imagefolder')}")
-    return build_dataset(name, root, download, cache)
+# ``build_dataset``, cached per process: a sweep's runs in one worker read the files once.
+load_dataset = lru_cache(maxsize=2)(build_dataset)
 
 
 class _SamplerBatches:
@@ -68,20 +61,19 @@ class TrainingData:
         self.eval_recipe = (train.get("minibatch_eval_labels", 25), train.get("minibatch_eval_images", 2))
         augment_cfg = dataset.get("augment") or {}
         self.crop_padding, self.flip = int(augment_cfg.get("crop_padding", 0)), bool(augment_cfg.get("flip"))
-        self.streaming = dataset["name"] == "imagefolder"
+        built = load_dataset(dataset["name"], dataset.get("root"), bool(dataset.get("download", True)),
+                             str(config["paths"]["data"]), dataset.get("image_size", 224), self.flip)
+        self.num_classes, self.in_channels = built.num_classes, built.in_channels
+        self.image_size = built.image_size
+        self.streaming = isinstance(built, ImageFolderSplits)
         if self.streaming:
-            self.image_size = dataset.get("image_size", 224)
-            self.train_set, self.val_set = load_imagefolder(dataset.get("root"), self.image_size, self.flip)
+            self.train_set, self.val_set = built.train, built.val
             self.train_labels = torch.tensor(self.train_set.targets)
             self.test_labels = torch.tensor(self.val_set.targets)
-            self.num_classes, self.in_channels = len(self.train_set.classes), 3
             self.loader_workers = dataset.get("loader_workers", 4)
         else:
-            self.tensors = load_tensors(dataset["name"], dataset.get("root"),
-                                        bool(dataset.get("download", True)), str(config["paths"]["data"]))
-            self.train_labels, self.test_labels = self.tensors.train_y, self.tensors.test_y
-            self.num_classes, self.in_channels = self.tensors.num_classes, self.tensors.in_channels
-            self.image_size = self.tensors.image_size
+            self.tensors: DatasetTensors = built
+            self.train_labels, self.test_labels = built.train_y, built.test_y
             # seed + 1: augmentation draws independent of the sampler's
             self.batches = InMemoryBatches(self.tensors, self.crop_padding, self.flip, seed + 1)
         self.sampler = build_sampler(sampler_cfg["type"], self.train_labels, data["workers"],

@@ -47,10 +47,6 @@ class GlobalBatchSampler:
         """The next step's ``global_batch`` int64 indices, worker-major."""
         raise NotImplementedError
 
-    def __iter__(self):
-        while True:
-            yield self.next()
-
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
 

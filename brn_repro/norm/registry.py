@@ -211,14 +211,11 @@ def swap_conv(model: nn.Module, kind: str | None) -> nn.Module:
     targets = [(name, m) for name, m in model.named_modules()
                if type(m) is nn.Conv2d and name]  # exact type: already-swapped ones stay
     for name, old in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
         new = new_class(old.in_channels, old.out_channels, old.kernel_size, stride=old.stride,
                         padding=old.padding, dilation=old.dilation, groups=old.groups,
                         bias=old.bias is not None)
         new.load_state_dict(old.state_dict())
-        new.to(old.weight.device)
-        setattr(parent, child, new)
+        model.set_submodule(name, new.to(old.weight.device))
     return model
 
 
@@ -236,11 +233,9 @@ def swap_norm(model: nn.Module, factory: NormFactory) -> nn.Module:
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and name
     ]
     for name, old in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
         new = factory(old.num_features)
         _carry_state(old, new)
-        setattr(parent, child, new)
+        model.set_submodule(name, new)
     if isinstance(model, nn.modules.batchnorm._BatchNorm):
         raise ValueError("swap_norm needs a model that contains norm layers, not a norm layer")
     return swap_conv(model, getattr(factory, "conv", None))  # MABN, GN+WS: their convolutions
