@@ -7,10 +7,12 @@ Every mistake is one line that names the key and the fix, raised as
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from brn_repro.data.samplers import SAMPLER_NAMES
 from brn_repro.norm import NORM_NAMES, build_norm
@@ -42,9 +44,68 @@ OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b), replace=Tru
 OmegaConf.register_new_resolver("scale", lambda a, f: int(round(float(a) * float(f))), replace=True)
 
 
-def _positive_int(value: Any, key: str) -> None:
+def resolve(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config as a plain dict. A resolver's or interpolation's failure
+    (``${div:...}`` of numbers that do not divide, a missing key) is one ConfigError
+    naming the key. Keys whose value comes from the environment (``${oc.env:...}``,
+    directly or through another key) are listed under ``env_keys``: the run record
+    leaves them out, and so does the run's identity (``records.public_config``)."""
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        # OmegaConf wraps a resolver's own error (our ConfigError) in its message only
+        reason = (str(getattr(err, "msg", None) or err).splitlines() or [type(err).__name__])[0]
+        reason = re.sub(r"^\w+ raised while resolving interpolation: ", "", reason)
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"{key}: {reason}" if key else reason) from None
+    if keys := env_keys(OmegaConf.to_container(cfg, resolve=False)):
+        config["env_keys"] = keys
+    return config
+
+
+def env_keys(raw: dict[str, Any]) -> list[str]:
+    """Dotted keys of an unresolved config whose values come from ``${oc.env:...}``,
+    directly or by interpolating such a key (or a node above one)."""
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = str(node)
+
+    walk(raw, "")
+    found = {key for key, value in flat.items() if "oc.env:" in value}
+    grown = True
+    while grown:  # keys interpolating a found key are found too
+        grown = False
+        for key, value in flat.items():
+            refs = re.findall(r"\$\{([A-Za-z0-9_.]+)\}", value)
+            if key not in found and any(f == r or f.startswith(f"{r}.") for r in refs for f in found):
+                found.add(key)
+                grown = True
+    return sorted(found)
+
+
+def _positive_int(value: Any, key: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value!r} must be a positive integer")
+        raise ConfigError(f"{key}={value!r} must be a positive integer" + (", or null" if allow_none else ""))
+
+
+def _number(value: Any, key: str, low: float, high: float = math.inf, *, open_low: bool = True,
+            open_high: bool = False, allow_none: bool = False) -> None:
+    """``value`` is a finite real number in the interval (or null when allowed)."""
+    if value is None and allow_none:
+        return
+    fits = (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            and (low < value if open_low else low <= value) and (value < high if open_high else value <= high))
+    if not fits:
+        lo, hi = "(" if open_low else "[", ")" if open_high or high == math.inf else "]"
+        raise ConfigError(f"{key}={value!r} must be a finite number in {lo}{low:g}, {high:g}{hi}"
+                          + (", or null" if allow_none else ""))
 
 
 def norm_batch(config: dict[str, Any]) -> int:
@@ -58,12 +119,29 @@ def validate(config: dict[str, Any]) -> None:
     data, train, sampler = config["data"], config["train"], config["sampler"]
     for key in ("per_worker_batch", "workers", "train_eval_size"):
         _positive_int(data[key], f"data.{key}")
-    for key in ("steps", "eval_every", "checkpoint_every", "eval_batch", "warmup_steps"):
-        if key == "warmup_steps" and train[key] == 0:
+    _positive_int(data.get("global_batch"), "data.global_batch", allow_none=True)
+    for key in ("steps", "eval_every", "checkpoint_every", "eval_batch", "warmup_steps",
+                "minibatch_eval_labels", "minibatch_eval_images"):
+        if key not in train or key == "warmup_steps" and train[key] == 0:
             continue
         _positive_int(train[key], f"train.{key}")
-    if not isinstance(config["seed"], int):
+    for key in ("eval_test_size", "threads"):  # threads: set before anything else runs
+        _positive_int(train.get(key), f"train.{key}", allow_none=True)
+    _number(train.get("step_gamma", 0.1), "train.step_gamma", 0, 1)
+    for fraction in train.get("step_milestones") or []:
+        _number(fraction, "train.step_milestones[]", 0, 1)
+    if isinstance(config["seed"], bool) or not isinstance(config["seed"], int):
         raise ConfigError(f"seed={config['seed']!r} must be an integer")
+    validate_model(config["model"])
+    dataset = config["dataset"]
+    _positive_int(dataset.get("image_size", 1), "dataset.image_size")
+    for key, value in (("loader_workers", dataset.get("loader_workers", 0)),
+                       ("augment.crop_padding", (dataset.get("augment") or {}).get("crop_padding", 0))):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"dataset.{key}={value!r} must be an integer >= 0")
+    paths = config.get("paths") or {}
+    _number(paths.get("lock_timeout"), "paths.lock_timeout", 0, allow_none=True)
+    _number(paths.get("lock_stale"), "paths.lock_stale", 0, allow_none=True)
     if sampler["type"] not in SAMPLER_NAMES:
         raise ConfigError(f"sampler.type={sampler['type']!r} is not a sampler; use one of {SAMPLER_NAMES}")
     if sampler["type"] != "iid":
@@ -83,24 +161,37 @@ def validate(config: dict[str, Any]) -> None:
     norm = config["norm"]
     if norm["type"] not in NORM_NAMES:
         raise ConfigError(f"norm.type={norm['type']!r} is not a normalization; use one of {NORM_NAMES}")
-    norm_factory(config)(4)  # builds one layer: r_max < 1, d_max < 0, bad eps ... fail here
+    check_norm(config)
     if train["lr_schedule"] not in LR_SCHEDULES:
         raise ConfigError(
             f"train.lr_schedule={train['lr_schedule']!r} is not a schedule; use one of {LR_SCHEDULES}"
         )
     if config["optim"]["name"] not in OPTIMIZERS:
         raise ConfigError(f"optim.name={config['optim']['name']!r} is not an optimizer; use one of {OPTIMIZERS}")
-    if not config["optim"]["lr"] > 0:
-        raise ConfigError(f"optim.lr={config['optim']['lr']!r} must be > 0")
+    optim = config["optim"]
+    _number(optim["lr"], "optim.lr", 0)
+    _number(optim.get("weight_decay", 0.0), "optim.weight_decay", 0, open_low=False)
+    _number(optim.get("momentum", 0.0), "optim.momentum", 0, 1, open_low=False, open_high=True)
+    _number(optim.get("alpha", 0.9), "optim.alpha", 0, 1)
+    _number(optim.get("eps", 1.0), "optim.eps", 0)
     stop = train.get("stop_at_step")
     if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or not 0 < stop < train["steps"]):
         raise ConfigError(f"train.stop_at_step={stop!r} must be a step between 1 and train.steps-1 "
                           f"({train['steps'] - 1}), or null")
-    decay = train.get("ema_decay")
-    if decay is not None and not 0 < decay < 1:
-        raise ConfigError(f"train.ema_decay={decay!r} must lie in (0, 1), or null for no EMA")
+    _number(train.get("ema_decay"), "train.ema_decay", 0, 1, open_high=True, allow_none=True)
     if config["logger"]["kind"] not in ("wandb", "none"):
         raise ConfigError(f"logger.kind={config['logger']['kind']!r} must be wandb or none")
+
+
+def validate_model(model: dict[str, Any]) -> None:
+    """Sizes of the model, before any data is loaded (the model is built after it)."""
+    width, depth = model.get("width"), model.get("depth")
+    if model["name"] == "small_cnn" or isinstance(width, int):
+        _positive_int(width, "model.width", allow_none=model["name"] != "small_cnn")
+    else:
+        _number(width, "model.width", 0, allow_none=True)
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6):
+        raise ConfigError(f"model.depth={depth!r} must be 6n+2 >= 8 (20, 32, 44, 56, 110)")
 
 
 def norm_options(config: dict[str, Any]) -> dict[str, Any]:
@@ -110,14 +201,25 @@ def norm_options(config: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def _norm_error(err: ValueError) -> ConfigError:
+    message = str(err)
+    return ConfigError(message if message.startswith("norm") else f"norm.{message}")
+
+
 def norm_factory(config: dict[str, Any]) -> NormFactory:
     try:
         return build_norm(config["norm"]["type"], **norm_options(config))
     except ValueError as err:
-        message = str(err)
-        if not message.startswith("norm"):
-            message = f"norm.{message}"
-        raise ConfigError(message) from None
+        raise _norm_error(err) from None
+
+
+def check_norm(config: dict[str, Any]) -> None:
+    """Build one layer: every option (momentum, r_max < 1, d_max < 0, eps ...) of every
+    norm is checked where the layer checks it, as one line naming the key."""
+    try:
+        norm_factory(config)(4)
+    except ValueError as err:
+        raise _norm_error(err) from None
 
 
 def relaxation_warning(config: dict[str, Any]) -> str | None:

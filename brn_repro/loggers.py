@@ -88,9 +88,12 @@ def is_secret_key(key: object) -> bool:
 
 
 def _looks_like_live_api_key(value: object) -> bool:
-    """True when a string carries the W&B key of this environment (e.g. an interpolated env var)."""
-    api_key = os.environ.get("WANDB_API_KEY", "")
-    return isinstance(value, str) and len(api_key) >= 8 and api_key in value
+    """True when a string carries a secret of this environment: the value of a variable
+    named like a credential (WANDB_API_KEY, HF_TOKEN, ...), e.g. through ``${oc.env:...}``."""
+    if not isinstance(value, str):
+        return False
+    return any(len(secret) >= 8 and secret in value
+               for name, secret in os.environ.items() if is_secret_key(name))
 
 
 def _to_plain(tree: Any) -> Any:
@@ -106,9 +109,10 @@ def scrub_secrets(tree: Any) -> Any:
     """Copy of ``tree`` without secret-named keys at any depth (inside lists too).
 
     A secret-named key is dropped together with its whole subtree, and any string
-    holding the current ``WANDB_API_KEY`` is dropped as well, so that neither a
-    config group like ``secrets: {...}`` nor an ``${oc.env:WANDB_API_KEY}``
-    interpolation can reach the W&B record, which may be public.
+    holding a secret of the environment (``WANDB_API_KEY``, any ``*_TOKEN``, ...) is
+    dropped as well, so that neither a config group like ``secrets: {...}`` nor an
+    ``${oc.env:WANDB_API_KEY}`` interpolation can reach the W&B record, which may be
+    public, or the local run record (``records.public_config``).
     """
     tree = _to_plain(tree)
     if isinstance(tree, Mapping):

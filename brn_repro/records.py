@@ -1,41 +1,62 @@
 """Run records: one directory per run, named from its resolved config.
 
     <paths.runs>/<norm>-pwb<b>x<W>-<sampler>-s<seed>-<hash>/
-        config.yaml      the resolved config (what the hash is of)
+        config.yaml      the resolved config, secrets left out (what the hash is of)
         metrics.jsonl    one JSON line per evaluation
-        summary.json     written atomically at the end: status completed | diverged
+        summary.json     written last, only with its numbers: status completed | diverged
         checkpoint.pt    every train.checkpoint_every steps and at the end
+        run.lock         while a process trains it (``brn_repro.lease``)
 
 A run's identity is its resolved config minus what cannot change its numbers
 (the experiment that asked for it, logger, paths, where the data lies,
-checkpoint cadence, progress bars), so re-running a finished config is a no-op,
-an interrupted one resumes, and experiments that share a configuration share
-its run. Norms without batch statistics (gn, ln, in, none) on i.i.d. batches do
-not see how the global batch is split into workers, so for them only the global
-batch is part of the identity. A lock file keeps two processes from training
-the same run at once; the second waits for the first's summary.
+checkpoint cadence, progress bars, secrets), so re-running a finished config is a
+no-op, an interrupted one resumes, and experiments that share a configuration
+share its run. Norms without batch statistics (gn, ln, in, none) on i.i.d.
+batches do not see how the global batch is split into workers, so for them only
+the global batch is part of the identity.
+
+The records never contradict each other: every file is replaced whole (written
+under a name unique to its writer, then renamed), metrics are cut back to the
+checkpoint a run resumes from (to nothing without one), and a summary exists only
+with its numbers. A damaged file is said in one line and recovered: a partial
+last metrics line is dropped, a damaged checkpoint or metrics log trains the run
+again from step 0, a damaged summary finishes the run again from its checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from brn_repro.lease import Lease, writer_tag
+from brn_repro.loggers import scrub_secrets
+
 # Config keys that do not change a run's numbers, so they are not part of its identity.
 NON_IDENTITY_KEYS = (
     "experiment", "logger", "paths", "profile_name", "norm_momentum", "schedule", "noniid_recipe", "dataset.root", "dataset.download", "dataset.loader_workers",
     "train.checkpoint_every", "train.eval_batch", "train.threads", "train.progress", "train.device", "train.stop_at_step",
 )
+CHECKPOINT_KEYS = {"step", "best_test_acc", "wall_seconds", "model", "optimizer", "scheduler", "data", "ema"}
+LOCK_TIMEOUT, LOCK_STALE = 6 * 3600.0, 60.0  # defaults when paths.lock_* are not set
+
+
+class RecordError(RuntimeError):
+    """A run record that cannot be written or read; one line naming the file and the fix."""
+
+
+class DiskFullError(RecordError):
+    pass
 
 
 def _drop(config: dict[str, Any], dotted: str) -> None:
@@ -48,6 +69,26 @@ def _drop(config: dict[str, Any], dotted: str) -> None:
     node.pop(leaf, None)
 
 
+def public_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without secrets: keys named like credentials, values holding a
+    secret of the environment (``loggers.scrub_secrets``, as for W&B), and every key
+    that took its value from the environment (``env_keys``, see ``config.resolve``)."""
+    public = json.loads(json.dumps(config))
+    for dotted in public.pop("env_keys", None) or ():
+        _drop(public, dotted)
+    public = scrub_secrets(public)
+    _drop_emptied(config, public)  # a group that held only secrets leaves no trace either
+    return public
+
+
+def _drop_emptied(before: dict[str, Any], after: dict[str, Any]) -> None:
+    for key, value in list(after.items()):
+        if isinstance(value, dict):
+            _drop_emptied(before[key], value)
+            if not value and before[key]:
+                del after[key]
+
+
 SPLIT_BLIND_NORMS = ("gn", "ln", "in", "none", "frn", "evonorm_s0", "gn_ws")
 
 
@@ -57,7 +98,7 @@ def split_blind(config: dict[str, Any]) -> bool:
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
-    ident = json.loads(json.dumps(config))
+    ident = public_config(config)
     for key in NON_IDENTITY_KEYS:
         _drop(ident, key)
     if split_blind(config):
@@ -84,10 +125,79 @@ def run_dir_name(config: dict[str, Any]) -> str:
     return f"{prefix}-{config_hash(config)}"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# --- writing files whole -------------------------------------------------------------
+
+
+def _disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    # torch.save's zip writer reports a full disk this way, not as an OSError
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("unexpected pos" in text or "file write failed" in text)
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Name a failed write in one line: a full disk, or a path that cannot be written."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if _disk_full(err):
+            raise DiskFullError(f"disk full while writing {path}; free space and rerun") from None
+        if isinstance(err, OSError):
+            raise RecordError(f"cannot write {path} ({err.strerror or err}); make it writable "
+                              "or point paths.runs elsewhere") from None
+        raise
+
+
+def tmp_path(path: Path) -> Path:
+    """A temporary name next to ``path``, unique to this writer (host, pid, token):
+    two writers never share one, even on two hosts. Hidden, and ending in the
+    file's suffix (matplotlib picks the format from it)."""
+    return path.with_name(f".{path.stem}.{writer_tag()}.tmp{path.suffix}")
+
+
+def write_atomic(path: str | Path, data: str | bytes | Callable[[Path], None]) -> None:
+    """Replace ``path`` whole: ``data`` (text, bytes, or a function writing the
+    file it is given) goes to a temporary name, then is renamed over ``path``. On
+    any failure (a full disk included: ``DiskFullError``) the temporary is removed
+    and ``path`` is as it was."""
+    path = Path(path)
+    tmp = tmp_path(path)
+    try:
+        with writing(path):
+            if callable(data):
+                data(tmp)
+            elif isinstance(data, bytes):
+                tmp.write_bytes(data)
+            else:
+                tmp.write_text(data)
+            os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_summary(path: str | Path) -> dict[str, Any] | None:
+    """A summary.json, or None when it is missing or damaged (not JSON, or without
+    the numbers its status promises): a run without a valid summary is unfinished."""
+    try:
+        summary = json.loads(Path(path).read_text())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary_problem(summary) is None else None
+
+
+def summary_problem(summary: dict[str, Any]) -> str | None:
+    status = summary.get("status")
+    if status == "completed":
+        missing = [k for k in ("test_acc", "train_acc", "steps_done")
+                   if not isinstance(summary.get(k), int | float)]
+        return f"status completed without {', '.join(missing)}" if missing else None
+    if status == "diverged":
+        return None if isinstance(summary.get("diverged_step"), int) else "status diverged without diverged_step"
+    return f"status {status!r} is neither completed nor diverged"
 
 
 class RunRecord:
@@ -95,89 +205,155 @@ class RunRecord:
 
     def __init__(self, root: str | Path, config: dict[str, Any]):
         self.config = config
-        self.dir = Path(root) / run_dir_name(config)
+        self.root = Path(root)
+        self.dir = self.root / run_dir_name(config)
         self.config_path = self.dir / "config.yaml"
         self.metrics_path = self.dir / "metrics.jsonl"
         self.summary_path = self.dir / "summary.json"
         self.checkpoint_path = self.dir / "checkpoint.pt"
+        self._lease: Lease | None = None
+        self._said_damaged = False
 
     # --- state -----------------------------------------------------------------
     def summary(self) -> dict[str, Any] | None:
-        if not self.summary_path.exists():
-            return None
-        return json.loads(self.summary_path.read_text())
+        summary = read_summary(self.summary_path)
+        if summary is None and self.summary_path.is_file() and not self._said_damaged:
+            self._said_damaged = True
+            print(f"note: {self.summary_path} is damaged or incomplete; finishing the run again",
+                  file=sys.stderr)
+        return summary
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.exists()
 
+    def check_writable(self) -> None:
+        """Before any data is loaded: ``paths.runs`` is, or can become, a writable directory."""
+        existing = next(p for p in (self.root.absolute(), *self.root.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            raise RecordError(f"paths.runs={self.root}: {existing} is a file, not a directory; "
+                              "point paths.runs at a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise RecordError(f"paths.runs={self.root}: {existing} is not writable (read-only?); "
+                              "point paths.runs at a writable directory")
+
     @contextmanager
-    def lock(self, poll_seconds: float = 2.0) -> Iterator[bool]:
-        """Hold the run's lock; yields False after waiting for another live process
-        that held it (its summary is then the result). A lock left by a dead
-        process is taken over."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / "run.lock"
-        mine = path.with_name(f"run.lock.{os.getpid()}")
-        mine.write_text(str(os.getpid()))
-        waited = False
-        while True:
+    def lock(self) -> Iterator[bool]:
+        """Hold the run's lock (``brn_repro.lease``); yields False after waiting for
+        another live process that held it (its summary is then the result).
+        Temporary files of writers killed mid-write are removed once it is held."""
+        paths = self.config.get("paths") or {}
+        with writing(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
+        lease = Lease(self.dir / "run.lock", paths.get("lock_timeout") or LOCK_TIMEOUT,
+                      paths.get("lock_stale") or LOCK_STALE)
+        with lease as waited:
+            for leftover in self.dir.glob(".*.tmp*"):  # ours to clean: nobody else writes here now
+                leftover.unlink(missing_ok=True)
+            self._lease = lease
             try:
-                os.link(mine, path)  # atomic: the lock appears with its owner's pid in it
-                break
-            except FileExistsError:
-                if not _alive(path):
-                    path.unlink(missing_ok=True)
-                    continue
-                waited = True
-                time.sleep(poll_seconds)
-        mine.unlink()
-        try:
-            yield not waited
-        finally:
-            path.unlink(missing_ok=True)
+                yield not waited
+            finally:
+                self._lease = None
+
+    def _check_lease(self) -> None:
+        if self._lease is not None:
+            self._lease.check()
+
+    # --- resuming --------------------------------------------------------------
+    def resume(self) -> dict[str, Any] | None:
+        """The checkpoint to go on from, with metrics cut back to it; or None, and
+        the record started afresh: no checkpoint, or damaged files (said in one line)."""
+        state = None
+        if self.has_checkpoint():
+            try:
+                state = self.load_checkpoint()
+                self.truncate_metrics(state["step"])
+            except RecordError as err:
+                print(f"note: {err}; training {self.dir.name} again from step 0", file=sys.stderr)
+                state = None
+        if state is None:
+            self.start()
+        return state
+
+    def eval_steps(self, upto: int) -> list[int]:
+        """The steps a run evaluates at, up to ``upto``: what its metrics must hold."""
+        train = self.config["train"]
+        return [s for s in range(1, upto + 1) if s % train["eval_every"] == 0 or s == train["steps"]]
 
     # --- writing ---------------------------------------------------------------
     def start(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.config_path, yaml.safe_dump(self.config, sort_keys=False))
+        """A fresh record: the config, and no metrics or checkpoint of an earlier try."""
+        with writing(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.metrics_path.unlink(missing_ok=True)
+            self.checkpoint_path.unlink(missing_ok=True)
+        write_atomic(self.config_path, yaml.safe_dump(public_config(self.config), sort_keys=False))
 
     def log_metrics(self, row: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        self._check_lease()
+        line = (json.dumps(row) + "\n").encode()
+        with writing(self.metrics_path):
+            fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                while line:  # unbuffered: a failed write is undone below, not retried at close
+                    line = line[os.write(fd, line):]
+            except OSError:
+                os.ftruncate(fd, end)  # no partial line left behind (a full disk)
+                raise
+            finally:
+                os.close(fd)
 
     def truncate_metrics(self, after_step: int) -> None:
         """On resume, drop rows logged after the checkpoint: they will be logged again."""
-        rows = self.read_metrics()
-        kept = [r for r in rows if r["step"] <= after_step]
+        kept = [r for r in self.read_metrics() if r["step"] <= after_step]
+        if [r["step"] for r in kept] != self.eval_steps(after_step):
+            raise RecordError(f"{self.metrics_path} holds steps {[r['step'] for r in kept]}, the checkpoint "
+                              f"at step {after_step} needs {self.eval_steps(after_step)}")
         write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
+        """The rows of metrics.jsonl. A partial last line (a kill mid-write) is left
+        out; a damaged line before it is a ``RecordError``."""
+        try:
+            lines = self.metrics_path.read_text().splitlines()
+        except FileNotFoundError:
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                    raise ValueError("a row without its step")
+            except ValueError as err:
+                if number == len(lines):
+                    break
+                raise RecordError(f"{self.metrics_path} line {number} is damaged ({err})") from None
+            rows.append(row)
+        return rows
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        self._check_lease()
+        if (problem := summary_problem(summary)) is not None:
+            raise RecordError(f"refusing to write {self.summary_path}: {problem}")
         write_atomic(self.summary_path, json.dumps(summary, indent=2) + "\n")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        tmp = self.checkpoint_path.with_name("checkpoint.pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        self._check_lease()
+        write_atomic(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self) -> dict[str, Any]:
-        # weights_only: a checkpoint is data, never code to run.
-        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-
-
-def _alive(lock: Path) -> bool:
-    try:
-        pid = int(lock.read_text() or "0")
-        os.kill(pid, 0)
-    except (ValueError, ProcessLookupError, FileNotFoundError):
-        return False
-    except PermissionError:
-        return True
-    return pid != 0
+        try:
+            # weights_only: a checkpoint is data, never code to run.
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch reports damage in many types
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+            raise RecordError(f"{self.checkpoint_path} is damaged ({reason})") from None
+        if not isinstance(state, dict) or CHECKPOINT_KEYS - state.keys():
+            raise RecordError(f"{self.checkpoint_path} is damaged (not a checkpoint of this runner)")
+        if not 0 < state["step"] <= self.config["train"]["steps"]:
+            raise RecordError(f"{self.checkpoint_path} is at step {state['step']}, outside this run")
+        return state
 
 
 def find_records(root: str | Path) -> list[Path]:

@@ -24,7 +24,7 @@ from typing import Any
 import hydra
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from brn_repro import distributed
@@ -34,14 +34,19 @@ from brn_repro.config import (
     build_optimizer,
     norm_factory,
     relaxation_warning,
+    resolve,
     validate,
 )
 from brn_repro.data import DatasetError, TrainingData
 from brn_repro.evaluate import WeightEMA, accuracy_counts, minibatch_stats_counts, percent
+from brn_repro.lease import LockError
 from brn_repro.loggers import build_logger
 from brn_repro.models import build_model, check_model_input
 from brn_repro.norm import norm_diagnostics
-from brn_repro.records import RunRecord, run_name
+from brn_repro.records import RecordError, RunRecord, public_config, run_name
+
+# Mistakes of input or environment: one line and exit code 2, never a traceback.
+USER_ERRORS = (ConfigError, DatasetError, RecordError, LockError)
 
 
 def weight_norm(model: torch.nn.Module) -> float:
@@ -89,12 +94,14 @@ def evaluate(model, ema, data: TrainingData, config, final: bool,
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
     """Train ``config`` (a resolved config as a plain dict); returns the run's summary."""
+    validate(config)
     if config["train"].get("threads"):
         torch.set_num_threads(config["train"]["threads"])
-    validate(config)
     ctx, device = distributed.init(config["train"].get("device", "auto"))
     distributed.check_workers(config["data"]["workers"], ctx)
     record = RunRecord(config["paths"]["runs"], config)
+    if ctx.is_main:
+        record.check_writable()
     done = record.summary()
     if done is not None:  # before loading anything: re-running a finished sweep is quick
         if ctx.is_main:
@@ -123,8 +130,11 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
     scheduler = build_lr_schedule(config, optimizer)
     ema = WeightEMA(model, train["ema_decay"]) if train.get("ema_decay") else None
     start, best, wall_before = 0, -1.0, 0.0
-    if record.has_checkpoint():
-        state = record.load_checkpoint()
+    # Rank 0 judges the record (cuts metrics to the checkpoint, or starts afresh when
+    # there is none or it is damaged); every process then loads the same checkpoint.
+    state = record.resume() if ctx.is_main else None
+    if distributed.broadcast(state is not None, ctx):
+        state = state or record.load_checkpoint()
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -133,12 +143,9 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
             ema.load_state_dict(state["ema"])
         start, best, wall_before = state["step"], state["best_test_acc"], state["wall_seconds"]
         if ctx.is_main:
-            record.truncate_metrics(start)
             print(f"resuming {record.dir} from step {start}")
-    elif ctx.is_main:
-        record.start()
     name = run_name(config)
-    logger = build_logger(config["logger"]["kind"] if ctx.is_main else "none", config=config,
+    logger = build_logger(config["logger"]["kind"] if ctx.is_main else "none", config=public_config(config),
                           run_dir=record.dir, run_name=name, group=config["experiment"],
                           **{k: v for k, v in config["logger"].items() if k != "kind"})
     net = distributed.wrap(model, ctx, device)  # after loading: every process starts equal
@@ -164,14 +171,16 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
         x, y = data.train_batch()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = F.cross_entropy(net(x), y)
-        # The loss over the global batch; with several processes also the moving
-        # statistics' mean over processes (one all-reduce), before they are used again.
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # Data parallel: every process updated its norms' moving statistics from its own
+        # workers; one all-reduce makes them the mean over processes (= one process with
+        # all the workers) before the next forward uses them, and brings the global loss.
+        # After backward, so it never rewrites a tensor autograd saved.
         global_loss = average_statistics(loss)
         if not torch.isfinite(global_loss):
             status, diverged_step = "diverged", step
             break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         optimizer.step()
         scheduler.step()
         if ema is not None:
@@ -201,6 +210,8 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
             status = "stopped"
             break
     bar.close()
+    if status == "completed" and not last:  # resumed from the final checkpoint: its summary was lost
+        last = evaluate(model, ema, data, config, True, ctx, device)
     wall = wall_before + time.perf_counter() - t0
     if status == "stopped":  # a job's share of the run: checkpointed, no summary yet
         if ctx.is_main:
@@ -238,10 +249,9 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    config = OmegaConf.to_container(cfg, resolve=True)
     try:
-        summary = run(config)
-    except (ConfigError, DatasetError) as err:
+        summary = run(resolve(cfg))
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     return summary.get("test_acc")

@@ -38,13 +38,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion_mnist",
                         choices=("fashion_mnist", "cifar10", "cifar100"))
-    parser.add_argument("--root", default=None, help="a local copy to check first")
+    parser.add_argument("--root", default=None, help="a local copy: the only place looked in (a download goes there)")
     parser.add_argument("--cache", default="data", help="where downloads go")
     args = parser.parse_args()
     try:
         if args.dataset == "fashion_mnist":
             files = find_fashion_mnist(args.root, args.cache)
-            if files is None and apt_install("dataset-fashion-mnist"):
+            if files is None and not args.root and apt_install("dataset-fashion-mnist"):
                 files = find_fashion_mnist(args.root, args.cache)
             if files is None:
                 load_fashion_mnist(args.root, download=True, cache=args.cache)

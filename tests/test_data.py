@@ -90,15 +90,33 @@ def test_fashion_mnist_reads_raw_idx_in_torchvision_layout(tmp_path, no_debian):
     assert torch.equal(data.train_x, written["train"][0]) and torch.equal(data.test_y, written["t10k"][1])
 
 
-def test_debian_package_is_the_fallback_and_root_comes_first(tmp_path, monkeypatch):
+def test_debian_package_is_the_fallback_without_a_root(tmp_path, monkeypatch):
     debian = fake_fashion(tmp_path / "debian", seed=3)
     monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
-    (tmp_path / "empty-root").mkdir()
-    data = load_fashion_mnist(tmp_path / "empty-root", download=False, cache=tmp_path / "cache")
+    data = load_fashion_mnist(None, download=False, cache=tmp_path / "cache")
     assert torch.equal(data.train_y, debian["train"][1])
     mine = fake_fashion(tmp_path / "root", seed=4)
     data = load_fashion_mnist(tmp_path / "root", download=False, cache=tmp_path / "cache")
     assert torch.equal(data.train_x, mine["train"][0])
+
+
+@pytest.mark.parametrize("root", ["missing", "empty", "incomplete"])
+def test_a_given_root_is_the_only_place_looked_in(tmp_path, monkeypatch, root):
+    """Issue 9: an explicit dataset.root that is missing or incomplete trained on the Debian copy."""
+    fake_fashion(tmp_path / "debian", seed=3)
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    if root != "missing":
+        (tmp_path / root).mkdir()
+    if root == "incomplete":
+        fake_fashion(tmp_path / root)
+        (tmp_path / root / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_fashion_mnist(tmp_path / root, download=False, cache=tmp_path / "cache")
+    message = str(err.value)
+    assert "\n" not in message and f"dataset.root={tmp_path / root} does not hold" in message
+    assert "debian" not in message and "download disabled" in message
+    if root == "incomplete":
+        assert "missing t10k-labels-idx1-ubyte[.gz];" in message
 
 
 def test_downloads_cache_defaults_to_brn_data(tmp_path, no_debian, monkeypatch):
@@ -110,10 +128,10 @@ def test_downloads_cache_defaults_to_brn_data(tmp_path, no_debian, monkeypatch):
 
 def test_missing_fashion_mnist_says_where_it_looked_and_how_to_get_it(tmp_path, no_debian, offline):
     with pytest.raises(DatasetNotFoundError) as err:
-        load_fashion_mnist(tmp_path / "root", download=True, cache=tmp_path / "cache")
+        load_fashion_mnist(None, download=True, cache=tmp_path / "cache")
     message = str(err.value)
     assert "\n" not in message
-    for place in (tmp_path / "root", tmp_path / "no-debian", tmp_path / "cache"):
+    for place in (tmp_path / "no-debian", tmp_path / "cache"):
         assert str(place) in message
     assert "apt-get install dataset-fashion-mnist" in message and "dataset.root=" in message
     assert "download to" in message and "Name or service not known" in message

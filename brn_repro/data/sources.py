@@ -1,10 +1,12 @@
 """Where datasets come from, read into memory as uint8 tensors.
 
-Fashion-MNIST is the offline default, looked for in this order: ``dataset.root``,
-Debian's ``dataset-fashion-mnist`` package (/usr/share/datasets/fashion-mnist),
-a previous download in the cache dir, then torchvision's download into it.
-CIFAR-10/100: a local copy of the python pickle batches, then torchvision's
-download. Each file is checked as it is read, so a truncated or corrupt file is
+Fashion-MNIST is the offline default, looked for in Debian's
+``dataset-fashion-mnist`` package (/usr/share/datasets/fashion-mnist), then a
+previous download in the cache dir, then torchvision's download into it.
+CIFAR-10/100: a copy of the python pickle batches in the cache dir, then
+torchvision's download. A ``dataset.root`` that is given is the only place
+looked in (and where a download goes): training on another copy than the one
+asked for would be a silent mistake, so a missing or incomplete root is an error. Each file is checked as it is read, so a truncated or corrupt file is
 a one-line ``DatasetError`` naming it, not a numpy or pickle traceback deep in a
 sweep's log. ``build_dataset`` picks the source from ``dataset.name``.
 """
@@ -149,9 +151,11 @@ def _from_idx(files: dict[str, Path]) -> DatasetTensors:
 
 
 def fashion_mnist_places(root: str | Path | None, cache: str | Path | None = None) -> list[Path]:
-    """Where Fashion-MNIST is looked for, in order (a download goes to the last)."""
-    cache = default_cache() if cache is None else Path(cache)
-    return ([Path(root)] if root else []) + [DEBIAN_FASHION_MNIST, cache]
+    """Where Fashion-MNIST is looked for, in order (a download goes to the last):
+    ``root`` alone when it is given."""
+    if root:
+        return [Path(root)]
+    return [DEBIAN_FASHION_MNIST, default_cache() if cache is None else Path(cache)]
 
 
 def find_fashion_mnist(root: str | Path | None,
@@ -166,10 +170,12 @@ def find_fashion_mnist(root: str | Path | None,
 
 def load_fashion_mnist(root: str | Path | None, download: bool = True,
                        cache: str | Path | None = None) -> DatasetTensors:
-    """Fashion-MNIST from ``root``, Debian's package, the cache, or a download into
-    the cache; ``DatasetNotFoundError`` (one line: where it looked, how to get it)."""
-    cache = default_cache() if cache is None else Path(cache)
-    looked = [str(p) for p in fashion_mnist_places(root, cache)]
+    """Fashion-MNIST from ``root`` (only there, when given: a download goes there),
+    else Debian's package, the cache, or a download into the cache;
+    ``DatasetNotFoundError`` (one line: where it looked, how to get it)."""
+    places = fashion_mnist_places(root, cache)
+    cache = places[-1]
+    looked = [str(p) for p in places]
     files = find_fashion_mnist(root, cache)
     if files:
         return _from_idx(files)
@@ -186,11 +192,25 @@ def load_fashion_mnist(root: str | Path | None, download: bool = True,
             reason = f"torchvision download to {cache} left no IDX files"
         except Exception as err:  # noqa: BLE001 - any download failure becomes the one line below
             reason = f"torchvision download to {cache} failed: {_short_reason(err)}"
+    if root:
+        raise DatasetNotFoundError(
+            f"dataset.root={root} does not hold Fashion-MNIST (missing {_missing_idx(Path(root))}; {reason}); "
+            "fix: point dataset.root at the folder with the four IDX files, or leave it unset to use "
+            "the Debian package or a download")
     raise DatasetNotFoundError(
         f"Fashion-MNIST not found (looked in: {', '.join(looked)}; {reason}); fix: "
         "apt-get install dataset-fashion-mnist, or run make data on a machine with internet, "
         "or pass dataset.root=/path/to/the/idx/files"
     )
+
+
+def _missing_idx(directory: Path) -> str:
+    if not directory.is_dir():
+        return "the folder itself"
+    missing = [stem for stem in FASHION_FILES.values()
+               if not any((f / n).is_file() for f in (directory, directory / "FashionMNIST" / "raw")
+                          for n in (f"{stem}.gz", stem))]
+    return ", ".join(f"{m}[.gz]" for m in missing)
 
 
 # --- CIFAR python pickles -----------------------------------------------------------
@@ -243,9 +263,9 @@ def load_cifar(name: str, root: str | Path | None, download: bool = True,
     batches under ``root`` or the cache, else torchvision's download into the cache."""
     if name not in CIFAR_FOLDERS:
         raise ValueError(f"load_cifar name={name!r}; use cifar10 or cifar100")
-    cache = default_cache() if cache is None else Path(cache)
+    cache = Path(root) if root else default_cache() if cache is None else Path(cache)
     classes, label_key = (10, b"labels") if name == "cifar10" else (100, b"fine_labels")
-    places = ([Path(root)] if root else []) + [cache]
+    places = [cache]  # dataset.root alone when given (a download goes there too)
     files = next((f for f in (_cifar_files(name, p) for p in places) if f), None)
     if files is None:
         reason = "download disabled (dataset.download=false)"
