@@ -21,7 +21,13 @@ import pandas as pd
 import yaml
 
 from brn_repro.loggers import flatten_config
-from brn_repro.records import find_records
+from brn_repro.records import (
+    RecordError,
+    find_records,
+    read_metrics_file,
+    read_summary,
+    write_atomic,
+)
 
 # The columns that tell one condition of an experiment from another (seed aside).
 CONDITIONS: dict[str, list[str]] = {
@@ -60,18 +66,14 @@ def load_runs(runs_root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     for run_dir, config in _members(Path(runs_root)):
         row: dict[str, Any] = {k: v for k, v in flatten_config(config).items()
                                if not isinstance(v, list | dict)}
-        summary_path = run_dir / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        summary = read_summary(run_dir / "summary.json") or {}  # damaged: counted as incomplete
         row.update({k: summary.get(k) for k in SUMMARY_FIELDS})
         row["status"] = summary.get("status", "incomplete")
         row["run_dir"] = str(run_dir)
         runs.append(row)
-        metrics_path = run_dir / "metrics.jsonl"
-        if metrics_path.exists() and str(run_dir) not in seen:
+        if str(run_dir) not in seen:
             seen.add(str(run_dir))
-            for line in metrics_path.read_text().splitlines():
-                if line:
-                    curves.append({"run_dir": str(run_dir), **json.loads(line)})
+            curves += [{"run_dir": str(run_dir), **row} for row in read_metrics_file(run_dir / "metrics.jsonl")]
     return pd.DataFrame(runs), pd.DataFrame(curves)
 
 
@@ -118,9 +120,7 @@ def summarize(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def write_atomic_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False, float_format="%.4g")
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.4g"))
 
 
 def aggregate(runs_root: str | Path, out: str | Path, wall_seconds: float | None = None,
@@ -184,8 +184,11 @@ def main() -> None:
     parser.add_argument("--wandb", action="store_true", help="also log figures and tables to W&B")
     args = parser.parse_args()
     start = time.perf_counter()
-    report = aggregate(args.runs, args.out, args.wall_seconds, args.source, args.project,
-                       args.entity, args.wandb)
+    try:
+        report = aggregate(args.runs, args.out, args.wall_seconds, args.source, args.project,
+                           args.entity, args.wandb)
+    except RecordError as err:  # a damaged metrics log: rerunning that run repairs it
+        raise SystemExit(f"error: {err}; rerun that run's config to repair it") from None
     print(f"wrote {report} ({time.perf_counter() - start:.1f} s)")
 
 

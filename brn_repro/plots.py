@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from brn_repro.records import write_atomic  # noqa: E402
+
 
 def _label(key: tuple, by: list[str]) -> str:
     parts = []
@@ -28,10 +30,10 @@ def _label(key: tuple, by: list[str]) -> str:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)
     return path
 
 

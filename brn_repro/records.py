@@ -179,6 +179,27 @@ def write_atomic(path: str | Path, data: str | bytes | Callable[[Path], None]) -
         raise
 
 
+def read_metrics_file(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl; a partial last line (a kill mid-write) is left out,
+    a damaged line before it is a ``RecordError``."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("a row without its step")
+        except ValueError as err:
+            if number == len(lines):
+                break
+            raise RecordError(f"{path} line {number} is damaged ({err})") from None
+        rows.append(row)
+    return rows
+
+
 def read_summary(path: str | Path) -> dict[str, Any] | None:
     """A summary.json, or None when it is missing or damaged (not JSON, or without
     the numbers its status promises): a run without a valid summary is unfinished."""
@@ -313,24 +334,7 @@ class RunRecord:
         write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """The rows of metrics.jsonl. A partial last line (a kill mid-write) is left
-        out; a damaged line before it is a ``RecordError``."""
-        try:
-            lines = self.metrics_path.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        rows = []
-        for number, line in enumerate(lines, 1):
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-                    raise ValueError("a row without its step")
-            except ValueError as err:
-                if number == len(lines):
-                    break
-                raise RecordError(f"{self.metrics_path} line {number} is damaged ({err})") from None
-            rows.append(row)
-        return rows
+        return read_metrics_file(self.metrics_path)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._check_lease()

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from brn_repro.claims import Claim, stats
+from brn_repro.records import write_atomic
 
 RULE = (
     "A claim that one condition beats another is **reproduced** when the difference of "
@@ -146,7 +147,5 @@ def write_report(out: Path, runs: pd.DataFrame, summaries: dict[str, pd.DataFram
         lines += [f"![{fig.stem}]({fig.relative_to(out).as_posix()})" for fig in figures.get(experiment, [])]
         lines.append("")
     path = out / "REPORT.md"
-    tmp = path.with_name("REPORT.md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_atomic(path, "\n".join(lines) + "\n")
     return path

@@ -25,8 +25,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-import brn_repro.config  # noqa: F401  (registers the config resolvers)
 from brn_repro.aggregate import MEMBERSHIP_FILE
+from brn_repro.config import resolve  # (and registers the config resolvers)
 from brn_repro.loggers import has_wandb_credentials
 from brn_repro.records import RunRecord, write_atomic
 
@@ -48,7 +48,7 @@ def expand(experiment: str, base: list[str]) -> list[dict]:
         configs = []
         for combo in itertools.product(*axes):
             cfg = compose("config", overrides=[f"+experiment={experiment}", *base, *combo])
-            configs.append(OmegaConf.to_container(cfg, resolve=True))
+            configs.append(resolve(cfg))  # as the runner resolves it: the same run directories
     return configs
 
 
