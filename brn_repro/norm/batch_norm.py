@@ -6,6 +6,8 @@ normalized as W independent groups of b, as on W synchronized workers that each
 normalize their own minibatch while the gradient is taken over all W x b (the
 paper's 50 x 32 and its microbatches of 4). The running statistics are updated
 with the mean over groups of the group statistics (unbiased variance, as torch).
+With ``per_worker_batch`` set, training always takes the grouped path (one group
+included), so a worker's numbers do not depend on how many share a process.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from brn_repro.norm._grouped import check_per_worker_batch, grouped_batch_norm, 
 
 class _GroupedBatchNormMixin:
     def _grouped_forward(self, x: Tensor) -> Tensor | None:
-        """The per-worker-groups training forward, or None to use torch's own."""
+        """The per-worker-groups training forward, or None to use torch's own.
+
+        One group takes this path too: torch's CPU kernel for the statistics loses
+        float32 accuracy on channels-last input (see ``_grouped.batch_stats``), and
+        its backward holds the running buffers, which the statistics all-reduce of
+        ``brn_repro.distributed`` rewrites. Same layer, same numbers, however split."""
         if not (self.training and self.per_worker_batch is not None):
             return None
         groups = num_groups(x, self.per_worker_batch)
-        if groups == 1:
-            return None
         self._check_input_dim(x)
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)

@@ -40,14 +40,11 @@ from brn_repro.norm._grouped import (
     check_per_worker_batch,
     from_groups,
     num_groups,
+    reduce_dims,
     repeat_groups,
     to_groups,
 )
 from brn_repro.norm.batch_renorm import StepCounter, check_eps
-
-
-def _reduce_dims(x: Tensor) -> list[int]:
-    return [0, *range(2, x.dim())]
 
 
 def _per_channel(t: Tensor, like: Tensor) -> Tensor:
@@ -62,7 +59,7 @@ class _MABNFunction(torch.autograd.Function):
         channels = x.shape[1]
         xg = to_groups(x, groups)
         size = layer.buffer_size
-        x2 = xg.square().mean(_reduce_dims(xg))
+        x2 = xg.square().mean(reduce_dims(xg))
         buffer_x2, buffer_gz = layer._buffers_for(groups * channels)
         slot = iteration % size
         buffer_x2[slot] = x2
@@ -93,11 +90,11 @@ class _MABNFunction(torch.autograd.Function):
         groups, channels = ctx.groups, ctx.channels
         grad = to_groups(grad_out.contiguous(), groups)
         g = grad * _per_channel(gamma * r, grad)
-        gz = (g * z).mean(_reduce_dims(z))
+        gz = (g * z).mean(reduce_dims(z))
         ctx.buffer_gz[ctx.slot] = gz
         mean_gz = ctx.buffer_gz.mean(0) if ctx.use_sma else gz
         gx = (g - z * _per_channel(mean_gz, z)) / _per_channel(std, z)
-        dims = _reduce_dims(z)
+        dims = reduce_dims(z)
         grad_weight = (grad * z).sum(dims) * r
         grad_bias = grad.sum(dims)
         if groups > 1:
