@@ -150,6 +150,10 @@ def writing(path: Path) -> Iterator[None]:
         raise
 
 
+# What tmp_path names look like (and a lock candidate, ".run.lock.<tag>", does not).
+TMP_NAME = re.compile(r"\.[^/]+\.tmp(\.[A-Za-z0-9]+)?")
+
+
 def tmp_path(path: Path) -> Path:
     """A temporary name next to ``path``, unique to this writer (host, pid, token):
     two writers never share one, even on two hosts. Hidden, and ending in the
@@ -268,8 +272,9 @@ class RunRecord:
         lease = Lease(self.dir / "run.lock", paths.get("lock_timeout") or LOCK_TIMEOUT,
                       paths.get("lock_stale") or LOCK_STALE)
         with lease as waited:
-            for leftover in self.dir.glob(".*.tmp*"):  # ours to clean: nobody else writes here now
-                leftover.unlink(missing_ok=True)
+            for leftover in self.dir.iterdir():  # ours to clean: nobody else writes here now
+                if TMP_NAME.fullmatch(leftover.name):
+                    leftover.unlink(missing_ok=True)
             self._lease = lease
             try:
                 yield not waited

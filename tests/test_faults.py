@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 
 from brn_repro.config import resolve
 from brn_repro.lease import HOST, PID_NAMESPACE, Lease, LockError
-from brn_repro.records import RecordError, RunRecord, write_atomic
+from brn_repro.records import TMP_NAME, RecordError, RunRecord, write_atomic
 from brn_repro.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -453,4 +453,5 @@ def test_temporary_names_are_unique_per_writer(tmp_path):
 
     names = {temporary(tmp_path / "checkpoint.pt").name for _ in range(50)}
     assert len(names) == 50 and all(n.startswith(".checkpoint.") and n.endswith(".tmp.pt") for n in names)
-    assert all(f"-{os.getpid()}-" in n for n in names)
+    assert all(f"-{os.getpid()}-" in n and TMP_NAME.fullmatch(n) for n in names)
+    assert not TMP_NAME.fullmatch(".run.lock.tmphost-12-ab12cd34")  # a waiter's lock candidate
