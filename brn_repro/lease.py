@@ -14,7 +14,9 @@ A PID alone says nothing on another node of a shared filesystem or in another
 container's PID namespace, and a dead run's PID can be reused by a live process;
 the heartbeat says whether the holder is alive wherever it runs. The lock file
 appears by ``os.link`` of a fully written candidate, atomic on local filesystems
-and NFS alike, so nobody reads a half-written lock. Staleness compares the
+and NFS alike, so nobody reads a half-written lock. A stale lock is removed under
+a second lock (``run.lock.break``), after checking it is still the one judged
+stale: two waiters never both take it over. Staleness compares the
 heartbeat's mtime with this host's clock: hosts sharing a filesystem are assumed
 to keep their clocks (NTP) well within ``stale`` of each other.
 """
@@ -126,18 +128,20 @@ class Lease:
     def _acquire(self, candidate: Path) -> bool:
         deadline, announced = time.monotonic() + self.timeout, False
         while True:
-            if self._link(candidate):
+            if self._link(candidate, self.path):
                 return announced
             seen = _read(self.path)
             if seen is None:
                 continue  # released between our link and our look: try again
             holder, age = _parse(seen[0]), time.time() - seen[1]
             if age > self.stale or _dead_here(holder):
-                why = (f"its heartbeat stopped {age:.0f}s ago" if age > self.stale
-                       else "that process is gone")
-                print(f"note: taking over {self.path} from {describe(holder)}: {why}",
-                      file=sys.stderr, flush=True)
-                self._take_over(seen[0])
+                if self._break(seen[0]):
+                    why = (f"its heartbeat stopped {age:.0f}s ago" if age > self.stale
+                           else "that process is gone")
+                    print(f"note: taking over {self.path} from {describe(holder)}: {why}",
+                          file=sys.stderr, flush=True)
+                else:
+                    time.sleep(0.05)  # another process is breaking it: look again
                 continue
             left = deadline - time.monotonic()
             if left <= 0:
@@ -151,10 +155,10 @@ class Lease:
                 announced = True
             time.sleep(min(left, max(self.beat_seconds, 0.05), 2.0))
 
-    def _link(self, candidate: Path) -> bool:
+    def _link(self, candidate: Path, target: Path) -> bool:
         try:
             os.utime(candidate)  # the link shares its inode: a fresh heartbeat from the start
-            os.link(candidate, self.path)  # atomic, NFS included: the lock appears whole
+            os.link(candidate, target)  # atomic, NFS included: the lock appears whole
             return True
         except FileExistsError:
             return False
@@ -162,29 +166,36 @@ class Lease:
             if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EMLINK):
                 raise
         try:  # a filesystem without hard links: exclusive create
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as f:
             f.write(self.text)
         return True
 
-    def _take_over(self, stale_text: str) -> None:
-        """Move the stale lock aside; if what was moved is not the lock judged stale
-        (another waiter took over in between), put it back."""
-        aside = self.path.with_name(f".{self.path.name}.stale.{writer_tag()}")
+    def _break(self, stale_text: str) -> bool:
+        """Remove the lock judged stale, unless it changed since it was judged. Breakers
+        take turns through a second lock file, so none removes a lock another process
+        has just taken. True when this process removed it."""
+        breaker = self.path.with_name(f"{self.path.name}.break")
+        candidate = self.path.with_name(f".{breaker.name}.{writer_tag()}")
+        candidate.write_text(self.text)
         try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return
-        try:
-            if aside.read_text() != stale_text:
-                try:
-                    os.link(aside, self.path)
-                except FileExistsError:
-                    pass
+            if not self._link(candidate, breaker):
+                seen = _read(breaker)
+                if seen is not None and time.time() - seen[1] > self.stale:
+                    breaker.unlink(missing_ok=True)  # a breaker killed while breaking
+                return False
+            try:
+                seen = _read(self.path)
+                if seen is None or seen[0] != stale_text:
+                    return False
+                self.path.unlink()
+                return True
+            finally:
+                breaker.unlink(missing_ok=True)
         finally:
-            aside.unlink(missing_ok=True)
+            candidate.unlink(missing_ok=True)
 
     # --- holding it ------------------------------------------------------------
     def _heartbeat(self) -> None:
@@ -199,8 +210,7 @@ class Lease:
                     pass  # a hiccup of the filesystem: the next beat tries again
                 continue
             missing += 1
-            # a missing lock may be a waiter's take-over check putting it back: look twice
-            if seen is not None or missing >= 2:
+            if seen is not None or missing >= 2:  # twice: a filesystem hiccup is not a loss
                 self.lost = describe(_parse(seen[0])) if seen else "nobody (the lock file was removed)"
                 return
 

@@ -448,6 +448,31 @@ def test_a_holder_that_loses_its_lock_stops_before_writing(tmp_path):
     assert (tmp_path / "run.lock").read_text() == '{"host": "node-b", "pid": 7}'  # not ours to remove
 
 
+def test_waiters_racing_for_a_stale_lock_hold_it_one_at_a_time(tmp_path):
+    import threading
+
+    lock = tmp_path / "run.lock"
+    lock.write_text('{"host": "node-b", "pid": 7}')
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    active, most, held = [0], [0], []
+
+    def train_it(i):
+        with Lease(lock, timeout=60, stale=5):
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+            time.sleep(0.05)
+            held.append(i)
+            active[0] -= 1
+
+    threads = [threading.Thread(target=train_it, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1 and sorted(held) == list(range(6))
+    assert not list(tmp_path.iterdir())  # no lock, breaker or candidate left
+
+
 def test_temporary_names_are_unique_per_writer(tmp_path):
     from brn_repro.records import tmp_path as temporary
 
