@@ -22,19 +22,23 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters(), torch.empty(0)).device
 
 
+def _dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters(), torch.empty(0)).dtype
+
+
 @torch.no_grad()
 def accuracy_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> list[float]:
     """[correct, total, summed cross-entropy] of ``model`` in eval mode: sums, so the
     shards of a multi-process evaluation add up (``brn_repro.distributed``)."""
     was_training = model.training
     model.eval()
-    device = _device(model)
+    device, dtype = _device(model), _dtype(model)
     # Accumulated on the device: one host sync at the end, not one per batch.
     correct = torch.zeros((), dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     total = 0
     for x, y in batches:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = x.to(device, dtype, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
@@ -81,11 +85,11 @@ def minibatch_stats_probe(model: nn.Module) -> nn.Module:
 def minibatch_stats_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> list[float]:
     """[correct, total, 0] with every norm layer using the statistics of the test batch itself."""
     probe = minibatch_stats_probe(model)
-    device = _device(probe)
+    device, dtype = _device(probe), _dtype(probe)
     correct, total = torch.zeros((), dtype=torch.long, device=device), 0
     for x, y in batches:
         y = y.to(device, non_blocking=True)
-        correct += (probe(x.to(device, non_blocking=True)).argmax(1) == y).sum()
+        correct += (probe(x.to(device, dtype, non_blocking=True)).argmax(1) == y).sum()
         total += y.numel()
     return [float(correct.item()), float(total), 0.0]
 

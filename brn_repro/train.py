@@ -35,6 +35,7 @@ from brn_repro.config import (
     norm_factory,
     relaxation_warning,
     resolve,
+    train_dtype,
     validate,
 )
 from brn_repro.data import DatasetError, TrainingData
@@ -125,7 +126,8 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
               device: torch.device = distributed.CPU) -> dict[str, Any]:
     """The loop: train, evaluate, checkpoint, and leave the summary (rank 0 writes)."""
     train = config["train"]
-    model.to(device)
+    model_dtype = train_dtype(config)
+    model.to(device, model_dtype)
     optimizer = build_optimizer(config, model.parameters())
     scheduler = build_lr_schedule(config, optimizer)
     ema = WeightEMA(model, train["ema_decay"]) if train.get("ema_decay") else None
@@ -169,7 +171,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
     step = start
     for step in range(start + 1, train["steps"] + 1):
         x, y = data.train_batch()
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = x.to(device, model_dtype, non_blocking=True), y.to(device, non_blocking=True)
         loss = F.cross_entropy(net(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
