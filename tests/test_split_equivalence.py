@@ -1,28 +1,20 @@
 """However a global batch is split (groups in one call, or one call per worker as on
 one process per worker), every batch-statistics norm computes the same numbers, within
-float32 tolerance of a float64 reference, on real Fashion-MNIST batches (issue 9).
+float32 tolerance of a float64 reference, on real Fashion-MNIST batches (issue 9; the
+finding is in ``brn_repro.numerics``)."""
 
-The finding behind these tests: torch's CPU batchnorm kernel sums a channels-last
-batch row after row, so its float32 statistics are off by ~1e-5 (1e-7 for NCHW), and a
-1-channel image batch is channels-last to a convolution. The one-group path ran that
-kernel through the whole network; each ReLU turned the error into sign flips and the
-gradient came out 0.5-2% off float64. ``_grouped.batch_stats`` now sums in two
-cascaded passes in any layout, and every path goes through it.
-"""
-
-import copy
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from brn_repro.config import norm_factory
 from brn_repro.data import TrainingData
 from brn_repro.models import build_model
-from brn_repro.norm._grouped import batch_stats  # noqa
+from brn_repro.norm._grouped import batch_stats
+from brn_repro.numerics import layer_cases, split_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -36,7 +28,6 @@ NORM_OVERRIDES = {
     "moving_average": ["norm.momentum=0.3"],
     "mabn": ["norm.warmup_iters=0", "norm.r_warmup=0", "norm.buffer_size=2"],
 }
-GRAD_TOLERANCE = 2e-4  # relative, per parameter; float32 rounding gives 1e-7..3e-5 here
 
 needs_debian = pytest.mark.skipif(
     not (DEBIAN / "train-images-idx3-ubyte.gz").exists(),
@@ -55,100 +46,31 @@ def _config(norm: str) -> dict:
 
 @pytest.fixture(scope="module")
 def real_batches():
-    """The runner's first three global batches of seed 0 (16 Fashion-MNIST images each)."""
+    """The runner's first two global batches of seed 0 (16 Fashion-MNIST images each)."""
     data = TrainingData(_config("bn"))
-    return [data.train_batch() for _ in range(3)]
+    return [data.train_batch() for _ in range(2)]
 
 
-def _model(config: dict, dtype: torch.dtype) -> torch.nn.Module:
+def _model(config: dict) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_model("small_cnn", num_classes=10, in_channels=1, image_size=28,
-                        norm_layer=norm_factory(config), width=config["model"]["width"])
-    return model.to(dtype).train()
-
-
-def _warm(model: torch.nn.Module, batch) -> None:
-    """One step's forward without a gradient: the moving statistics leave their init."""
-    with torch.no_grad():
-        model(batch[0].to(next(model.parameters()).dtype))
-
-
-def _norm_layers(model):
-    return [m for m in model.modules() if hasattr(m, "per_worker_batch")]
-
-
-def _layer_cases(config, batches):
-    """Each norm layer's real input and upstream gradient (float64), taken from a float64
-    network on the global batch, with the layer's state just before that step."""
-    model = _model(config, torch.float64)
-    _warm(model, batches[1])  # the moving statistics away from their init (BRN's r and d)
-    before = [copy.deepcopy(layer) for layer in _norm_layers(model)]
-    captured = []
-
-    def keep(layer, inputs, output):
-        captured.append({"x": inputs[0].detach().clone()})
-        output.register_hook(lambda g, slot=captured[-1]: slot.__setitem__("grad", g.detach().clone()))
-
-    for layer in _norm_layers(model):
-        layer.register_forward_hook(keep)
-    x, y = batches[0]
-    F.cross_entropy(model(x.double()), y).backward()
-    return list(zip(before, captured, strict=True))
-
-
-def _step(layer, x, upstream):
-    """One training step of ``layer``: output, input and parameter gradients, new state."""
-    x = x.detach().requires_grad_()
-    out = layer(x)
-    out.backward(upstream)
-    state = {k: v for k, v in layer.state_dict().items()
-             if v.is_floating_point() and not k.startswith("buffer_")}  # MABN's per-worker SMAs
-    return {"out": out.detach(), "grad_x": x.grad, "grad_weight": layer.weight.grad,
-            "grad_bias": layer.bias.grad, **state}
-
-
-def _per_worker(layer, x, upstream):
-    """A copy of the layer per worker, each on its own part (one group each): what one
-    process per worker computes; parameter gradients summed and moving statistics
-    averaged, as DDP and ``distributed.StatisticsAverager`` do."""
-    parts = []
-    for part in range(WORKERS):
-        rows = slice(part * PER_WORKER, (part + 1) * PER_WORKER)
-        parts.append(_step(copy.deepcopy(layer), x[rows], upstream[rows]))
-    merged = {k: torch.cat([p[k] for p in parts]) for k in ("out", "grad_x")}
-    merged.update({k: sum(p[k] for p in parts) for k in ("grad_weight", "grad_bias")})
-    merged.update({k: sum(p[k] for p in parts) / WORKERS for k in parts[0] if k not in merged})
-    return merged
-
-
-def _relative_errors(got, want):
-    return {k: ((got[k].double() - want[k]).norm() / want[k].norm().clamp_min(1e-30)).item()
-            for k in want}
+    return build_model("small_cnn", num_classes=10, in_channels=1, image_size=28,
+                       norm_layer=norm_factory(config), width=config["model"]["width"])
 
 
 # float32 rounding gives ~1e-7 for outputs and statistics; torch's batchnorm backward
 # kernel sums channels-last gradients row by row (up to 3e-6 here).
-TOLERANCE = {"grad_x": 2e-5, "grad_weight": 2e-5, "grad_bias": 2e-5}
+def _tolerance(entry: str) -> float:
+    return 1e-10 if entry.startswith("float64") else 2e-5 if "grad" in entry else 2e-6
 
 
 @needs_debian
 @pytest.mark.parametrize("norm", ["bn", "brn", "moving_average", "mabn"])
 def test_every_split_matches_float64_on_real_batches(real_batches, norm):
-    for index, (layer, case) in enumerate(_layer_cases(_config(norm), real_batches)):
-        x, upstream = case["x"], case["grad"]
-        reference = _step(copy.deepcopy(layer), x, upstream)
-        # In float64 the split changes nothing but rounding.
-        for key, error in _relative_errors(_per_worker(layer, x, upstream), reference).items():
-            assert error < 1e-10, (norm, index, key, error)
-        for layout in (torch.contiguous_format, torch.channels_last):  # the network has both
-            x32 = x.float().contiguous(memory_format=layout)
-            g32 = upstream.float().contiguous(memory_format=layout)
-            layer32 = copy.deepcopy(layer).float()
-            for path, got in (("grouped", _step(copy.deepcopy(layer32), x32, g32)),
-                              ("per worker", _per_worker(layer32, x32, g32))):
-                for key, error in _relative_errors(got, reference).items():
-                    assert error < TOLERANCE.get(key, 2e-6), \
-                        f"{norm} layer {index} {path} {layout}: {key} is {error:.1e} off float64"
+    cases = layer_cases(_model(_config(norm)), real_batches[0], warm=real_batches[1])
+    assert len(cases) == 5
+    for index, (layer, x, upstream) in enumerate(cases):
+        for entry, error in split_errors(layer, x, upstream, WORKERS).items():
+            assert error < _tolerance(entry), f"{norm} layer {index}: {entry} is {error:.1e} off float64"
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
