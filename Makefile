@@ -15,7 +15,7 @@ JOBS ?= 2
 THREADS ?= 1
 DATASET ?= fashion_mnist
 
-.PHONY: help setup data reproduce reproduce-extended aggregate test test-slow test-all bench lint clean
+.PHONY: help setup data reproduce reproduce-extended aggregate test test-slow test-all bench gpu-check lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -55,6 +55,9 @@ test-all: $(STAMP)  ## every test
 
 bench: $(STAMP)  ## time a ResNet-20 training step per norm -> results/bench/norm.csv
 	$(BIN)/python scripts/bench_norm.py --out results/bench/norm.csv
+
+gpu-check: $(STAMP)  ## on a CUDA machine: split equivalence, precision, the runner on the GPU -> results/gpu/check.csv
+	$(BIN)/python scripts/gpu_check.py --out results/gpu
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check brn_repro tests scripts
