@@ -181,17 +181,27 @@ def validate(config: dict[str, Any]) -> None:
     _number(train.get("ema_decay"), "train.ema_decay", 0, 1, open_high=True, allow_none=True)
     if config["logger"]["kind"] not in ("wandb", "none"):
         raise ConfigError(f"logger.kind={config['logger']['kind']!r} must be wandb or none")
-    if train.get("dtype", "float32") not in DTYPES:
-        raise ConfigError(f"train.dtype={train['dtype']!r} is not a precision; use one of {', '.join(DTYPES)}")
+    if train.get("precision", "float32") not in PRECISIONS:
+        raise ConfigError(f"train.precision={train['precision']!r} is not a precision; "
+                          f"use one of {', '.join(PRECISIONS)}")
 
 
-# train.dtype: float64 is for numerical checks (the same run split another way agrees
-# to ~1e-12 where float32's rounding alone moves a 20-step run by up to 1e-2).
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# train.precision. float32 means float32 on a GPU too: torch's default lets cuDNN use
+# TF32 for convolutions, which put the small CNN's gradient 7e-3 off float64 on an H100
+# (7e-7 without; results/gpu/check.csv). tf32 is that faster mode, asked for by name.
+# float64 is for numerical checks: a run split over processes agrees to ~1e-15 where
+# float32's rounding alone moves a 20-step run by up to 1e-2 (brn_repro.numerics).
+PRECISIONS = {"float32": (torch.float32, False), "tf32": (torch.float32, True),
+              "float64": (torch.float64, False)}
 
 
-def train_dtype(config: dict[str, Any]) -> torch.dtype:
-    return DTYPES[config["train"].get("dtype", "float32")]
+def apply_precision(config: dict[str, Any]) -> torch.dtype:
+    """Set TF32 on or off for this run (torch's flags are global: every run sets them)
+    and return the dtype the model and batches take."""
+    dtype, tf32 = PRECISIONS[config["train"].get("precision", "float32")]
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    return dtype
 
 
 def validate_model(model: dict[str, Any]) -> None:

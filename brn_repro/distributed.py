@@ -21,7 +21,7 @@ batch over K processes so that the numbers do not change:
   averages in the next forward pass, and must use the same ones on every process.
 - A worker's numbers do not depend on how many workers share its process: one
   group takes the same code as many (``norm._grouped``), so K processes equal one
-  process with virtual workers to float64 rounding (``train.dtype=float64``: 1e-15
+  process with virtual workers to float64 rounding (``train.precision=float64``: 1e-15
   after 20 steps); in float32 the two are as far apart as any two roundings.
 - ``syncbn`` normalizes over the whole global batch across processes instead.
 - Only rank 0 writes run records, checkpoints and W&B; every process reads the

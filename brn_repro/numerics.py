@@ -13,7 +13,7 @@ passes in any layout, and one group takes the same code as many.
 Two things no implementation removes, so the checks compare layers, not networks:
 - a float32 network's gradient is as far from float64 as its ReLU flips make it
   (1e-5 typically, 1e-3 after an unlucky flip), and a 20-step run drifts by up to
-  1e-2 in loss; ``train.dtype=float64`` runs agree to 1e-15 however split;
+  1e-2 in loss; ``train.precision=float64`` runs agree to 1e-15 however split;
 - MABN's weight-centred convolutions give pre-activations that are exactly 0 in exact
   arithmetic on a constant background (21% of the first layer's on Fashion-MNIST at
   init), where ReLU's derivative is decided by rounding.

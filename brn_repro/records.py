@@ -101,6 +101,8 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
     ident = public_config(config)
     for key in NON_IDENTITY_KEYS:
         _drop(ident, key)
+    if ident["train"].get("precision") == "float32":  # the default, older than the key: same runs
+        del ident["train"]["precision"]
     if split_blind(config):
         data = ident["data"]
         data["global_batch"] = data.pop("per_worker_batch") * data.pop("workers")

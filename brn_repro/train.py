@@ -30,12 +30,12 @@ from tqdm import tqdm
 from brn_repro import distributed
 from brn_repro.config import (
     ConfigError,
+    apply_precision,
     build_lr_schedule,
     build_optimizer,
     norm_factory,
     relaxation_warning,
     resolve,
-    train_dtype,
     validate,
 )
 from brn_repro.data import DatasetError, TrainingData
@@ -126,7 +126,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
               device: torch.device = distributed.CPU) -> dict[str, Any]:
     """The loop: train, evaluate, checkpoint, and leave the summary (rank 0 writes)."""
     train = config["train"]
-    model_dtype = train_dtype(config)
+    model_dtype = apply_precision(config)
     model.to(device, model_dtype)
     optimizer = build_optimizer(config, model.parameters())
     scheduler = build_lr_schedule(config, optimizer)

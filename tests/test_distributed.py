@@ -288,7 +288,7 @@ def _fashion_root(tiny_fashion_mnist) -> Path:
 def test_one_worker_per_process_equals_virtual_workers_in_float64(tmp_path, tiny_fashion_mnist, norm):
     """The issue's command at width 8, in float64: torchrun with one worker per process
     (one group each; bn crashed here, brn drifted 1.6%) against one process with two."""
-    root, small = _fashion_root(tiny_fashion_mnist), ["model.width=8", "train.dtype=float64",
+    root, small = _fashion_root(tiny_fashion_mnist), ["model.width=8", "train.precision=float64",
                                                       "data.train_eval_size=200"]
     _torchrun(_issue_command(norm, tmp_path / "torchrun", tmp_path, root, *small), tmp_path)
     _one_process(_issue_command(norm, tmp_path / "single", tmp_path, root, *small))
@@ -312,3 +312,33 @@ def test_one_worker_per_process_equals_virtual_workers_in_float32(tmp_path, tiny
     got, want = _final_row(tmp_path / "torchrun"), _final_row(tmp_path / "single")
     assert abs(got["loss"] - want["loss"]) <= 1e-2 * abs(want["loss"]), (got["loss"], want["loss"])
     assert abs(got["test_acc"] - want["test_acc"]) <= 0.5, (got["test_acc"], want["test_acc"])
+
+
+def test_precision_is_checked_and_float32_means_float32_on_a_gpu():
+    from brn_repro.config import PRECISIONS, apply_precision, validate
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        config = OmegaConf.to_container(compose("config", overrides=["train.precision=fp16"]), resolve=True)
+    with pytest.raises(ConfigError, match=r"train.precision='fp16' is not a precision; use one of float32, tf32"):
+        validate(config)
+    try:
+        for name, (dtype, tf32) in PRECISIONS.items():
+            config["train"]["precision"] = name
+            assert apply_precision(config) == dtype
+            assert torch.backends.cudnn.allow_tf32 is tf32 and torch.backends.cuda.matmul.allow_tf32 is tf32
+        assert PRECISIONS["float32"] == (torch.float32, False)  # torch's own default is TF32 convolutions
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def test_precision_enters_the_run_identity_only_when_not_float32():
+    from brn_repro.records import config_hash
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        config = OmegaConf.to_container(compose("config"), resolve=True)
+    default = config_hash(config)
+    del config["train"]["precision"]
+    assert config_hash(config) == default  # records made before the key keep their names
+    config["train"]["precision"] = "float64"
+    assert config_hash(config) != default

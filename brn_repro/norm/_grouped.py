@@ -102,6 +102,14 @@ def batch_stats(x_grouped: Tensor) -> tuple[Tensor, Tensor]:
     return mean, var
 
 
+def normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
+              eps: float = 0.0) -> Tensor:
+    """``weight * (x - mean) / sqrt(var + eps) + bias`` with torch's fused kernel, eps = 0
+    allowed (BRN's and the moving-average norm's sigma already hold eps), which
+    ``F.batch_norm`` refuses in some torch releases (2.11)."""
+    return torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, torch.backends.cudnn.enabled)
+
+
 def layout_of(x: Tensor) -> torch.memory_format:
     """The memory format to give tensors that meet ``x`` in one kernel."""
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):

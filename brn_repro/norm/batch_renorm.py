@@ -28,13 +28,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brn_repro.norm._grouped import (
     check_input_dim,
     check_per_worker_batch,
     grouped_batch_norm,
+    normalize,
     num_groups,
 )
 from brn_repro.schedules import Schedule, as_schedule, schedule_bounds
@@ -129,10 +129,7 @@ class _BatchRenorm(StepCounter):
         check_input_dim(x, self._input_dims, type(self).__name__)
         if not self.training:
             # eps is already inside sigma (a moving average of sqrt(var + eps)).
-            return F.batch_norm(
-                x, self.running_mean, self.running_std.square(), self.weight, self.bias,
-                False, 0.0, 0.0,
-            )
+            return normalize(x, self.running_mean, self.running_std.square(), self.weight, self.bias)
         groups = num_groups(x, self.per_worker_batch)
         step = self._advance_step()
         limits = (self.r_max(step), self.d_max(step), self.momentum(step))

@@ -20,13 +20,13 @@ Inference is identical to batchnorm and Batch Renorm with the same statistics.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brn_repro.norm._grouped import (
     batch_stats,
     check_input_dim,
     check_per_worker_batch,
+    normalize,
     num_groups,
     to_groups,
 )
@@ -71,7 +71,7 @@ class _MovingAverageNorm(StepCounter):
         check_input_dim(x, self._input_dims, type(self).__name__)
         # Clones: the update below is in place, and autograd saved the values used here.
         mean, std = self.running_mean.clone(), self.running_std.clone()
-        y = F.batch_norm(x, mean, std.square(), self.weight, self.bias, False, 0.0, 0.0)
+        y = normalize(x, mean, std.square(), self.weight, self.bias)
         if self.training:
             groups = num_groups(x, self.per_worker_batch)
             alpha = self.momentum(self._advance_step())
