@@ -78,15 +78,16 @@ def reduce_dims(x: Tensor) -> tuple[int, ...]:
 def batch_stats(x_grouped: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and biased variance, accurate in float32 in any memory layout.
 
-    Two passes of torch's summation (pairwise/cascade, ~1e-7 relative), not
-    ``torch.batch_norm_update_stats``: on the CPU its channels-last kernel sums the
-    N*H*W rows one after another, so its float32 mean is off by up to 2e-5 sigma and
-    its variance by 3e-5 (measured at 128 x 16 x 28 x 28; 1e-7 for NCHW input). A
-    1-channel image batch (Fashion-MNIST) is channels-last as far as convolutions
-    can tell, so the whole network ran that kernel whenever a layer normalized the
-    batch as one group, and the ReLU after each layer turned the 1e-5 into
-    sign flips and gradients 0.5-2% off float64 (issue 9). The two passes cost less
-    than that kernel on NCHW input, and no more on channels-last.
+    On the CPU, ``torch.batch_norm_update_stats`` sums a channels-last batch's N*H*W
+    rows one after another, so its float32 mean is off by up to 2e-5 sigma and its
+    variance by 3e-5 (measured at 128 x 16 x 28 x 28; 1e-7 for NCHW input). A
+    1-channel image batch (Fashion-MNIST) is channels-last as far as a convolution
+    can tell, so a network whose layers normalized their batch as one group ran that
+    kernel throughout, and the ReLUs turned the 1e-5 into sign flips and gradients
+    0.5-2% off float64 (issue 9, ``brn_repro.numerics``). Channels-last input on the
+    CPU therefore takes two passes of torch's cascaded summation (~1e-7); everything
+    else keeps torch's kernel, accurate there and faster on small batches with
+    several threads (two passes cost BRN's ResNet-20 step 2.6% at batch 4).
     """
     n = values_per_channel(x_grouped)
     if n < 2:
@@ -95,6 +96,8 @@ def batch_stats(x_grouped: Tensor) -> tuple[Tensor, Tensor]:
             f"(input shape {tuple(x_grouped.shape)} in per-worker layout); use a larger "
             "per_worker_batch, or a norm without batch statistics (gn, ln, in) for 2D input"
         )
+    if x_grouped.is_cuda or layout_of(x_grouped) != torch.channels_last:
+        return torch.batch_norm_update_stats(x_grouped, None, None, 0.0)
     dims = reduce_dims(x_grouped)
     mean = x_grouped.sum(dims).div_(n)
     shape = (1, -1) + (1,) * (x_grouped.dim() - 2)
