@@ -98,6 +98,10 @@ def test_debian_package_is_the_fallback_without_a_root(tmp_path, monkeypatch):
     mine = fake_fashion(tmp_path / "root", seed=4)
     data = load_fashion_mnist(tmp_path / "root", download=False, cache=tmp_path / "cache")
     assert torch.equal(data.train_x, mine["train"][0])
+    # the order README promises: the local data dir, then Debian's package, then a download
+    local = fake_fashion(tmp_path / "cache", seed=6)
+    data = load_fashion_mnist(None, download=False, cache=tmp_path / "cache")
+    assert torch.equal(data.train_x, local["train"][0])
 
 
 @pytest.mark.parametrize("root", ["missing", "empty", "incomplete"])

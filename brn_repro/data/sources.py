@@ -151,11 +151,11 @@ def _from_idx(files: dict[str, Path]) -> DatasetTensors:
 
 
 def fashion_mnist_places(root: str | Path | None, cache: str | Path | None = None) -> list[Path]:
-    """Where Fashion-MNIST is looked for, in order (a download goes to the last):
-    ``root`` alone when it is given."""
+    """Where Fashion-MNIST is looked for, in order (a download goes to the first):
+    ``root`` alone when it is given, else the local data dir, then Debian's package."""
     if root:
         return [Path(root)]
-    return [DEBIAN_FASHION_MNIST, default_cache() if cache is None else Path(cache)]
+    return [default_cache() if cache is None else Path(cache), DEBIAN_FASHION_MNIST]
 
 
 def find_fashion_mnist(root: str | Path | None,
@@ -171,10 +171,10 @@ def find_fashion_mnist(root: str | Path | None,
 def load_fashion_mnist(root: str | Path | None, download: bool = True,
                        cache: str | Path | None = None) -> DatasetTensors:
     """Fashion-MNIST from ``root`` (only there, when given: a download goes there),
-    else Debian's package, the cache, or a download into the cache;
+    else the cache (the local data dir), Debian's package, or a download into the cache;
     ``DatasetNotFoundError`` (one line: where it looked, how to get it)."""
     places = fashion_mnist_places(root, cache)
-    cache = places[-1]
+    cache = places[0]
     looked = [str(p) for p in places]
     files = find_fashion_mnist(root, cache)
     if files:
