@@ -53,8 +53,9 @@ test-slow: $(STAMP)  ## only the long tests
 test-all: $(STAMP)  ## every test
 	$(BIN)/python -m pytest -q -m 'slow or not slow'
 
-bench: $(STAMP)  ## time a ResNet-20 training step per norm -> results/bench/norm.csv
+bench: $(STAMP)  ## time a ResNet-20 step per norm, and the runner's own step -> results/bench/{norm,step}.csv
 	$(BIN)/python scripts/bench_norm.py --out results/bench/norm.csv
+	$(BIN)/python scripts/bench_step.py --out results/bench/step.csv
 
 gpu-check: $(STAMP)  ## on a CUDA machine: split equivalence, precision, the runner on the GPU -> results/gpu/check.csv
 	$(BIN)/python scripts/gpu_check.py --out results/gpu

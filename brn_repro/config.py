@@ -181,6 +181,8 @@ def validate(config: dict[str, Any]) -> None:
     _number(train.get("ema_decay"), "train.ema_decay", 0, 1, open_high=True, allow_none=True)
     if config["logger"]["kind"] not in ("wandb", "none"):
         raise ConfigError(f"logger.kind={config['logger']['kind']!r} must be wandb or none")
+    if train.get("channels_last", "auto") not in ("auto", True, False):
+        raise ConfigError(f"train.channels_last={train['channels_last']!r} must be auto, true or false")
     if train.get("precision", "float32") not in PRECISIONS:
         raise ConfigError(f"train.precision={train['precision']!r} is not a precision; "
                           f"use one of {', '.join(PRECISIONS)}")
@@ -193,6 +195,20 @@ def validate(config: dict[str, Any]) -> None:
 # float32's rounding alone moves a 20-step run by up to 1e-2 (brn_repro.numerics).
 PRECISIONS = {"float32": (torch.float32, False), "tf32": (torch.float32, True),
               "float64": (torch.float64, False)}
+
+
+# train.channels_last=auto: (model, device type) pairs measured faster in channels-last
+# (scripts/bench_step.py, results/bench/step.csv); everything else trains NCHW.
+CHANNELS_LAST_FASTER: set[tuple[str, str]] = set()
+
+
+def memory_format(config: dict[str, Any], device: torch.device) -> torch.memory_format:
+    """The layout the model's weights and batches take (not part of a run's identity:
+    it changes rounding, not the computation)."""
+    choice = config["train"].get("channels_last", "auto")
+    if choice == "auto":
+        choice = (config["model"]["name"], device.type) in CHANNELS_LAST_FASTER
+    return torch.channels_last if choice else torch.contiguous_format
 
 
 def apply_precision(config: dict[str, Any]) -> torch.dtype:

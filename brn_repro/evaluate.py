@@ -17,6 +17,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from brn_repro.models import as_layout
+
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters(), torch.empty(0)).device
@@ -26,19 +28,28 @@ def _dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters(), torch.empty(0)).dtype
 
 
-@torch.no_grad()
+def _layout(model: nn.Module) -> torch.memory_format:
+    """Channels-last when the model's first 4D weight is (batches follow the weights)."""
+    weight = next((p for p in model.parameters() if p.dim() == 4), None)
+    if weight is not None and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+@torch.inference_mode()
 def accuracy_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> list[float]:
     """[correct, total, summed cross-entropy] of ``model`` in eval mode: sums, so the
     shards of a multi-process evaluation add up (``brn_repro.distributed``)."""
     was_training = model.training
     model.eval()
-    device, dtype = _device(model), _dtype(model)
+    device, dtype, layout = _device(model), _dtype(model), _layout(model)
     # Accumulated on the device: one host sync at the end, not one per batch.
     correct = torch.zeros((), dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     total = 0
     for x, y in batches:
-        x, y = x.to(device, dtype, non_blocking=True), y.to(device, non_blocking=True)
+        x = as_layout(x.to(device, dtype, non_blocking=True), layout)
+        y = y.to(device, non_blocking=True)
         logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
@@ -81,7 +92,7 @@ def minibatch_stats_probe(model: nn.Module) -> nn.Module:
     return probe
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def minibatch_stats_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> list[float]:
     """[correct, total, 0] with every norm layer using the statistics of the test batch itself."""
     probe = minibatch_stats_probe(model)

@@ -33,6 +33,7 @@ from brn_repro.config import (
     apply_precision,
     build_lr_schedule,
     build_optimizer,
+    memory_format,
     norm_factory,
     relaxation_warning,
     resolve,
@@ -42,9 +43,12 @@ from brn_repro.data import DatasetError, TrainingData
 from brn_repro.evaluate import WeightEMA, accuracy_counts, minibatch_stats_counts, percent
 from brn_repro.lease import LockError
 from brn_repro.loggers import build_logger
-from brn_repro.models import build_model, check_model_input
+from brn_repro.models import as_layout, build_model, check_model_input
 from brn_repro.norm import norm_diagnostics
 from brn_repro.records import RecordError, RunRecord, public_config, run_name
+
+# How often the host reads whether the loss went non-finite (on a CPU a read is free).
+DIVERGENCE_SYNC_EVERY = {"cpu": 1, "cuda": 50}
 
 # Mistakes of input or environment: one line and exit code 2, never a traceback.
 USER_ERRORS = (ConfigError, DatasetError, RecordError, LockError)
@@ -73,6 +77,26 @@ def prepare(config: dict[str, Any], ctx: distributed.Context = distributed.SINGL
                         in_channels=data.in_channels, image_size=data.image_size,
                         norm_layer=norm_factory(config), **model_options)
     return data, model
+
+
+def place(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, dtype: torch.dtype,
+          layout: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch on the device, in the model's dtype and memory layout."""
+    x, y = batch
+    return as_layout(x.to(device, dtype, non_blocking=True), layout), y.to(device, non_blocking=True)
+
+
+def forward_backward(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+                     average_statistics: distributed.StatisticsAverager) -> torch.Tensor:
+    """The step's gradients; returns the loss over the global batch, on the device."""
+    loss = F.cross_entropy(net(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # Data parallel: every process updated its norms' moving statistics from its own
+    # workers; one all-reduce makes them the mean over processes (= one process with
+    # all the workers) before the next forward uses them, and brings the global loss.
+    # After backward, so it never rewrites a tensor autograd saved.
+    return average_statistics(loss)
 
 
 def evaluate(model, ema, data: TrainingData, config, final: bool,
@@ -126,12 +150,12 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
               device: torch.device = distributed.CPU) -> dict[str, Any]:
     """The loop: train, evaluate, checkpoint, and leave the summary (rank 0 writes)."""
     train = config["train"]
-    model_dtype = apply_precision(config)
-    model.to(device, model_dtype)
+    model_dtype, layout = apply_precision(config), memory_format(config, device)
+    model.to(device, model_dtype, memory_format=layout)
     optimizer = build_optimizer(config, model.parameters())
     scheduler = build_lr_schedule(config, optimizer)
     ema = WeightEMA(model, train["ema_decay"]) if train.get("ema_decay") else None
-    start, best, wall_before = 0, -1.0, 0.0
+    start, best, wall_before, eval_before = 0, -1.0, 0.0, 0.0
     # Rank 0 judges the record (cuts metrics to the checkpoint, or starts afresh when
     # there is none or it is damaged); every process then loads the same checkpoint.
     state = record.resume() if ctx.is_main else None
@@ -144,6 +168,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
         if ema is not None:
             ema.load_state_dict(state["ema"])
         start, best, wall_before = state["step"], state["best_test_acc"], state["wall_seconds"]
+        eval_before = state.get("eval_seconds", 0.0)  # older checkpoints lack it
         if ctx.is_main:
             print(f"resuming {record.dir} from step {start}")
     name = run_name(config)
@@ -157,7 +182,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
         if not ctx.is_main:
             return
         record.save_checkpoint({
-            "step": step, "best_test_acc": best, "wall_seconds": wall,
+            "step": step, "best_test_acc": best, "wall_seconds": wall, "eval_seconds": eval_seconds,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "data": data.state_dict(),
             "ema": ema.state_dict() if ema is not None else {},
@@ -166,22 +191,25 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
     model.train()
     status, diverged_step, last = "completed", None, {}
     t0, window_start, window_steps = time.perf_counter(), time.perf_counter(), 0
+    eval_seconds = eval_before
+    # The loss is checked for NaN/inf on the device; the host reads the verdict every
+    # step on the CPU (free) but only every `sync_every` steps and before evaluating or
+    # checkpointing on a GPU, so the loop does not wait for the GPU every step. The
+    # step recorded is the first non-finite one either way.
+    sync_every = DIVERGENCE_SYNC_EVERY.get(device.type, 50)
+    first_bad = torch.zeros((), dtype=torch.long, device=device)
     bar = tqdm(total=train["steps"], initial=start, desc=name, unit="step",
                disable=not (train.get("progress", True) and ctx.is_main), dynamic_ncols=True)
     step = start
     for step in range(start + 1, train["steps"] + 1):
-        x, y = data.train_batch()
-        x, y = x.to(device, model_dtype, non_blocking=True), y.to(device, non_blocking=True)
-        loss = F.cross_entropy(net(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # Data parallel: every process updated its norms' moving statistics from its own
-        # workers; one all-reduce makes them the mean over processes (= one process with
-        # all the workers) before the next forward uses them, and brings the global loss.
-        # After backward, so it never rewrites a tensor autograd saved.
-        global_loss = average_statistics(loss)
-        if not torch.isfinite(global_loss):
-            status, diverged_step = "diverged", step
+        x, y = place(data.train_batch(), device, model_dtype, layout)
+        global_loss = forward_backward(net, x, y, optimizer, average_statistics)
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(global_loss), step, first_bad)
+        evaluating = step % train["eval_every"] == 0 or step == train["steps"]
+        stopping = step == train.get("stop_at_step")
+        saving = step % train["checkpoint_every"] == 0 or step == train["steps"] or stopping
+        if (step % sync_every == 0 or evaluating or saving) and (bad := int(first_bad)):
+            status, diverged_step = "diverged", bad
             break
         optimizer.step()
         scheduler.step()
@@ -189,10 +217,12 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
             ema.update(model)
         window_steps += 1
         bar.update(1)
-        if step % train["eval_every"] == 0 or step == train["steps"]:
+        if evaluating:
             images_per_second = window_steps * data.global_batch / (time.perf_counter() - window_start)
-            row = {"step": step, "loss": global_loss.item(),
-                   **evaluate(model, ema, data, config, step == train["steps"], ctx, device),
+            eval_start = time.perf_counter()
+            accuracies = evaluate(model, ema, data, config, step == train["steps"], ctx, device)
+            eval_seconds += time.perf_counter() - eval_start
+            row = {"step": step, "loss": global_loss.item(), **accuracies,
                    "lr": scheduler.get_last_lr()[0], "weight_norm": weight_norm(model),
                    "images_per_second": images_per_second,
                    **distributed.all_reduce_mean(norm_diagnostics(model), ctx, device)}
@@ -205,15 +235,16 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
                             img_s=f"{images_per_second:.0f}")
             model.train()
             window_start, window_steps = time.perf_counter(), 0
-        stopping = step == train.get("stop_at_step")
-        if step % train["checkpoint_every"] == 0 or step == train["steps"] or stopping:
+        if saving:
             checkpoint(step, wall_before + time.perf_counter() - t0)
         if stopping:
             status = "stopped"
             break
     bar.close()
     if status == "completed" and not last:  # resumed from the final checkpoint: its summary was lost
+        eval_start = time.perf_counter()
         last = evaluate(model, ema, data, config, True, ctx, device)
+        eval_seconds += time.perf_counter() - eval_start
     wall = wall_before + time.perf_counter() - t0
     if status == "stopped":  # a job's share of the run: checkpointed, no summary yet
         if ctx.is_main:
@@ -233,6 +264,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
         "minibatch_stats_acc": last.get("minibatch_stats_acc") if status == "completed" else None,
         "best_test_acc": best if best >= 0 else None,
         "wall_seconds": round(wall, 2),
+        "eval_seconds": round(eval_seconds, 2),  # of wall_seconds, spent evaluating
         "images_per_second": round((steps_done - start) * data.global_batch
                                    / max(time.perf_counter() - t0, 1e-9), 1),
         "processes": ctx.world_size,
@@ -241,7 +273,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
     if not ctx.is_main:
         return summary
     if status == "diverged":
-        print(f"diverged at step {diverged_step} (loss {global_loss.item()}): "
+        print(f"diverged at step {diverged_step} (non-finite loss): "
               f"recorded in {record.summary_path}")
     record.write_summary(summary)
     logger.summary(summary)

@@ -116,6 +116,20 @@ def test_divergence_is_a_recorded_result(tmp_path, tiny_fashion_mnist):
     assert RunRecord(tmp_path, config).summary()["status"] == "diverged"
 
 
+def test_a_deferred_divergence_check_records_the_same_step(tmp_path, tiny_fashion_mnist, monkeypatch):
+    """On a GPU the loop reads the divergence flag every 50 steps, not every step: the
+    recorded step is still the first non-finite one."""
+    import brn_repro.train as train_module
+
+    overrides = ("norm=none", "optim.lr=1e12", "optim.weight_decay=0", "train.lr_schedule=constant")
+    every_step = run(make_config(tmp_path / "a", tiny_fashion_mnist, *overrides))
+    monkeypatch.setattr(train_module, "DIVERGENCE_SYNC_EVERY", {"cpu": 1000})
+    deferred = run(make_config(tmp_path / "b", tiny_fashion_mnist, *overrides))
+    assert deferred["status"] == every_step["status"] == "diverged"
+    assert deferred["diverged_step"] == every_step["diverged_step"]
+    assert deferred["steps_done"] == every_step["steps_done"]
+
+
 @pytest.mark.parametrize("override,needle", [
     (["norm=brn", "norm.r_max=0.5"], "r_max=0.5"),
     (["norm=brn", "norm.d_max=-1"], "d_max=-1"),
@@ -233,3 +247,33 @@ def test_minibatch_statistics_probe_normalizes_each_batch_with_its_own_statistic
         y = expected.argmax(1)
         assert minibatch_stats_accuracy(model, [(x, y)]) == 100.0
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+
+
+@pytest.mark.parametrize("norm", ["bn", "brn"])
+def test_channels_last_trains_the_same_run(tmp_path, tiny_fashion_mnist, norm):
+    """The layout changes rounding, not the computation: 20 steps in channels-last end
+    where NCHW does (float64, so that rounding cannot hide a difference)."""
+    import json
+
+    overrides = (f"norm={norm}", "train.steps=20", "train.eval_every=20", "train.precision=float64",
+                 "data.per_worker_batch=4", "data.workers=4")
+    losses = {}
+    for layout in ("true", "false"):
+        summary = run(make_config(tmp_path / layout, tiny_fashion_mnist, *overrides, f"train.channels_last={layout}"))
+        row = json.loads((Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()[-1])
+        losses[layout] = (row["loss"], summary["test_acc"])
+        assert 0 < summary["eval_seconds"] < summary["wall_seconds"]
+    assert losses["true"][1] == losses["false"][1]
+    assert abs(losses["true"][0] - losses["false"][0]) < 1e-10 * abs(losses["false"][0])
+
+
+def test_channels_last_choice_is_checked_and_auto_follows_the_measurements(tmp_path, tiny_fashion_mnist, monkeypatch):
+    import brn_repro.config as config_module
+
+    with pytest.raises(ValueError, match=r"train.channels_last='sometimes' must be auto, true or false"):
+        run(make_config(tmp_path, tiny_fashion_mnist, "train.channels_last=sometimes"))
+    config = make_config(tmp_path, tiny_fashion_mnist)
+    monkeypatch.setattr(config_module, "CHANNELS_LAST_FASTER", {("small_cnn", "cpu")})
+    assert config_module.memory_format(config, torch.device("cpu")) == torch.channels_last
+    monkeypatch.setattr(config_module, "CHANNELS_LAST_FASTER", set())
+    assert config_module.memory_format(config, torch.device("cpu")) == torch.contiguous_format

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from brn_repro.models.resnet_cifar import ResNetCifar
 from brn_repro.models.small_cnn import SmallCNN
@@ -58,4 +59,14 @@ def _build(name: str, *, num_classes: int, in_channels: int, image_size: int,
     return inception_v3(num_classes, in_channels, image_size, norm_layer)
 
 
-__all__ = ["MODEL_NAMES", "ResNetCifar", "SmallCNN", "build_model", "check_model_input"]
+def as_layout(x: Tensor, layout: torch.memory_format) -> Tensor:
+    """``x`` with the strides of ``layout``. A 1-channel image batch can be contiguous in
+    both layouts at once, and a convolution then picks channels-last for the whole
+    network; NCHW must be asked for by its strides."""
+    x = x.contiguous(memory_format=layout)
+    if layout == torch.contiguous_format and x.dim() == 4 and x.stride(1) != x.shape[2] * x.shape[3]:
+        x = x.clone(memory_format=torch.contiguous_format)
+    return x
+
+
+__all__ = ["MODEL_NAMES", "ResNetCifar", "SmallCNN", "as_layout", "build_model", "check_model_input"]

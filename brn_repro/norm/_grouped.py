@@ -45,12 +45,23 @@ def num_groups(x: Tensor, per_worker_batch: int | None) -> int:
     return batch // per_worker_batch
 
 
+def layout_of(x: Tensor) -> torch.memory_format:
+    """The memory format to give tensors that meet ``x`` in one kernel."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def to_groups(x: Tensor, groups: int) -> Tensor:
-    """(G*b, C, *S) -> (b, G*C, *S), contiguous; channel index = g*C + c."""
+    """(G*b, C, *S) -> (b, G*C, *S), a copy in ``x``'s layout; channel index = g*C + c."""
     if groups == 1:
         return x
     batch, channels, *spatial = x.shape
     b = batch // groups
+    if layout_of(x) == torch.channels_last:  # (N, H, W, C) in memory: keep it that way
+        height, width = spatial
+        nhwc = x.permute(0, 2, 3, 1).reshape(groups, b, height, width, channels)
+        return nhwc.permute(1, 2, 3, 0, 4).reshape(b, height, width, groups * channels).permute(0, 3, 1, 2)
     return x.reshape(groups, b, channels, *spatial).transpose(0, 1).reshape(
         b, groups * channels, *spatial
     )
@@ -61,6 +72,10 @@ def from_groups(y: Tensor, groups: int, channels: int) -> Tensor:
     if groups == 1:
         return y
     b, _, *spatial = y.shape
+    if layout_of(y) == torch.channels_last:
+        height, width = spatial
+        nhwc = y.permute(0, 2, 3, 1).reshape(b, height, width, groups, channels)
+        return nhwc.permute(3, 0, 1, 2, 4).reshape(b * groups, height, width, channels).permute(0, 3, 1, 2)
     return y.reshape(b, groups, channels, *spatial).transpose(0, 1).reshape(
         b * groups, channels, *spatial
     )
@@ -111,13 +126,6 @@ def normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias:
     allowed (BRN's and the moving-average norm's sigma already hold eps), which
     ``F.batch_norm`` refuses in some torch releases (2.11)."""
     return torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, torch.backends.cudnn.enabled)
-
-
-def layout_of(x: Tensor) -> torch.memory_format:
-    """The memory format to give tensors that meet ``x`` in one kernel."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 class _GroupedBatchNorm(torch.autograd.Function):

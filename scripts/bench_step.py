@@ -1,0 +1,199 @@
+"""`make bench`, second table: images/s of the runner's own training step (a batch
+from the sampler, to the device and layout, forward, backward, the divergence flag,
+SGD and the lr schedule) for each norm and split, NCHW and channels-last, beside a
+bare eager NCHW loop of the same model with torch's BatchNorm2d and the no-norm
+model; writes results/bench/step.csv.
+
+Configurations are timed round-robin (a few steps of each per round), and ratios
+are taken within a round, then the median over rounds: a shared machine's drift
+between rounds cancels. One thread, as `make reproduce` runs each job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from brn_repro import distributed  # noqa: E402
+from brn_repro.config import apply_precision, build_lr_schedule, build_optimizer, norm_factory  # noqa: E402
+from brn_repro.data import TrainingData  # noqa: E402
+from brn_repro.models import build_model  # noqa: E402
+from brn_repro.norm import build_norm  # noqa: E402
+from brn_repro.records import write_atomic  # noqa: E402
+from brn_repro.train import forward_backward, place  # noqa: E402
+
+BATCH_NORMS = ("bn", "brn", "moving_average", "mabn")
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+# Targets of issue 10 (ratios within one run).
+TARGETS = {"runner bn / bare loop": (">=", 1.35), "brn / bn at pwb 4": ("<=", 1.10),
+           "none / bn": ("<=", 1.15)}
+
+
+def compose_config(*overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["profile=quick", "logger=none", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def runner_step(config: dict, layout: torch.memory_format) -> Callable[[], None]:
+    """The runner's training step for ``config``, as `brn_repro.train.train_run` takes it."""
+    data = TrainingData(config)
+    torch.manual_seed(0)
+    model = build_model(config["model"]["name"], num_classes=data.num_classes, in_channels=data.in_channels,
+                        image_size=data.image_size, norm_layer=norm_factory(config),
+                        width=config["model"]["width"])
+    dtype = apply_precision(config)
+    model.to(dtype=dtype, memory_format=layout).train()
+    optimizer = build_optimizer(config, model.parameters())
+    scheduler = build_lr_schedule(config, optimizer)
+    average = distributed.StatisticsAverager(model, distributed.SINGLE_PROCESS)
+    first_bad = torch.zeros((), dtype=torch.long)
+    counter = [0]
+
+    def step() -> None:
+        nonlocal first_bad
+        counter[0] += 1
+        x, y = place(data.train_batch(), distributed.CPU, dtype, layout)
+        loss = forward_backward(model, x, y, optimizer, average)
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), counter[0], first_bad)
+        int(first_bad)  # the CPU loop reads the flag every step
+        optimizer.step()
+        scheduler.step()
+
+    return step
+
+
+def bare_step(config: dict, norm: str | None) -> Callable[[], None]:
+    """A bare eager NCHW loop of the same model: one fixed batch, torch's BatchNorm2d
+    (``norm="bn"``) or no norm, SGD: the reference the runner is measured against."""
+    torch.manual_seed(0)
+    factory = build_norm("bn" if norm == "bn" else "none")
+    model = build_model("small_cnn", num_classes=10, in_channels=1, image_size=28, norm_layer=factory,
+                        width=config["model"]["width"]).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    batch = config["data"]["per_worker_batch"] * config["data"]["workers"]
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def configurations(global_batch: int, width: int) -> dict[tuple, Callable[[], None]]:
+    """(label, norm, per-worker batch, layout) -> step."""
+    base = [f"data.global_batch={global_batch}", f"model.width={width}"]
+    steps: dict[tuple, Callable[[], None]] = {}
+    splits = sorted({min(global_batch, b) for b in (32, 4, 1)}, reverse=True)
+    for layout_name, layout in LAYOUTS.items():
+        for norm in (*BATCH_NORMS, "gn", "none"):
+            for pwb in splits if norm in BATCH_NORMS else splits[:1]:
+                config = compose_config(*base, f"norm={norm}", f"data.per_worker_batch={pwb}",
+                                        f"data.workers={global_batch // pwb}", "train.steps=100000")
+                steps[("runner", norm, pwb, layout_name)] = runner_step(config, layout)
+    config = compose_config(*base, f"data.per_worker_batch={global_batch}", "data.workers=1")
+    steps[("bare", "bn", global_batch, "nchw")] = bare_step(config, "bn")
+    steps[("bare", "none", global_batch, "nchw")] = bare_step(config, None)
+    return steps
+
+
+def measure(steps: dict[tuple, Callable[[], None]], rounds: int, repeats: int) -> dict[tuple, list[float]]:
+    for step in steps.values():  # warm-up: allocator, first-call costs
+        step()
+        step()
+    seconds: dict[tuple, list[float]] = {key: [] for key in steps}
+    gc.collect()
+    gc.disable()
+    for _ in tqdm(range(rounds), desc="step bench rounds", unit="round"):
+        for key, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(repeats):
+                step()
+            seconds[key].append((time.perf_counter() - start) / repeats)
+    gc.enable()
+    return seconds
+
+
+def rows_for(name: str, global_batch: int, seconds: dict[tuple, list[float]]) -> list[dict]:
+    bare = seconds[("bare", "bn", global_batch, "nchw")]
+    rows = []
+    for key, times in seconds.items():
+        kind, norm, pwb, layout = key
+        same_bn = seconds.get(("runner", "bn", pwb, layout))
+        rows.append({
+            "setting": name, "step": kind, "norm": norm, "global_batch": global_batch, "per_worker_batch": pwb,
+            "layout": layout, "mode": "eager",
+            "images_per_second": round(global_batch / statistics.median(times), 1),
+            "ratio_vs_bare_bn": round(statistics.median([b / t for t, b in zip(times, bare, strict=True)]), 3),
+            "ratio_time_vs_bn": "" if kind == "bare" or same_bn is None else
+            round(statistics.median([t / b for t, b in zip(times, same_bn, strict=True)]), 3),
+        })
+    return rows
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """Issue 10's three targets, read off the global-128 NCHW and channels-last rows."""
+    lines = []
+    for layout in LAYOUTS:
+        pick = {(r["step"], r["norm"], r["per_worker_batch"]): r for r in rows
+                if r["setting"] == "global 128" and r["layout"] in (layout, "nchw")
+                and (r["step"] == "bare" or r["layout"] == layout)}
+        values = {"runner bn / bare loop": pick[("runner", "bn", 32)]["ratio_vs_bare_bn"],
+                  "brn / bn at pwb 4": pick[("runner", "brn", 4)]["ratio_time_vs_bn"],
+                  "none / bn": round(1 / pick[("runner", "none", 32)]["ratio_time_vs_bn"], 3)}
+        for name, value in values.items():
+            sign, target = TARGETS[name]
+            met = value >= target if sign == ">=" else value <= target
+            lines.append(f"{layout:<14}{name:<24}{value:>7}  {sign} {target}  {'met' if met else 'MISSED'}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/bench/step.csv")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    # global 128 at the quick profile's width; then the quick profile itself (global 32)
+    for name, global_batch, repeats in (("global 128", 128, 2), ("quick profile", 32, 8)):
+        seconds = measure(configurations(global_batch, 16), args.rounds, repeats)
+        rows += rows_for(name, global_batch, seconds)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomic(out, write_csv)
+    print(f"torch {torch.__version__}, 1 thread; wrote {out}")
+    print(f"{'setting':<14}{'step':<7}{'norm':<16}{'pwb':>4} {'layout':<14}{'img/s':>9}{'vs bare bn':>11}{'time vs bn':>11}")
+    for r in rows:
+        print(f"{r['setting']:<14}{r['step']:<7}{r['norm']:<16}{r['per_worker_batch']:>4} {r['layout']:<14}"
+              f"{r['images_per_second']:>9}{r['ratio_vs_bare_bn']:>11}{r['ratio_time_vs_bn']!s:>11}")
+    print("targets (global 128; 'none / bn' is throughput, the others as named):")
+    print("\n".join(targets(rows)))
+
+
+if __name__ == "__main__":
+    main()
