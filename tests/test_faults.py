@@ -20,7 +20,7 @@ from brn_repro.records import TMP_NAME, RecordError, RunRecord, write_atomic
 from brn_repro.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = ("images_per_second", "wall_seconds", "run_dir")
+TIMING = ("images_per_second", "wall_seconds", "eval_seconds", "run_dir")
 
 
 def overrides(runs, data_root, *extra):
