@@ -199,10 +199,11 @@ PRECISIONS = {"float32": (torch.float32, False), "tf32": (torch.float32, True),
 
 # train.channels_last=auto: the norms that train faster in channels-last, per (model,
 # device type), measured by scripts/bench_step.py (results/bench/step.csv; the small
-# CNN on one CPU thread: bn 1.18x, brn 1.19x, moving_average 1.21x, none 1.22x at
-# per-worker 32, global 128). Batch-statistics norms only from CL_MIN_PER_WORKER
-# examples per group: at 1 the channels-last regrouping costs 2.2x. gn and mabn are
-# slower in channels-last (0.61x, 0.96x). Everything unmeasured trains NCHW.
+# CNN on one CPU thread, images/s channels-last / NCHW at per-worker 32, global 128:
+# bn 1.19, brn 1.22, moving_average 1.24, none 1.25; gn 0.60 and mabn 0.93 stay NCHW).
+# bn and brn normalize per worker through a regrouped batch, which in channels-last
+# costs 2.3x at one example per worker: they take channels-last from
+# CL_MIN_PER_WORKER examples per group. Everything unmeasured trains NCHW.
 CHANNELS_LAST_FASTER: dict[tuple[str, str], frozenset[str]] = {
     ("small_cnn", "cpu"): frozenset({"bn", "brn", "moving_average", "none"}),
 }
@@ -216,7 +217,7 @@ def memory_format(config: dict[str, Any], device: torch.device) -> torch.memory_
     if choice == "auto":
         norm = config["norm"]["type"]
         choice = (norm in CHANNELS_LAST_FASTER.get((config["model"]["name"], device.type), ())
-                  and (norm not in BATCH_NORMS or norm_batch(config) >= CL_MIN_PER_WORKER))
+                  and (norm not in ("bn", "brn") or norm_batch(config) >= CL_MIN_PER_WORKER))
     return torch.channels_last if choice else torch.contiguous_format
 
 

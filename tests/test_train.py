@@ -273,11 +273,13 @@ def test_channels_last_choice_is_checked_and_auto_follows_the_measurements(tmp_p
     with pytest.raises(ValueError, match=r"train.channels_last='sometimes' must be auto, true or false"):
         run(make_config(tmp_path, tiny_fashion_mnist, "train.channels_last=sometimes"))
     cpu = torch.device("cpu")
-    monkeypatch.setattr(config_module, "CHANNELS_LAST_FASTER", {("small_cnn", "cpu"): frozenset({"bn", "none"})})
+    monkeypatch.setattr(config_module, "CHANNELS_LAST_FASTER",
+                        {("small_cnn", "cpu"): frozenset({"bn", "none", "moving_average"})})
     layout = {norm_pwb: config_module.memory_format(make_config(tmp_path, tiny_fashion_mnist, f"norm={norm_pwb[0]}",
                                                                  f"data.per_worker_batch={norm_pwb[1]}"), cpu)
-              for norm_pwb in (("bn", 8), ("bn", 2), ("none", 2), ("brn", 8))}
+              for norm_pwb in (("bn", 8), ("bn", 2), ("none", 2), ("moving_average", 2), ("brn", 8))}
     assert layout == {("bn", 8): torch.channels_last, ("bn", 2): torch.contiguous_format,  # too few per group
-                      ("none", 2): torch.channels_last, ("brn", 8): torch.contiguous_format}  # not measured faster
+                      ("none", 2): torch.channels_last, ("moving_average", 2): torch.channels_last,
+                      ("brn", 8): torch.contiguous_format}  # not measured faster
     assert config_module.memory_format(make_config(tmp_path, tiny_fashion_mnist), torch.device("cuda")) \
         == torch.contiguous_format
