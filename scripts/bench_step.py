@@ -50,7 +50,7 @@ def compose_config(*overrides: str) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def runner_step(config: dict, layout: torch.memory_format) -> Callable[[], None]:
+def runner_step(config: dict, layout: torch.memory_format, device: torch.device) -> Callable[[], None]:
     """The runner's training step for ``config``, as `brn_repro.train.train_run` takes it."""
     data = TrainingData(config)
     torch.manual_seed(0)
@@ -58,36 +58,37 @@ def runner_step(config: dict, layout: torch.memory_format) -> Callable[[], None]
                         image_size=data.image_size, norm_layer=norm_factory(config),
                         width=config["model"]["width"])
     dtype = apply_precision(config)
-    model.to(dtype=dtype, memory_format=layout).train()
+    model.to(device, dtype, memory_format=layout).train()
     optimizer = build_optimizer(config, model.parameters())
     scheduler = build_lr_schedule(config, optimizer)
     average = distributed.StatisticsAverager(model, distributed.SINGLE_PROCESS)
-    first_bad = torch.zeros((), dtype=torch.long)
+    first_bad = torch.zeros((), dtype=torch.long, device=device)
     counter = [0]
 
     def step() -> None:
         nonlocal first_bad
         counter[0] += 1
-        x, y = place(data.train_batch(), distributed.CPU, dtype, layout)
+        x, y = place(data.train_batch(), device, dtype, layout)
         loss = forward_backward(model, x, y, optimizer, average)
         first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), counter[0], first_bad)
-        int(first_bad)  # the CPU loop reads the flag every step
+        if device.type == "cpu":  # as the runner: every step on a CPU, every 50 on a GPU
+            int(first_bad)
         optimizer.step()
         scheduler.step()
 
     return step
 
 
-def bare_step(config: dict, norm: str | None) -> Callable[[], None]:
+def bare_step(config: dict, norm: str | None, device: torch.device) -> Callable[[], None]:
     """A bare eager NCHW loop of the same model: one fixed batch, torch's BatchNorm2d
     (``norm="bn"``) or no norm, SGD: the reference the runner is measured against."""
     torch.manual_seed(0)
     factory = build_norm("bn" if norm == "bn" else "none")
     model = build_model("small_cnn", num_classes=10, in_channels=1, image_size=28, norm_layer=factory,
-                        width=config["model"]["width"]).train()
+                        width=config["model"]["width"]).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     batch = config["data"]["per_worker_batch"] * config["data"]["workers"]
-    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    x, y = torch.randn(batch, 1, 28, 28, device=device), torch.randint(0, 10, (batch,), device=device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -97,7 +98,7 @@ def bare_step(config: dict, norm: str | None) -> Callable[[], None]:
     return step
 
 
-def configurations(global_batch: int, width: int) -> dict[tuple, Callable[[], None]]:
+def configurations(global_batch: int, width: int, device: torch.device) -> dict[tuple, Callable[[], None]]:
     """(label, norm, per-worker batch, layout) -> step."""
     base = [f"data.global_batch={global_batch}", f"model.width={width}"]
     steps: dict[tuple, Callable[[], None]] = {}
@@ -107,14 +108,16 @@ def configurations(global_batch: int, width: int) -> dict[tuple, Callable[[], No
             for pwb in splits if norm in BATCH_NORMS else splits[:1]:
                 config = compose_config(*base, f"norm={norm}", f"data.per_worker_batch={pwb}",
                                         f"data.workers={global_batch // pwb}", "train.steps=100000")
-                steps[("runner", norm, pwb, layout_name)] = runner_step(config, layout)
+                steps[("runner", norm, pwb, layout_name)] = runner_step(config, layout, device)
     config = compose_config(*base, f"data.per_worker_batch={global_batch}", "data.workers=1")
-    steps[("bare", "bn", global_batch, "nchw")] = bare_step(config, "bn")
-    steps[("bare", "none", global_batch, "nchw")] = bare_step(config, None)
+    steps[("bare", "bn", global_batch, "nchw")] = bare_step(config, "bn", device)
+    steps[("bare", "none", global_batch, "nchw")] = bare_step(config, None, device)
     return steps
 
 
-def measure(steps: dict[tuple, Callable[[], None]], rounds: int, repeats: int) -> dict[tuple, list[float]]:
+def measure(steps: dict[tuple, Callable[[], None]], rounds: int, repeats: int,
+            device: torch.device) -> dict[tuple, list[float]]:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for step in steps.values():  # warm-up: allocator, first-call costs
         step()
         step()
@@ -123,9 +126,11 @@ def measure(steps: dict[tuple, Callable[[], None]], rounds: int, repeats: int) -
     gc.disable()
     for _ in tqdm(range(rounds), desc="step bench rounds", unit="round"):
         for key, step in steps.items():
+            sync()
             start = time.perf_counter()
             for _ in range(repeats):
                 step()
+            sync()
             seconds[key].append((time.perf_counter() - start) / repeats)
     gc.enable()
     return seconds
@@ -169,12 +174,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/bench/step.csv")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--device", default="cpu", help="cpu (one thread, as make reproduce) or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(1)
     rows = []
     # global 128 at the quick profile's width; then the quick profile itself (global 32)
     for name, global_batch, repeats in (("global 128", 128, 2), ("quick profile", 32, 8)):
-        seconds = measure(configurations(global_batch, 16), args.rounds, repeats)
+        seconds = measure(configurations(global_batch, 16, device), args.rounds, repeats, device)
         rows += rows_for(name, global_batch, seconds)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +193,8 @@ def main() -> None:
             writer.writerows(rows)
 
     write_atomic(out, write_csv)
-    print(f"torch {torch.__version__}, 1 thread; wrote {out}")
+    where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU, 1 thread"
+    print(f"torch {torch.__version__}, {where}; wrote {out}")
     print(f"{'setting':<14}{'step':<7}{'norm':<16}{'pwb':>4} {'layout':<14}{'img/s':>9}{'vs bare bn':>11}{'time vs bn':>11}")
     for r in rows:
         print(f"{r['setting']:<14}{r['step']:<7}{r['norm']:<16}{r['per_worker_batch']:>4} {r['layout']:<14}"
