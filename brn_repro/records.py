@@ -25,6 +25,7 @@ again from step 0, a damaged summary finishes the run again from its checkpoint.
 
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
 import json
@@ -184,6 +185,19 @@ def write_atomic(path: str | Path, data: str | bytes | Callable[[Path], None]) -
         with suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """``rows`` (dicts with the same keys) as a CSV, replaced whole (``write_atomic``)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomic(path, write)
 
 
 def read_metrics_file(path: str | Path) -> list[dict[str, Any]]:

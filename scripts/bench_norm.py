@@ -10,7 +10,6 @@ rounds is reported.
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import statistics
 import time
@@ -21,7 +20,7 @@ from tqdm import tqdm
 
 from brn_repro.models import ResNetCifar
 from brn_repro.norm import build_norm, swap_conv
-from brn_repro.records import write_atomic
+from brn_repro.records import write_csv
 
 NORMS = ("bn", "brn", "moving_average", "gn", "ln", "in", "syncbn", "none",
          "mabn", "frn", "evonorm_s0", "gn_ws")
@@ -105,15 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = run(args.rounds, args.warmup)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def write_csv(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    write_atomic(out, write_csv)
+    write_csv(out, rows)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; wrote {out}")
     print(f"{'norm':<16}{'batch':>6}{'pwb':>6}{'ms_median':>11}{'ratio_vs_bn':>13}  target")
     for r in rows:

@@ -12,7 +12,6 @@ between rounds cancels. One thread, as `make reproduce` runs each job.
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import statistics
 import sys
@@ -34,7 +33,7 @@ from brn_repro.config import apply_precision, build_lr_schedule, build_optimizer
 from brn_repro.data import TrainingData  # noqa: E402
 from brn_repro.models import build_model  # noqa: E402
 from brn_repro.norm import build_norm  # noqa: E402
-from brn_repro.records import write_atomic  # noqa: E402
+from brn_repro.records import write_csv  # noqa: E402
 from brn_repro.train import forward_backward, place  # noqa: E402
 
 BATCH_NORMS = ("bn", "brn", "moving_average", "mabn")
@@ -184,15 +183,7 @@ def main() -> None:
         seconds = measure(configurations(global_batch, 16, device), args.rounds, repeats, device)
         rows += rows_for(name, global_batch, seconds)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def write_csv(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    write_atomic(out, write_csv)
+    write_csv(out, rows)
     where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU, 1 thread"
     print(f"torch {torch.__version__}, {where}; wrote {out}")
     print(f"{'setting':<14}{'step':<7}{'norm':<16}{'pwb':>4} {'layout':<14}{'img/s':>9}{'vs bare bn':>11}{'time vs bn':>11}")

@@ -13,7 +13,6 @@ writes it to results/gpu/check.csv. Exits 1 if a check fails.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from brn_repro.config import norm_factory  # noqa: E402
 from brn_repro.data import TrainingData  # noqa: E402
 from brn_repro.models import build_model  # noqa: E402
 from brn_repro.numerics import layer_cases, split_errors  # noqa: E402
+from brn_repro.records import write_csv  # noqa: E402
 from brn_repro.train import run  # noqa: E402
 
 NORM_OVERRIDES = {  # as tests/test_split_equivalence.py: every norm's state matters
@@ -156,11 +156,7 @@ def main() -> None:
             print(f"{row['check']:9s} {row['case']:60s} {row['value']!s:>18s} "
                   f"{row['limit']:>6s} {'ok' if row['ok'] else 'FAILED'}", flush=True)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "check.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "check.csv", rows)
     print(f"wrote {out / 'check.csv'}")
     sys.exit(0 if all(row["ok"] for row in rows) else 1)
 
