@@ -57,7 +57,8 @@ bench: $(STAMP)  ## time a ResNet-20 step per norm, and the runner's own step ->
 	$(BIN)/python scripts/bench_norm.py --out results/bench/norm.csv
 	$(BIN)/python scripts/bench_step.py --out results/bench/step.csv
 
-gpu-check: $(STAMP)  ## on a CUDA machine: split equivalence, precision, the runner on the GPU -> results/gpu/check.csv
+gpu-check: $(STAMP)  ## on a CUDA machine: the gpu tests, then split equivalence, precision, the runner -> results/gpu/check.csv
+	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
 	$(BIN)/python scripts/gpu_check.py --out results/gpu
 
 lint: $(STAMP)  ## ruff
