@@ -12,28 +12,26 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
 from brn_repro.models import as_layout
+from brn_repro.norm._grouped import batch_stats, layout_of, normalize
 
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters(), torch.empty(0)).device
 
 
-def _dtype(model: nn.Module) -> torch.dtype:
-    return next(model.parameters(), torch.empty(0)).dtype
-
-
-def _layout(model: nn.Module) -> torch.memory_format:
-    """Channels-last when the model's first 4D weight is (batches follow the weights)."""
-    weight = next((p for p in model.parameters() if p.dim() == 4), None)
-    if weight is not None and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+def _to_model(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """Moves an input batch to ``model``'s device and dtype, in the layout of its first
+    4D weight (batches follow the weights, as in training)."""
+    first = next(model.parameters(), torch.empty(0))
+    weight = next((p for p in model.parameters() if p.dim() == 4), first)
+    layout = layout_of(weight)
+    return lambda x: as_layout(x.to(first.device, first.dtype, non_blocking=True), layout)
 
 
 @torch.inference_mode()
@@ -42,15 +40,14 @@ def accuracy_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) 
     shards of a multi-process evaluation add up (``brn_repro.distributed``)."""
     was_training = model.training
     model.eval()
-    device, dtype, layout = _device(model), _dtype(model), _layout(model)
+    device, to_model = _device(model), _to_model(model)
     # Accumulated on the device: one host sync at the end, not one per batch.
     correct = torch.zeros((), dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     total = 0
     for x, y in batches:
-        x = as_layout(x.to(device, dtype, non_blocking=True), layout)
         y = y.to(device, non_blocking=True)
-        logits = model(x)
+        logits = model(to_model(x))
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         total += y.numel()
@@ -78,7 +75,8 @@ class _MinibatchNorm(nn.Module):
         self.weight, self.bias, self.eps = layer.weight, layer.bias, layer.eps
 
     def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        mean, var = batch_stats(x)  # torch's training kernel is off by 1e-5 on channels-last
+        return normalize(x, mean, var, self.weight, self.bias, self.eps)
 
 
 def minibatch_stats_probe(model: nn.Module) -> nn.Module:
@@ -96,11 +94,11 @@ def minibatch_stats_probe(model: nn.Module) -> nn.Module:
 def minibatch_stats_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> list[float]:
     """[correct, total, 0] with every norm layer using the statistics of the test batch itself."""
     probe = minibatch_stats_probe(model)
-    device, dtype = _device(probe), _dtype(probe)
+    device, to_model = _device(probe), _to_model(probe)
     correct, total = torch.zeros((), dtype=torch.long, device=device), 0
     for x, y in batches:
         y = y.to(device, non_blocking=True)
-        correct += (probe(x.to(device, dtype, non_blocking=True)).argmax(1) == y).sum()
+        correct += (probe(to_model(x)).argmax(1) == y).sum()
         total += y.numel()
     return [float(correct.item()), float(total), 0.0]
 
