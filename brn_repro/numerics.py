@@ -30,6 +30,16 @@ from torch import Tensor, nn
 
 Batch = tuple[Tensor, Tensor]
 
+# Config overrides under which every norm's state matters at the compared step: BRN's
+# r and d clip from the first step, the moving averages move fast, MABN uses its SMAs.
+CHECK_OVERRIDES = {
+    "bn": ["norm.momentum=0.3"],
+    "brn": ["norm.momentum=0.3", "norm.r_max=1.5", "norm.d_max=0.5", "norm.r_max_end_step=null",
+            "norm.d_max_end_step=null"],
+    "moving_average": ["norm.momentum=0.3"],
+    "mabn": ["norm.warmup_iters=0", "norm.r_warmup=0", "norm.buffer_size=2"],
+}
+
 
 def norm_layers(model: nn.Module) -> list[nn.Module]:
     """The layers that see the per-worker split (they carry ``per_worker_batch``)."""

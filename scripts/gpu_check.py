@@ -30,17 +30,9 @@ sys.path.insert(0, str(ROOT))
 from brn_repro.config import norm_factory  # noqa: E402
 from brn_repro.data import TrainingData  # noqa: E402
 from brn_repro.models import build_model  # noqa: E402
-from brn_repro.numerics import layer_cases, split_errors  # noqa: E402
+from brn_repro.numerics import CHECK_OVERRIDES, layer_cases, split_errors  # noqa: E402
 from brn_repro.records import write_csv  # noqa: E402
 from brn_repro.train import run  # noqa: E402
-
-NORM_OVERRIDES = {  # as tests/test_split_equivalence.py: every norm's state matters
-    "bn": ["norm.momentum=0.3"],
-    "brn": ["norm.momentum=0.3", "norm.r_max=1.5", "norm.d_max=0.5", "norm.r_max_end_step=null",
-            "norm.d_max_end_step=null"],
-    "moving_average": ["norm.momentum=0.3"],
-    "mabn": ["norm.warmup_iters=0", "norm.r_warmup=0", "norm.buffer_size=2"],
-}
 
 
 def compose_config(data: Path, *overrides: str) -> dict:
@@ -58,7 +50,7 @@ def model_for(config: dict) -> torch.nn.Module:
 
 def split_rows(data: Path, device: torch.device) -> list[dict]:
     rows = []
-    for norm, options in NORM_OVERRIDES.items():
+    for norm, options in CHECK_OVERRIDES.items():
         config = compose_config(data, f"norm={norm}", *options, "data.per_worker_batch=8", "data.workers=2")
         loader = TrainingData(config)
         batch, warm = loader.train_batch(), loader.train_batch()
@@ -78,7 +70,7 @@ def split_rows(data: Path, device: torch.device) -> list[dict]:
 
 
 def precision_rows(data: Path, device: torch.device) -> list[dict]:
-    config = compose_config(data, "norm=brn", *NORM_OVERRIDES["brn"], "data.per_worker_batch=8", "data.workers=2")
+    config = compose_config(data, "norm=brn", *CHECK_OVERRIDES["brn"], "data.per_worker_batch=8", "data.workers=2")
     x, y = TrainingData(config).train_batch()
 
     def gradient(dtype, where):

@@ -14,20 +14,11 @@ from brn_repro.config import norm_factory
 from brn_repro.data import TrainingData
 from brn_repro.models import build_model
 from brn_repro.norm._grouped import batch_stats
-from brn_repro.numerics import layer_cases, split_errors
+from brn_repro.numerics import CHECK_OVERRIDES, layer_cases, split_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 PER_WORKER, WORKERS = 8, 2
-# Options that make every norm's state matter at the compared step: BRN's r and d
-# clip from the first step, the moving averages move fast.
-NORM_OVERRIDES = {
-    "bn": ["norm.momentum=0.3"],
-    "brn": ["norm.momentum=0.3", "norm.r_max=1.5", "norm.d_max=0.5", "norm.r_max_end_step=null",
-            "norm.d_max_end_step=null"],
-    "moving_average": ["norm.momentum=0.3"],
-    "mabn": ["norm.warmup_iters=0", "norm.r_warmup=0", "norm.buffer_size=2"],
-}
 
 needs_debian = pytest.mark.skipif(
     not (DEBIAN / "train-images-idx3-ubyte.gz").exists(),
@@ -38,7 +29,7 @@ needs_debian = pytest.mark.skipif(
 def _config(norm: str) -> dict:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[
-            f"norm={norm}", *NORM_OVERRIDES[norm], f"data.per_worker_batch={PER_WORKER}",
+            f"norm={norm}", *CHECK_OVERRIDES[norm], f"data.per_worker_batch={PER_WORKER}",
             f"data.workers={WORKERS}", f"dataset.root={DEBIAN}", "dataset.download=false",
             "logger=none"])
     return OmegaConf.to_container(cfg, resolve=True)
