@@ -1,12 +1,13 @@
 """Where datasets come from, read into memory as uint8 tensors.
 
-Fashion-MNIST is the offline default, looked for in Debian's
-``dataset-fashion-mnist`` package (/usr/share/datasets/fashion-mnist), then a
-previous download in the cache dir, then torchvision's download into it.
+Fashion-MNIST is the offline default, looked for in the local data dir (the
+cache, ``paths.data``), then Debian's ``dataset-fashion-mnist`` package
+(/usr/share/datasets/fashion-mnist), then torchvision's download into the cache.
 CIFAR-10/100: a copy of the python pickle batches in the cache dir, then
 torchvision's download. A ``dataset.root`` that is given is the only place
 looked in (and where a download goes): training on another copy than the one
-asked for would be a silent mistake, so a missing or incomplete root is an error. Each file is checked as it is read, so a truncated or corrupt file is
+asked for would be a silent mistake, so a missing or incomplete root is an error.
+Each file is checked as it is read, so a truncated or corrupt file is
 a one-line ``DatasetError`` naming it, not a numpy or pickle traceback deep in a
 sweep's log. ``build_dataset`` picks the source from ``dataset.name``.
 """
