@@ -183,6 +183,8 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"logger.kind={config['logger']['kind']!r} must be wandb or none")
     if train.get("channels_last", "auto") not in ("auto", True, False):
         raise ConfigError(f"train.channels_last={train['channels_last']!r} must be auto, true or false")
+    if train.get("compile", "auto") not in ("auto", True, False):
+        raise ConfigError(f"train.compile={train['compile']!r} must be auto, true or false")
     if train.get("precision", "float32") not in PRECISIONS:
         raise ConfigError(f"train.precision={train['precision']!r} is not a precision; "
                           f"use one of {', '.join(PRECISIONS)}")
@@ -219,6 +221,28 @@ def memory_format(config: dict[str, Any], device: torch.device) -> torch.memory_
         choice = (norm in CHANNELS_LAST_FASTER.get((config["model"]["name"], device.type), ())
                   and (norm not in ("bn", "brn") or norm_batch(config) >= CL_MIN_PER_WORKER))
     return torch.channels_last if choice else torch.contiguous_format
+
+
+# train.compile=auto: compile a one-process run when it trains at least this many
+# images on the device. On this project's 2-core CPU (one thread, small CNN) the
+# compiled step is 1.3-2.2x the eager one (results/bench/step.csv) and a compilation
+# costs 10-60 s (less when inductor's on-disk cache holds the graphs), so 100k images
+# (~1.5 min of eager training) pay for it about twice over. Devices absent here train
+# eager under auto: the GPU step with the plain-ops norms is not measured yet
+# (make gpu-check writes results/bench/gpu.csv for that).
+COMPILE_MIN_IMAGES = {"cpu": 100_000}
+
+
+def wants_compile(config: dict[str, Any], device: torch.device, world_size: int, model: torch.nn.Module) -> bool:
+    """Whether the run compiles its model (``train.compile``; not part of a run's
+    identity: it changes rounding, not the computation)."""
+    choice = config["train"].get("compile", "auto")
+    if choice != "auto":
+        return bool(choice)
+    images = config["train"]["steps"] * config["data"]["workers"] * config["data"]["per_worker_batch"]
+    # A layer that runs eager under the compiler (MABN) would split the graph at every use.
+    return (world_size == 1 and images >= COMPILE_MIN_IMAGES.get(device.type, math.inf)
+            and all(getattr(m, "compiles", True) for m in model.modules()))
 
 
 def apply_precision(config: dict[str, Any]) -> torch.dtype:

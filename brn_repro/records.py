@@ -47,7 +47,7 @@ from brn_repro.loggers import scrub_secrets
 NON_IDENTITY_KEYS = (
     "experiment", "logger", "paths", "profile_name", "norm_momentum", "schedule", "noniid_recipe", "dataset.root", "dataset.download", "dataset.loader_workers",
     "train.checkpoint_every", "train.eval_batch", "train.threads", "train.progress", "train.device", "train.stop_at_step",
-    "train.channels_last",
+    "train.channels_last", "train.compile",
 )
 CHECKPOINT_KEYS = {"step", "best_test_acc", "wall_seconds", "model", "optimizer", "scheduler", "data", "ema"}
 LOCK_TIMEOUT, LOCK_STALE = 6 * 3600.0, 60.0  # defaults when paths.lock_* are not set

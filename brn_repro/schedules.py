@@ -7,8 +7,11 @@ gradients. ``Linear`` with ``paper_r_max()`` / ``paper_d_max()`` encode exactly
 that, with every step count and value configurable. ``Cosine`` is the same ramp
 with a smooth start and end, ``Constant`` a fixed value (no warm-up).
 
-Schedules are plain frozen dataclasses evaluated on a Python int, so a layer
-can evaluate them without touching the device (no host sync on a GPU).
+Schedules are plain frozen dataclasses evaluated on a Python int, so an eager
+layer evaluates them without touching the device (no host sync on a GPU). Given
+the step as a 0-d tensor instead (a compiled layer's ``step`` buffer), ``Linear``
+and ``Cosine`` return a float64 0-d tensor on its device, computed with tensor ops
+the compiler fuses: no graph break and no recompilation as the step advances.
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ import math
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import torch
+from torch import Tensor
+
 
 @runtime_checkable
 class Schedule(Protocol):
-    """Anything that maps a training step (int >= 0) to a float."""
+    """Anything that maps a training step (int >= 0) to a float (or, given a 0-d
+    tensor, to a float or a 0-d tensor)."""
 
-    def __call__(self, step: int) -> float: ...
+    def __call__(self, step: int | Tensor) -> float | Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,7 @@ class Constant:
 
     value: float
 
-    def __call__(self, step: int) -> float:
+    def __call__(self, step: int | Tensor) -> float:
         return float(self.value)
 
     @property
@@ -55,15 +62,21 @@ class Linear:
                 f"start_step={self.start_step}, end_step={self.end_step}"
             )
 
-    def progress(self, step: int) -> float:
+    def progress(self, step: int | Tensor) -> float | Tensor:
+        if isinstance(step, Tensor):
+            span = max(self.end_step - self.start_step, 1)
+            ramp = ((step.double() - self.start_step) / span).clamp(0.0, 1.0)
+            return torch.where(step <= self.start_step, 0.0, torch.where(step >= self.end_step, 1.0, ramp))
         if step <= self.start_step:
             return 0.0
         if step >= self.end_step:
             return 1.0
         return (step - self.start_step) / (self.end_step - self.start_step)
 
-    def __call__(self, step: int) -> float:
+    def __call__(self, step: int | Tensor) -> float | Tensor:
         progress = self.progress(step)
+        if isinstance(progress, Tensor):
+            return torch.where(progress >= 1.0, float(self.end), self.start + (self.end - self.start) * progress)
         if progress >= 1.0:
             return float(self.end)  # exactly the final value, not a rounding of it
         return self.start + (self.end - self.start) * progress
@@ -77,8 +90,11 @@ class Linear:
 class Cosine(Linear):
     """Like ``Linear`` but the ramp follows half a cosine: gentle at both ends."""
 
-    def __call__(self, step: int) -> float:
+    def __call__(self, step: int | Tensor) -> float | Tensor:
         progress = self.progress(step)
+        if isinstance(progress, Tensor):
+            smooth = 0.5 - 0.5 * torch.cos(math.pi * progress)
+            return torch.where(progress >= 1.0, float(self.end), self.start + (self.end - self.start) * smooth)
         if progress >= 1.0:
             return float(self.end)
         smooth = 0.5 - 0.5 * math.cos(math.pi * progress)

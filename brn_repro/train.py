@@ -38,6 +38,7 @@ from brn_repro.config import (
     relaxation_warning,
     resolve,
     validate,
+    wants_compile,
 )
 from brn_repro.data import DatasetError, TrainingData
 from brn_repro.evaluate import WeightEMA, accuracy_counts, minibatch_stats_counts, percent
@@ -99,14 +100,17 @@ def forward_backward(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, opt
     return average_statistics(loss)
 
 
-def evaluate(model, ema, data: TrainingData, config, final: bool,
-             ctx: distributed.Context, device: torch.device) -> dict[str, float]:
+def evaluate(model, ema, data: TrainingData, config, final: bool, ctx: distributed.Context,
+             device: torch.device, inference: torch.nn.Module | None = None) -> dict[str, float]:
     """Accuracies in inference mode; intermediate evaluations may use a fixed test
     subset (``train.eval_test_size``) to keep short runs cheap, the last uses all of it.
-    Several processes each count their shard of the batches; the counts are summed."""
+    Several processes each count their shard of the batches; the counts are summed.
+    ``inference``: the compiled model, which evaluates faster (its eval-mode graph
+    is compiled on the first call); the probe and a weight average evaluate eager."""
     net = ema.model if ema is not None else model
     subset = None if final else config["train"].get("eval_test_size")
-    counts = accuracy_counts(net, data.test_batches(subset)) + accuracy_counts(net, data.train_subset_batches())
+    fast = inference if ema is None and inference is not None else net
+    counts = accuracy_counts(fast, data.test_batches(subset)) + accuracy_counts(fast, data.train_subset_batches())
     if config["train"]["minibatch_stats_eval"]:
         counts += minibatch_stats_counts(net, data.noniid_test_batches(subset))
     counts = distributed.all_reduce_sum(counts, ctx, device)
@@ -176,6 +180,12 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
                           run_dir=record.dir, run_name=name, group=config["experiment"],
                           **{k: v for k, v in config["logger"].items() if k != "kind"})
     net = distributed.wrap(model, ctx, device)  # after loading: every process starts equal
+    compiled = wants_compile(config, device, ctx.world_size, model)
+    if compiled:  # the norms switch to their plain-ops formulation (norm/_grouped.py)
+        # A sweep trains run after run in one process; past 8 models per code object the
+        # compiler would silently fall back to eager, so each run starts afresh.
+        torch._dynamo.reset()
+        net = torch.compile(net)
     average_statistics = distributed.StatisticsAverager(model, ctx)
 
     def checkpoint(step: int, wall: float) -> None:
@@ -200,10 +210,13 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
     first_bad = torch.zeros((), dtype=torch.long, device=device)
     bar = tqdm(total=train["steps"], initial=start, desc=name, unit="step",
                disable=not (train.get("progress", True) and ctx.is_main), dynamic_ncols=True)
-    step = start
+    step, compile_seconds = start, None
     for step in range(start + 1, train["steps"] + 1):
         x, y = place(data.train_batch(), device, model_dtype, layout)
+        step_start = time.perf_counter()
         global_loss = forward_backward(net, x, y, optimizer, average_statistics)
+        if compiled and compile_seconds is None:  # the first step compiles forward and backward
+            compile_seconds = time.perf_counter() - step_start
         first_bad = torch.where((first_bad == 0) & ~torch.isfinite(global_loss), step, first_bad)
         evaluating = step % train["eval_every"] == 0 or step == train["steps"]
         stopping = step == train.get("stop_at_step")
@@ -220,7 +233,8 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
         if evaluating:
             images_per_second = window_steps * data.global_batch / (time.perf_counter() - window_start)
             eval_start = time.perf_counter()
-            accuracies = evaluate(model, ema, data, config, step == train["steps"], ctx, device)
+            accuracies = evaluate(model, ema, data, config, step == train["steps"], ctx, device,
+                                  inference=net if compiled and ctx.world_size == 1 else None)
             eval_seconds += time.perf_counter() - eval_start
             row = {"step": step, "loss": global_loss.item(), **accuracies,
                    "lr": scheduler.get_last_lr()[0], "weight_norm": weight_norm(model),
@@ -265,6 +279,10 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
         "best_test_acc": best if best >= 0 else None,
         "wall_seconds": round(wall, 2),
         "eval_seconds": round(eval_seconds, 2),  # of wall_seconds, spent evaluating
+        "compiled": compiled,
+        # the first step's wall time, which holds the compilation of forward and backward
+        # (evaluation compiles on its first call, inside eval_seconds); this call's only
+        "compile_seconds": None if compile_seconds is None else round(compile_seconds, 2),
         "images_per_second": round((steps_done - start) * data.global_batch
                                    / max(time.perf_counter() - t0, 1e-9), 1),
         "processes": ctx.world_size,

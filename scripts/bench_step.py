@@ -1,8 +1,9 @@
 """`make bench`, second table: images/s of the runner's own training step (a batch
 from the sampler, to the device and layout, forward, backward, the divergence flag,
-SGD and the lr schedule) for each norm and split, NCHW and channels-last, beside a
-bare eager NCHW loop of the same model with torch's BatchNorm2d and the no-norm
-model; writes results/bench/step.csv.
+SGD and the lr schedule) for each norm and split, NCHW and channels-last, eager and
+compiled (``train.compile``), beside a bare NCHW loop of the same model with torch's
+BatchNorm2d and the no-norm model; writes results/bench/step.csv. The first step of
+each configuration is timed apart (``first_step_seconds``: a compiled one compiles).
 
 Configurations are timed round-robin (a few steps of each per round), and ratios
 are taken within a round, then the median over rounds: a shared machine's drift
@@ -49,7 +50,8 @@ def compose_config(*overrides: str) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def runner_step(config: dict, layout: torch.memory_format, device: torch.device) -> Callable[[], None]:
+def runner_step(config: dict, layout: torch.memory_format, device: torch.device,
+                compiled: bool) -> Callable[[], None]:
     """The runner's training step for ``config``, as `brn_repro.train.train_run` takes it."""
     data = TrainingData(config)
     torch.manual_seed(0)
@@ -61,6 +63,7 @@ def runner_step(config: dict, layout: torch.memory_format, device: torch.device)
     optimizer = build_optimizer(config, model.parameters())
     scheduler = build_lr_schedule(config, optimizer)
     average = distributed.StatisticsAverager(model, distributed.SINGLE_PROCESS)
+    net = torch.compile(model) if compiled else model
     first_bad = torch.zeros((), dtype=torch.long, device=device)
     counter = [0]
 
@@ -68,7 +71,7 @@ def runner_step(config: dict, layout: torch.memory_format, device: torch.device)
         nonlocal first_bad
         counter[0] += 1
         x, y = place(data.train_batch(), device, dtype, layout)
-        loss = forward_backward(model, x, y, optimizer, average)
+        loss = forward_backward(net, x, y, optimizer, average)
         first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), counter[0], first_bad)
         if device.type == "cpu":  # as the runner: every step on a CPU, every 50 on a GPU
             int(first_bad)
@@ -78,9 +81,9 @@ def runner_step(config: dict, layout: torch.memory_format, device: torch.device)
     return step
 
 
-def bare_step(config: dict, norm: str | None, device: torch.device) -> Callable[[], None]:
-    """A bare eager NCHW loop of the same model: one fixed batch, torch's BatchNorm2d
-    (``norm="bn"``) or no norm, SGD: the reference the runner is measured against."""
+def bare_step(config: dict, norm: str | None, device: torch.device, compiled: bool) -> Callable[[], None]:
+    """A bare NCHW loop of the same model: one fixed batch, torch's BatchNorm2d
+    (``norm="bn"``) or no norm, SGD; eager, the reference the runner is measured against."""
     torch.manual_seed(0)
     factory = build_norm("bn" if norm == "bn" else "none")
     model = build_model("small_cnn", num_classes=10, in_channels=1, image_size=28, norm_layer=factory,
@@ -88,38 +91,51 @@ def bare_step(config: dict, norm: str | None, device: torch.device) -> Callable[
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     batch = config["data"]["per_worker_batch"] * config["data"]["workers"]
     x, y = torch.randn(batch, 1, 28, 28, device=device), torch.randint(0, 10, (batch,), device=device)
+    net = torch.compile(model) if compiled else model
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(net(x), y).backward()
         optimizer.step()
 
     return step
 
 
-def configurations(global_batch: int, width: int, device: torch.device) -> dict[tuple, Callable[[], None]]:
-    """(label, norm, per-worker batch, layout) -> step."""
+def configurations(global_batch: int, width: int, device: torch.device,
+                   modes: tuple[str, ...]) -> dict[tuple, Callable[[], None]]:
+    """(step, norm, per-worker batch, layout, mode) -> step. MABN is eager only: it
+    runs eager inside a compiled model (``MABN2d.compiles``)."""
     base = [f"data.global_batch={global_batch}", f"model.width={width}"]
     steps: dict[tuple, Callable[[], None]] = {}
     splits = sorted({min(global_batch, b) for b in (32, 4, 1)}, reverse=True)
-    for layout_name, layout in LAYOUTS.items():
-        for norm in (*BATCH_NORMS, "gn", "none"):
-            for pwb in splits if norm in BATCH_NORMS else splits[:1]:
-                config = compose_config(*base, f"norm={norm}", f"data.per_worker_batch={pwb}",
-                                        f"data.workers={global_batch // pwb}", "train.steps=100000")
-                steps[("runner", norm, pwb, layout_name)] = runner_step(config, layout, device)
-    config = compose_config(*base, f"data.per_worker_batch={global_batch}", "data.workers=1")
-    steps[("bare", "bn", global_batch, "nchw")] = bare_step(config, "bn", device)
-    steps[("bare", "none", global_batch, "nchw")] = bare_step(config, None, device)
+    for mode in modes:
+        compiled = mode == "compiled"
+        for layout_name, layout in LAYOUTS.items():
+            for norm in (*BATCH_NORMS, "gn", "none"):
+                if compiled and norm == "mabn":
+                    continue
+                for pwb in splits if norm in BATCH_NORMS else splits[:1]:
+                    config = compose_config(*base, f"norm={norm}", f"data.per_worker_batch={pwb}",
+                                            f"data.workers={global_batch // pwb}", "train.steps=100000")
+                    steps[("runner", norm, pwb, layout_name, mode)] = runner_step(config, layout, device, compiled)
+        config = compose_config(*base, f"data.per_worker_batch={global_batch}", "data.workers=1")
+        steps[("bare", "bn", global_batch, "nchw", mode)] = bare_step(config, "bn", device, compiled)
+        steps[("bare", "none", global_batch, "nchw", mode)] = bare_step(config, None, device, compiled)
     return steps
 
 
 def measure(steps: dict[tuple, Callable[[], None]], rounds: int, repeats: int,
-            device: torch.device) -> dict[tuple, list[float]]:
+            device: torch.device) -> tuple[dict[tuple, list[float]], dict[tuple, float]]:
+    """Seconds per step of each configuration in each round, and its first step's."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for step in steps.values():  # warm-up: allocator, first-call costs
+    first: dict[tuple, float] = {}
+    for key, step in tqdm(steps.items(), desc="first steps (compiling)", unit="config"):
+        sync()
+        start = time.perf_counter()
         step()
-        step()
+        sync()
+        first[key] = time.perf_counter() - start
+        step()  # warm-up: allocator, second-call costs
     seconds: dict[tuple, list[float]] = {key: [] for key in steps}
     gc.collect()
     gc.disable()
@@ -132,18 +148,21 @@ def measure(steps: dict[tuple, Callable[[], None]], rounds: int, repeats: int,
             sync()
             seconds[key].append((time.perf_counter() - start) / repeats)
     gc.enable()
-    return seconds
+    return seconds, first
 
 
-def rows_for(name: str, global_batch: int, seconds: dict[tuple, list[float]]) -> list[dict]:
-    bare = seconds[("bare", "bn", global_batch, "nchw")]
+def rows_for(name: str, global_batch: int, seconds: dict[tuple, list[float]],
+             first: dict[tuple, float]) -> list[dict]:
+    """``ratio_vs_bare_bn``: throughput over the bare eager NCHW BatchNorm2d loop's;
+    ``ratio_time_vs_bn``: step time over the runner's bn at the same split, layout, mode."""
+    bare = seconds[("bare", "bn", global_batch, "nchw", "eager")]
     rows = []
     for key, times in seconds.items():
-        kind, norm, pwb, layout = key
-        same_bn = seconds.get(("runner", "bn", pwb, layout))
+        kind, norm, pwb, layout, mode = key
+        same_bn = seconds.get(("runner", "bn", pwb, layout, mode))
         rows.append({
             "setting": name, "step": kind, "norm": norm, "global_batch": global_batch, "per_worker_batch": pwb,
-            "layout": layout, "mode": "eager",
+            "layout": layout, "mode": mode, "first_step_seconds": round(first[key], 2),
             "images_per_second": round(global_batch / statistics.median(times), 1),
             "ratio_vs_bare_bn": round(statistics.median([b / t for t, b in zip(times, bare, strict=True)]), 3),
             "ratio_time_vs_bn": "" if kind == "bare" or same_bn is None else
@@ -153,19 +172,23 @@ def rows_for(name: str, global_batch: int, seconds: dict[tuple, list[float]]) ->
 
 
 def targets(rows: list[dict]) -> list[str]:
-    """Issue 10's three targets, read off the global-128 NCHW and channels-last rows."""
+    """Issue 10's three targets, read off the global-128 rows of each layout and mode
+    (the runner always against the bare *eager* NCHW loop)."""
     lines = []
-    for layout in LAYOUTS:
-        pick = {(r["step"], r["norm"], r["per_worker_batch"]): r for r in rows
-                if r["setting"] == "global 128" and r["layout"] in (layout, "nchw")
-                and (r["step"] == "bare" or r["layout"] == layout)}
-        values = {"runner bn / bare loop": pick[("runner", "bn", 32)]["ratio_vs_bare_bn"],
-                  "brn / bn at pwb 4": pick[("runner", "brn", 4)]["ratio_time_vs_bn"],
-                  "none / bn": round(1 / pick[("runner", "none", 32)]["ratio_time_vs_bn"], 3)}
-        for name, value in values.items():
-            sign, target = TARGETS[name]
-            met = value >= target if sign == ">=" else value <= target
-            lines.append(f"{layout:<14}{name:<24}{value:>7}  {sign} {target}  {'met' if met else 'MISSED'}")
+    modes = sorted({r["mode"] for r in rows}, reverse=True)
+    for mode in modes:
+        for layout in LAYOUTS:
+            pick = {(r["norm"], r["per_worker_batch"]): r for r in rows
+                    if r["setting"] == "global 128" and r["step"] == "runner" and r["layout"] == layout
+                    and r["mode"] == mode}
+            values = {"runner bn / bare loop": pick[("bn", 32)]["ratio_vs_bare_bn"],
+                      "brn / bn at pwb 4": pick[("brn", 4)]["ratio_time_vs_bn"],
+                      "none / bn": round(1 / pick[("none", 32)]["ratio_time_vs_bn"], 3)}
+            for name, value in values.items():
+                sign, target = TARGETS[name]
+                met = value >= target if sign == ">=" else value <= target
+                lines.append(f"{mode:<9}{layout:<14}{name:<24}{value:>7}  {sign} {target}  "
+                             f"{'met' if met else 'MISSED'}")
     return lines
 
 
@@ -174,22 +197,29 @@ def main() -> None:
     parser.add_argument("--out", default="results/bench/step.csv")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", default="cpu", help="cpu (one thread, as make reproduce) or cuda")
+    parser.add_argument("--modes", default="eager,compiled", help="eager, compiled, or both (comma-separated)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    modes = tuple(args.modes.split(","))
     torch.set_num_threads(1)
+    # Every configuration compiles its own model from the same code objects: let the
+    # compiler keep them all rather than fall back to eager after 8.
+    torch._dynamo.config.cache_size_limit = torch._dynamo.config.accumulated_cache_size_limit = 1024
     rows = []
     # global 128 at the quick profile's width; then the quick profile itself (global 32)
     for name, global_batch, repeats in (("global 128", 128, 2), ("quick profile", 32, 8)):
-        seconds = measure(configurations(global_batch, 16, device), args.rounds, repeats, device)
-        rows += rows_for(name, global_batch, seconds)
+        seconds, first = measure(configurations(global_batch, 16, device, modes), args.rounds, repeats, device)
+        rows += rows_for(name, global_batch, seconds, first)
     out = Path(args.out)
     write_csv(out, rows)
     where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU, 1 thread"
     print(f"torch {torch.__version__}, {where}; wrote {out}")
-    print(f"{'setting':<14}{'step':<7}{'norm':<16}{'pwb':>4} {'layout':<14}{'img/s':>9}{'vs bare bn':>11}{'time vs bn':>11}")
+    print(f"{'setting':<14}{'step':<7}{'norm':<16}{'pwb':>4} {'layout':<14}{'mode':<9}{'first s':>8}"
+          f"{'img/s':>9}{'vs bare bn':>11}{'time vs bn':>11}")
     for r in rows:
         print(f"{r['setting']:<14}{r['step']:<7}{r['norm']:<16}{r['per_worker_batch']:>4} {r['layout']:<14}"
-              f"{r['images_per_second']:>9}{r['ratio_vs_bare_bn']:>11}{r['ratio_time_vs_bn']!s:>11}")
+              f"{r['mode']:<9}{r['first_step_seconds']:>8}{r['images_per_second']:>9}{r['ratio_vs_bare_bn']:>11}"
+              f"{r['ratio_time_vs_bn']!s:>11}")
     print("targets (global 128; 'none / bn' is throughput, the others as named):")
     print("\n".join(targets(rows)))
 

@@ -14,6 +14,13 @@ statistics are computed once, the output comes from torch's inference kernel fed
 with the batch statistics, and the backward is torch's own training-mode
 batchnorm backward - so gradients flow through mu_B and sigma_B exactly as in BN,
 and the cost matches ``nn.BatchNorm2d``.
+
+The plain path: under ``torch.compile`` the same layer is written in plain tensor
+ops on a (G, b, C, *S) view of the batch (no copy, any memory layout), its
+gradients through the statistics left to autograd, so the compiler fuses the
+statistics, the normalization and the bookkeeping into the surrounding kernels.
+Eager mode keeps the fused kernels, which are faster there; which path runs is
+``fused_kernels()`` (tests/test_compile.py holds the two to the same numbers).
 """
 
 from __future__ import annotations
@@ -122,10 +129,95 @@ def batch_stats(x_grouped: Tensor) -> tuple[Tensor, Tensor]:
 
 def normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
               eps: float = 0.0) -> Tensor:
-    """``weight * (x - mean) / sqrt(var + eps) + bias`` with torch's fused kernel, eps = 0
-    allowed (BRN's and the moving-average norm's sigma already hold eps), which
-    ``F.batch_norm`` refuses in some torch releases (2.11)."""
-    return torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, torch.backends.cudnn.enabled)
+    """``weight * (x - mean) / sqrt(var + eps) + bias`` per channel, eps = 0 allowed
+    (BRN's and the moving-average norm's sigma already hold eps). Eager: torch's
+    fused kernel (``F.batch_norm`` refuses eps = 0 in some releases, 2.11). Compiling:
+    plain ops, whose gradients the compiler gets right (its inference-batchnorm
+    backward did not: 0.7 off in float64, torch 2.14, tests/test_compile.py)."""
+    if fused_kernels():
+        return torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, torch.backends.cudnn.enabled)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    scale = (var + eps).rsqrt()
+    if weight is not None:
+        scale = scale * weight
+    y = (x - mean.view(shape)) * scale.view(shape)
+    return y if bias is None else y + bias.view(shape)
+
+
+def fused_kernels() -> bool:
+    """Eager: torch's fused batchnorm kernels. Compiling: plain ops the compiler fuses."""
+    return not torch.compiler.is_compiling()
+
+
+@torch.library.custom_op("brn_repro::snapshot", mutates_args=())
+def snapshot(t: Tensor) -> Tensor:
+    """A copy of a buffer the layer then updates in place, for use in the forward.
+
+    Compiled, a ``clone()`` is elided and pointwise ops of a buffer are recomputed
+    in the backward from the buffer, by then updated: the moving-average norm's
+    input gradient came out 0.7 off in float64 (torch 2.14, silently). An opaque op
+    can be neither elided nor recomputed, so the backward sees this step's values.
+    """
+    return t.clone()
+
+
+@snapshot.register_fake
+def _(t: Tensor) -> Tensor:
+    return torch.empty_like(t)
+
+
+def moving_stats(*buffers: Tensor) -> tuple[Tensor, ...]:
+    """The values of moving-statistics buffers for this step's forward (see ``snapshot``)."""
+    if fused_kernels():
+        return tuple(b.clone() for b in buffers)
+    return tuple(snapshot(b) for b in buffers)
+
+
+def grouped_view(x: Tensor, groups: int) -> Tensor:
+    """(G*b, C, *S) -> (G, b, C, *S): a view in either memory layout."""
+    return x.view(groups, x.shape[0] // groups, *x.shape[1:])
+
+
+def plain_batch_stats(x: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The grouped view, and per-(group, channel) mean and biased variance shaped
+    (G, 1, C, 1, ...) for broadcasting; two passes, as ``batch_stats``."""
+    xg = grouped_view(x, groups)
+    dims = (1, *range(3, xg.dim()))
+    n = xg.numel() // (groups * xg.shape[2])
+    if n < 2:
+        raise ValueError(
+            f"batch statistics need more than 1 value per channel, got {n} (input shape "
+            f"{tuple(x.shape)} in {groups} groups); use a larger per_worker_batch, or a norm "
+            "without batch statistics (gn, ln, in) for 2D input"
+        )
+    mean = xg.mean(dims, keepdim=True)
+    var = (xg - mean).square().mean(dims, keepdim=True)
+    return xg, mean, var
+
+
+def _plain_grouped_batch_norm(x, weight, bias, groups, eps, adjust):
+    """``_GroupedBatchNorm`` in plain ops (see the module docstring); same ``adjust``."""
+    xg, mean, var = plain_batch_stats(x, groups)
+    invstd = (var + eps).rsqrt()
+    with torch.no_grad():
+        flat_var = var.detach().reshape(-1)
+        factors = adjust(mean.detach().reshape(-1), flat_var, (flat_var + eps).sqrt())
+    channels = x.shape[1]
+    shape = (-1, 1, channels) + (1,) * (x.dim() - 2)  # (group or 1, example, channel, *space)
+    gamma = None if weight is None else weight.view(1, channels)
+    beta = None if bias is None else bias.view(1, channels)
+    if factors is None:
+        scale, shift = gamma, beta
+    else:
+        r, d = (f.view(groups, channels) for f in factors)
+        scale = r if gamma is None else gamma * r
+        shift = d if gamma is None else torch.addcmul(beta, gamma, d)
+    y = (xg - mean) * invstd
+    if scale is not None:
+        y = y * scale.reshape(shape)
+    if shift is not None:
+        y = y + shift.reshape(shape)
+    return y.reshape(x.shape)
 
 
 class _GroupedBatchNorm(torch.autograd.Function):
@@ -196,8 +288,11 @@ def grouped_batch_norm(
     eps: float,
     adjust: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor] | None],
 ) -> Tensor:
-    """See ``_GroupedBatchNorm``. ``adjust`` runs inside the forward, without autograd."""
-    return _GroupedBatchNorm.apply(x, weight, bias, groups, eps, adjust)
+    """See ``_GroupedBatchNorm``. ``adjust`` runs inside the forward, without autograd;
+    under ``torch.compile`` the plain-ops formulation runs instead."""
+    if fused_kernels():
+        return _GroupedBatchNorm.apply(x, weight, bias, groups, eps, adjust)
+    return _plain_grouped_batch_norm(x, weight, bias, groups, eps, adjust)
 
 
 def repeat_groups(t: Tensor | None, groups: int) -> Tensor | None:

@@ -16,7 +16,12 @@ from functools import partial
 
 from torch import Tensor, nn
 
-from brn_repro.norm._grouped import check_per_worker_batch, grouped_batch_norm, num_groups
+from brn_repro.norm._grouped import (
+    check_per_worker_batch,
+    fused_kernels,
+    grouped_batch_norm,
+    num_groups,
+)
 
 
 class _GroupedBatchNormMixin:
@@ -43,7 +48,10 @@ class _GroupedBatchNormMixin:
     ) -> None:
         if not self.track_running_stats:
             return None
-        rate = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        rate = self.momentum
+        if rate is None:  # a cumulative average; a tensor while compiling (no host read)
+            count = self.num_batches_tracked
+            rate = 1.0 / float(count) if fused_kernels() else (1.0 / count).to(var.dtype)
         unbiased = var * (n / (n - 1))
         self.running_mean.lerp_(mean.view(groups, -1).mean(0), rate)
         self.running_var.lerp_(unbiased.view(groups, -1).mean(0), rate)

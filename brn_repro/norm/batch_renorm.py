@@ -18,13 +18,14 @@ fused batchnorm kernels with per-step affine parameters (see ``_grouped``).
 
 ``r_max`` / ``d_max`` are floats (constant limits) or schedules of the step
 (``brn_repro.schedules``; the paper relaxes them from 1 / 0 after 5k steps).
-The step is the ``step`` buffer, so a checkpoint restores the schedule.
+The step is the ``step`` buffer, so a checkpoint restores the schedule. Under
+``torch.compile`` the layer runs ``_grouped``'s plain-ops formulation and its
+schedules become tensor ops of that buffer (``StepCounter``).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -33,7 +34,9 @@ from torch import Tensor, nn
 from brn_repro.norm._grouped import (
     check_input_dim,
     check_per_worker_batch,
+    fused_kernels,
     grouped_batch_norm,
+    moving_stats,
     normalize,
     num_groups,
 )
@@ -55,31 +58,42 @@ def check_momentum(momentum: Any, field: str = "momentum") -> Schedule:
 
 
 class StepCounter(nn.Module):
-    """Mixin: a ``step`` buffer (saved in checkpoints) with a host-side mirror, so
-    schedules are evaluated without reading a device tensor every forward.
+    """Mixin: a ``step`` buffer (saved in checkpoints) that schedules are evaluated at.
 
-    Per-step Python state lives in ``self._host`` (a plain namespace): assigning
-    attributes on an ``nn.Module`` costs microseconds that show at batch 1-4.
+    Eager, the step is read from a host-side mirror, so a GPU is never waited on;
+    the mirror re-reads the buffer only when the buffer's version shows that
+    something else moved it (a compiled step, ``load_state_dict``, ``set_step``).
+    Compiled, the step is the buffer itself and schedules are tensor ops of it: no
+    graph break, no recompilation, no host sync. Per-step Python state lives in a
+    plain dict, ``self._host``: assigning attributes on an ``nn.Module`` costs
+    microseconds that show at batch 1-4, and a dict is what the compiler can trace.
     """
 
     def _init_step(self) -> None:
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self._host = SimpleNamespace(step=0, last=None)
+        self._host: dict[str, Any] = {"step": 0, "version": self.step._version, "last": None}
 
-    def _advance_step(self) -> int:
+    def _advance_step(self) -> int | Tensor:
+        """This step's index (0 first), as an int eager or a 0-d tensor compiled."""
+        if torch.compiler.is_compiling():
+            step = self.step.clone()
+            self.step.add_(1)
+            return step
         host = self._host
-        step = host.step
-        host.step = step + 1
+        if host["version"] != self.step._version:
+            host["step"] = int(self.step)
+        step = host["step"]
         self.step.add_(1)
+        host["step"], host["version"] = step + 1, self.step._version
         return step
 
     def set_step(self, step: int) -> None:
-        self._host.step = int(step)
         self.step.fill_(int(step))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._host.step = int(self.step)
+
+def as_rate(value: float | Tensor, like: Tensor) -> float | Tensor:
+    """A schedule's value as ``lerp_``'s weight for ``like`` (a tensor must match its dtype)."""
+    return value.to(like.dtype) if isinstance(value, Tensor) else value
 
 
 class _BatchRenorm(StepCounter):
@@ -116,7 +130,7 @@ class _BatchRenorm(StepCounter):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_std", torch.ones(num_features))
         self._init_step()
-        # self._host.last: raw (unclipped) r and d of the last training step, per
+        # self._host["last"]: raw (unclipped) r and d of the last training step, per
         # (group, channel), for the clip diagnostics computed at logging time.
 
     def extra_repr(self) -> str:
@@ -145,9 +159,14 @@ class _BatchRenorm(StepCounter):
         if groups > 1:
             mean = mean.view(groups, self.num_features)
             std = std.view(groups, self.num_features)
-        r_raw = std / running_std
-        d_raw = (mean - running_mean).div_(running_std)
-        self._host.last = (r_raw, d_raw, r_max, d_max)
+        if not fused_kernels():  # compiled: read them through copies (``_grouped.snapshot``)
+            mu, sigma = moving_stats(running_mean, running_std)
+        else:  # eager: r and d are computed before the update below
+            mu, sigma = running_mean, running_std
+        r_raw = std / sigma
+        d_raw = (mean - mu).div_(sigma)
+        self._host["last"] = (r_raw, d_raw, r_max, d_max)
+        alpha = as_rate(alpha, running_mean)
         running_mean.lerp_(mean if groups == 1 else mean.mean(0), alpha)
         running_std.lerp_(std if groups == 1 else std.mean(0), alpha)
         r = r_raw.clamp(1.0 / r_max, r_max)
@@ -157,9 +176,10 @@ class _BatchRenorm(StepCounter):
     def diagnostics(self) -> dict[str, float]:
         """Clip statistics of the last training step: the fraction of r and of d that hit
         their limits, mean |r - 1| and mean |d| (of the clipped values used)."""
-        if self._host.last is None:
+        if self._host["last"] is None:
             return {}
-        r_raw, d_raw, r_max, d_max = self._host.last
+        r_raw, d_raw, r_max, d_max = self._host["last"]
+        r_max, d_max = float(r_max), float(d_max)
         r = r_raw.clamp(1.0 / r_max, r_max)
         d = d_raw.clamp(-d_max, d_max)
         return {

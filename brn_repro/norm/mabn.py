@@ -108,7 +108,14 @@ class MABN2d(StepCounter):
 
     ``buffer_size``: iterations in the moving averages (the reference: real_B / B,
     the batch size to simulate over the batch size per worker); ``warmup_iters``:
-    iterations using the current batch's statistics (reference: 100)."""
+    iterations using the current batch's statistics (reference: 100).
+
+    Not written for the compiler: its backward keeps a history of gradient
+    statistics and its warm-ups branch on the step, so under ``torch.compile`` the
+    layer runs eager (a graph break at each MABN layer) and ``train.compile=auto``
+    leaves MABN models eager."""
+
+    compiles = False  # read by brn_repro.config.compile_model
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.98,
                  buffer_size: int = 16, warmup_iters: int = 100, r_warmup: int | None = None,
@@ -152,6 +159,7 @@ class MABN2d(StepCounter):
                 setattr(self, name, torch.zeros_like(saved))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    @torch.compiler.disable
     def forward(self, x: Tensor) -> Tensor:
         check_input_dim(x, (4,), type(self).__name__)
         if not self.training:

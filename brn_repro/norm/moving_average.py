@@ -26,11 +26,14 @@ from brn_repro.norm._grouped import (
     batch_stats,
     check_input_dim,
     check_per_worker_batch,
+    fused_kernels,
+    moving_stats,
     normalize,
     num_groups,
+    plain_batch_stats,
     to_groups,
 )
-from brn_repro.norm.batch_renorm import StepCounter, check_eps, check_momentum
+from brn_repro.norm.batch_renorm import StepCounter, as_rate, check_eps, check_momentum
 from brn_repro.schedules import Schedule
 
 
@@ -69,14 +72,17 @@ class _MovingAverageNorm(StepCounter):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input_dim(x, self._input_dims, type(self).__name__)
-        # Clones: the update below is in place, and autograd saved the values used here.
-        mean, std = self.running_mean.clone(), self.running_std.clone()
+        # Copies: the update below is in place, and autograd saved the values used here.
+        mean, std = moving_stats(self.running_mean, self.running_std)
         y = normalize(x, mean, std.square(), self.weight, self.bias)
         if self.training:
             groups = num_groups(x, self.per_worker_batch)
-            alpha = self.momentum(self._advance_step())
+            alpha = as_rate(self.momentum(self._advance_step()), self.running_mean)
             with torch.no_grad():
-                batch_mean, batch_var = batch_stats(to_groups(x.detach(), groups))
+                if fused_kernels():
+                    batch_mean, batch_var = batch_stats(to_groups(x.detach(), groups))
+                else:
+                    _, batch_mean, batch_var = plain_batch_stats(x.detach(), groups)
                 batch_std = (batch_var + self.eps).sqrt_()
                 self.running_mean.lerp_(batch_mean.view(groups, -1).mean(0), alpha)
                 self.running_std.lerp_(batch_std.view(groups, -1).mean(0), alpha)
