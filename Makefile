@@ -57,9 +57,11 @@ bench: $(STAMP)  ## time a ResNet-20 step per norm, and the runner's own step ->
 	$(BIN)/python scripts/bench_norm.py --out results/bench/norm.csv
 	$(BIN)/python scripts/bench_step.py --out results/bench/step.csv
 
-gpu-check: $(STAMP)  ## on a CUDA machine: the gpu tests, then split equivalence, precision, the runner -> results/gpu/check.csv
+gpu-check: $(STAMP)  ## on a CUDA machine: gpu tests, numerics, the runner -> results/gpu/check.csv; images/s -> results/bench/gpu.csv
 	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
 	$(BIN)/python scripts/gpu_check.py --out results/gpu
+	$(BIN)/python scripts/bench_step.py --device cuda --settings "global 128" --layouts nchw \
+		--norms bn,brn,moving_average,none --splits 32,4 --rounds 5 --out results/bench/gpu.csv
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check brn_repro tests scripts

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from brn_repro.data.samplers import SAMPLER_NAMES
+from brn_repro.data.sources import NUM_CLASSES
 from brn_repro.norm import NORM_NAMES, build_norm
 from brn_repro.norm.registry import NormFactory
 
@@ -109,10 +110,44 @@ def _number(value: Any, key: str, low: float, high: float = math.inf, *, open_lo
 
 
 def norm_batch(config: dict[str, Any]) -> int:
-    """Examples per normalization group: the per-worker batch, or half of it for the
-    paper's split-halves control (each half normalized on its own)."""
+    """Examples per normalization group: the per-worker batch, or for the paper's
+    split control (``noniid_split``) one image of each drawn label, i.e.
+    ``per_worker_batch // images_per_label`` = ``labels_per_batch`` (the paper's two
+    halves of 16 at 16 x 2): a group holding two images of a drawn label would keep
+    the label structure the control exists to remove."""
     pwb = config["data"]["per_worker_batch"]
-    return pwb // 2 if config["sampler"]["type"] == "noniid_split" else pwb
+    sampler = config["sampler"]
+    return pwb // sampler["images_per_label"] if sampler["type"] == "noniid_split" else pwb
+
+
+def check_probe_recipe(config: dict[str, Any]) -> None:
+    """The minibatch-statistics probe (``train.minibatch_stats_eval``) as the paper
+    ran it: test batches with the training groups' images per label and MORE
+    distinct labels (16 x 2 in training, 25 x 2 at test). Batches shaped like the
+    training ones would hand batchnorm the same label structure it overfit to, and
+    measure nothing. Labels are checked against the classes where they are known
+    here; an ImageFolder's are checked where its batches are built."""
+    train, sampler = config["train"], config["sampler"]
+    if not train.get("minibatch_stats_eval"):
+        return
+    labels, images = train.get("minibatch_eval_labels", 25), train.get("minibatch_eval_images", 2)
+    if sampler["type"] != "iid":
+        if images != sampler["images_per_label"]:
+            raise ConfigError(
+                f"train.minibatch_eval_images={images} must equal sampler.images_per_label="
+                f"{sampler['images_per_label']} (the probe keeps the training images per label); "
+                f"set noniid_recipe.eval_images={sampler['images_per_label']}")
+        if labels <= sampler["labels_per_batch"]:
+            raise ConfigError(
+                f"train.minibatch_eval_labels={labels} must exceed sampler.labels_per_batch="
+                f"{sampler['labels_per_batch']} (the probe's test batches hold more labels than a "
+                f"training group); set noniid_recipe.eval_labels to at least {sampler['labels_per_batch'] + 1}")
+    classes = NUM_CLASSES.get(config["dataset"]["name"])
+    if classes is not None and labels > classes:
+        raise ConfigError(
+            f"train.minibatch_eval_labels={labels} exceeds the {classes} classes of "
+            f"dataset {config['dataset']['name']} (a probe batch holds distinct labels); "
+            f"set noniid_recipe.eval_labels to at most {classes}")
 
 
 def validate(config: dict[str, Any]) -> None:
@@ -153,11 +188,12 @@ def validate(config: dict[str, Any]) -> None:
                 f"data.per_worker_batch={data['per_worker_batch']} must equal sampler.labels_per_batch"
                 f" x sampler.images_per_label = {labels} x {images} = {labels * images}"
             )
-        if sampler["type"] == "noniid_split" and images % 2:
+        if sampler["type"] == "noniid_split" and images < 2:
             raise ConfigError(
-                f"sampler.images_per_label={images} must be even for noniid_split "
-                "(each label's images are split across the two halves)"
+                f"sampler.images_per_label={images} must be at least 2 for noniid_split "
+                "(it normalizes one group per image of each label); use sampler=noniid"
             )
+    check_probe_recipe(config)
     norm = config["norm"]
     if norm["type"] not in NORM_NAMES:
         raise ConfigError(f"norm.type={norm['type']!r} is not a normalization; use one of {NORM_NAMES}")
@@ -200,36 +236,43 @@ PRECISIONS = {"float32": (torch.float32, False), "tf32": (torch.float32, True),
 
 
 # train.channels_last=auto: the norms that train faster in channels-last, per (model,
-# device type), measured by scripts/bench_step.py (results/bench/step.csv; the small
-# CNN on one CPU thread, images/s channels-last / NCHW at per-worker 32, global 128:
-# bn 1.19, brn 1.22, moving_average 1.24, none 1.25; gn 0.60 and mabn 0.93 stay NCHW).
-# bn and brn normalize per worker through a regrouped batch, which in channels-last
-# costs 2.3x at one example per worker: they take channels-last from
-# CL_MIN_PER_WORKER examples per group. Everything unmeasured trains NCHW.
-CHANNELS_LAST_FASTER: dict[tuple[str, str], frozenset[str]] = {
-    ("small_cnn", "cpu"): frozenset({"bn", "brn", "moving_average", "none"}),
+# device type, eager or compiled), measured by scripts/bench_step.py (results/bench/
+# step.csv; the small CNN on one CPU thread, global batch 128, images/s over a bare
+# eager NCHW loop with torch's BatchNorm2d). Eager: bn 1.10 vs 0.98 NCHW at per-worker
+# 32, brn 1.08 vs 0.91, moving_average 1.22 vs 0.98, none 1.57 vs 1.31; gn (0.65 vs
+# 1.15) and mabn (0.78 vs 0.70 at 32, 0.57 vs 0.89 at 1) stay NCHW. Eager bn and brn
+# normalize per worker through a regrouped batch, which in channels-last costs 2x at
+# one example per worker: they take channels-last from CL_MIN_PER_WORKER examples per
+# group. Compiled, the regrouping is a view and channels-last wins at every split:
+# bn 1.40-1.51 vs 1.10-1.16 NCHW, brn 1.26-1.46 vs 1.08-1.13, none 1.43 vs 1.43;
+# moving_average is even (1.28-1.32 vs 1.23-1.42) and gn stays NCHW (1.30 vs 1.41).
+# Everything unmeasured trains NCHW.
+CHANNELS_LAST_FASTER: dict[tuple[str, str, str], frozenset[str]] = {
+    ("small_cnn", "cpu", "eager"): frozenset({"bn", "brn", "moving_average", "none"}),
+    ("small_cnn", "cpu", "compiled"): frozenset({"bn", "brn", "moving_average", "none"}),
 }
-CL_MIN_PER_WORKER = 4
+CL_MIN_PER_WORKER = 4  # eager bn / brn only
 
 
-def memory_format(config: dict[str, Any], device: torch.device) -> torch.memory_format:
+def memory_format(config: dict[str, Any], device: torch.device, compiled: bool = False) -> torch.memory_format:
     """The layout the model's weights and batches take (not part of a run's identity:
     it changes rounding, not the computation)."""
     choice = config["train"].get("channels_last", "auto")
     if choice == "auto":
-        norm = config["norm"]["type"]
-        choice = (norm in CHANNELS_LAST_FASTER.get((config["model"]["name"], device.type), ())
-                  and (norm not in ("bn", "brn") or norm_batch(config) >= CL_MIN_PER_WORKER))
+        norm, mode = config["norm"]["type"], "compiled" if compiled else "eager"
+        choice = (norm in CHANNELS_LAST_FASTER.get((config["model"]["name"], device.type, mode), ())
+                  and (compiled or norm not in ("bn", "brn") or norm_batch(config) >= CL_MIN_PER_WORKER))
     return torch.channels_last if choice else torch.contiguous_format
 
 
 # train.compile=auto: compile a one-process run when it trains at least this many
-# images on the device. On this project's 2-core CPU (one thread, small CNN) the
-# compiled step is 1.3-2.2x the eager one (results/bench/step.csv) and a compilation
-# costs 10-60 s (less when inductor's on-disk cache holds the graphs), so 100k images
-# (~1.5 min of eager training) pay for it about twice over. Devices absent here train
-# eager under auto: the GPU step with the plain-ops norms is not measured yet
-# (make gpu-check writes results/bench/gpu.csv for that).
+# images on the device. On this project's 2-core CPU (one thread, small CNN, global
+# batch 128) the compiled step is 1.27-1.49x the eager one auto would pick for bn and
+# brn (results/bench/step.csv); at global batch 32, 0.9-1.03x. A compilation costs
+# 5-60 s (the first step; less when inductor's on-disk cache holds the graphs), so 100k
+# images (~1.2 min of eager training) pay for it at the larger batches. Devices absent
+# here train eager under auto: the GPU step with the plain-ops norms is not measured
+# yet (make gpu-check writes results/bench/gpu.csv for that).
 COMPILE_MIN_IMAGES = {"cpu": 100_000}
 
 

@@ -34,6 +34,7 @@ from brn_repro.config import (
     build_lr_schedule,
     build_optimizer,
     memory_format,
+    norm_batch,
     norm_factory,
     relaxation_warning,
     resolve,
@@ -41,7 +42,13 @@ from brn_repro.config import (
     wants_compile,
 )
 from brn_repro.data import DatasetError, TrainingData
-from brn_repro.evaluate import WeightEMA, accuracy_counts, minibatch_stats_counts, percent
+from brn_repro.evaluate import (
+    WeightEMA,
+    accuracy_counts,
+    minibatch_stats_counts,
+    moving_average_errors,
+    percent,
+)
 from brn_repro.lease import LockError
 from brn_repro.loggers import build_logger
 from brn_repro.models import as_layout, build_model, check_model_input
@@ -78,6 +85,14 @@ def prepare(config: dict[str, Any], ctx: distributed.Context = distributed.SINGL
                         in_channels=data.in_channels, image_size=data.image_size,
                         norm_layer=norm_factory(config), **model_options)
     return data, model
+
+
+def compile_model(net: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` with static shapes. A run's shapes are fixed (the training
+    batch, the evaluation chunks); letting a second shape make them symbolic sent
+    inductor's CPU code generation into minutes of sympy simplification (measured:
+    one model compiled at batch 128, then 32, did not finish in 7 minutes)."""
+    return torch.compile(net, dynamic=False)
 
 
 def place(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, dtype: torch.dtype,
@@ -118,7 +133,10 @@ def evaluate(model, ema, data: TrainingData, config, final: bool, ctx: distribut
     row = {"test_acc": test_acc, "test_loss": test_loss, "train_acc": train_acc}
     if config["train"]["minibatch_stats_eval"]:
         row["minibatch_stats_acc"] = percent(counts[6:9])[0]
-    return row
+    # The live model's moving statistics (the weight average's are an average of them),
+    # next to the noise of the statistics of a normalization group of training's size.
+    reduce = torch.distributed.all_reduce if ctx.enabled else None
+    return row | moving_average_errors(model, data.train_subset_batches(), reduce, group_size=norm_batch(config))
 
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +172,8 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
               device: torch.device = distributed.CPU) -> dict[str, Any]:
     """The loop: train, evaluate, checkpoint, and leave the summary (rank 0 writes)."""
     train = config["train"]
-    model_dtype, layout = apply_precision(config), memory_format(config, device)
+    compiled = wants_compile(config, device, ctx.world_size, model)
+    model_dtype, layout = apply_precision(config), memory_format(config, device, compiled)
     model.to(device, model_dtype, memory_format=layout)
     optimizer = build_optimizer(config, model.parameters())
     scheduler = build_lr_schedule(config, optimizer)
@@ -180,12 +199,11 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
                           run_dir=record.dir, run_name=name, group=config["experiment"],
                           **{k: v for k, v in config["logger"].items() if k != "kind"})
     net = distributed.wrap(model, ctx, device)  # after loading: every process starts equal
-    compiled = wants_compile(config, device, ctx.world_size, model)
     if compiled:  # the norms switch to their plain-ops formulation (norm/_grouped.py)
         # A sweep trains run after run in one process; past 8 models per code object the
         # compiler would silently fall back to eager, so each run starts afresh.
         torch._dynamo.reset()
-        net = torch.compile(net)
+        net = compile_model(net)
     average_statistics = distributed.StatisticsAverager(model, ctx)
 
     def checkpoint(step: int, wall: float) -> None:

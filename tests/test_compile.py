@@ -33,7 +33,7 @@ def _train_layer(name, options, layout, steps=4, plain=False, compiled=False):
     model = model.to(memory_format=layout)
     if compiled:
         torch._dynamo.reset()  # a fresh compiler: no fallback to eager after 8 models
-    net = torch.compile(model) if compiled else model
+    net = torch.compile(model, dynamic=False) if compiled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
     generator = torch.Generator().manual_seed(1)
     losses = []
@@ -78,11 +78,11 @@ def test_compiled_layer_equals_eager(name, options):
 def test_compiled_moving_average_gradient_uses_this_steps_statistics():
     """Regression: compiled, a buffer updated in place after the forward read it was
     read again by the backward (the input gradient 0.7 off); see ``_grouped.snapshot``."""
-    layer = build_norm("moving_average", per_worker_batch=4, momentum=0.3)(3).double()
+    layer = build_norm("moving_average", per_worker_batch=4, momentum=0.3, init_from_batch=False)(3).double()
     with torch.no_grad():
         layer.running_std.fill_(2.0)
         layer.weight.fill_(1.5)
-    compiled = torch.compile(layer)
+    compiled = torch.compile(layer, dynamic=False)
     for _ in range(2):
         std_used = layer.running_std.clone()
         x = torch.randn(8, 3, 5, 5, dtype=torch.double, requires_grad=True)
@@ -102,7 +102,7 @@ def test_compiled_brn_one_graph_and_host_step_follows():
     torch._dynamo.reset()
     counters.clear()
     layer = build_norm("brn", **RELAXING_BRN)(4)
-    compiled = torch.compile(layer, fullgraph=True)  # fullgraph: a graph break is an error
+    compiled = torch.compile(layer, fullgraph=True, dynamic=False)  # fullgraph: a graph break is an error
     for _ in range(5):
         compiled(torch.randn(8, 4, 3, 3))
     assert counters["stats"]["unique_graphs"] == 1

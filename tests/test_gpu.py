@@ -59,3 +59,22 @@ def test_syncbn_in_one_gpu_process_is_batchnorm():
     got, want = layer_step(layer, x.to(CUDA), upstream.to(CUDA)), layer_step(reference, x, upstream)
     for key, error in relative_errors(got, want).items():
         assert error < 1e-5, (key, error)
+
+
+def test_compiled_training_on_cuda_equals_eager_in_float64(tmp_path, tiny_fashion_mnist):
+    """train.compile=true on the GPU: BRN relaxing within the run, the plain-ops
+    formulation compiled against the fused kernels eager."""
+    from test_train import make_config
+
+    from brn_repro.train import run
+
+    losses = {}
+    for choice in ("false", "true"):
+        summary = run(make_config(tmp_path / choice, tiny_fashion_mnist, "norm=brn", "data.per_worker_batch=4",
+                                  "data.workers=8", "norm.relax_start=2", "norm.r_max_end_step=8",
+                                  "norm.d_max_end_step=8", "train.steps=12", "train.eval_every=6",
+                                  "train.precision=float64", "train.device=cuda", f"train.compile={choice}"))
+        assert summary["compiled"] == (choice == "true") and summary["device"] == "cuda"
+        losses[choice] = [json.loads(line)["loss"]
+                          for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-9)
