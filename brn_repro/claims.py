@@ -164,7 +164,7 @@ def claim_3(runs: pd.DataFrame) -> Claim:
     mb, split = stats(bn_non, "minibatch_stats_acc"), stats(pick("bn", "noniid_split"))
     claim.rows += [
         ("BN non-i.i.d., minibatch statistics at test (control)", "76.5", mb.text(), beats(mb, b)),
-        ("BN on split halves (control)", "77.4", split.text(), beats(split, b)),
+        ("BN on split groups (control)", "77.4", split.text(), beats(split, b)),
     ]
     claim.verdict = _overall([v1, v2])
     claim.ours = f"BN {b.text()}, BRN {a.text()}, i.i.d. BN {iid.text()}"

@@ -7,6 +7,10 @@
   parameters kept; no r/d correction, no moving average), test batches drawn the
   non-i.i.d. way (paper: 25 labels x 2 images). Run on a copy so no moving
   statistic or schedule step of the real model changes.
+- ``moving_average_errors``: how far each layer's moving mean and std are from the
+  population statistics of the inputs the inference network gives it, and the
+  reference to read that against: how far the per-worker batch statistics that
+  training normalized with stray from the same population (``batch_noise``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from brn_repro.models import as_layout
+from brn_repro.norm import BatchRenorm1d, BatchRenorm2d, MovingAverageNorm1d, MovingAverageNorm2d
 from brn_repro.norm._grouped import batch_stats, layout_of, normalize
 
 
@@ -64,6 +69,116 @@ def percent(counts: list[float]) -> tuple[float, float]:
     """(accuracy in %, mean loss) from ``[correct, total, loss sum]``."""
     correct, total, loss_sum = counts
     return 100.0 * correct / max(total, 1), loss_sum / max(total, 1)
+
+
+def _moving_estimates(layer: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """(mu, sigma) that ``layer`` normalizes with at inference, sigma with eps inside as
+    the layer applies it; None for layers without a moving mean (MABN, GroupNorm, ...)."""
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        if not layer.track_running_stats or layer.running_mean is None:
+            return None
+        return layer.running_mean.double(), (layer.running_var.double() + layer.eps).sqrt()
+    if isinstance(layer, BatchRenorm1d | BatchRenorm2d | MovingAverageNorm1d | MovingAverageNorm2d):
+        return layer.running_mean.double(), layer.running_std.double()  # eps already inside
+    return None
+
+
+@torch.inference_mode()
+def moving_average_errors(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+                          all_reduce: Callable[[Tensor], object] | None = None,
+                          group_size: int | None = None) -> dict[str, float]:
+    """Per layer, the channel means of |mu_ema - mu_pop| / sigma_pop and |sigma_ema / sigma_pop - 1|:
+    whether inference is let down by the moving averages rather than the weights. mu_pop,
+    var_pop: biased statistics of the layer's input over ``batches`` in eval mode (what the
+    inference network gives it); sigma_pop = sqrt(var_pop + eps). Keys ``ema_error/{mean,std}``
+    (mean over layers) and ``ema_error/<layer>/{mean,std}``; {} without such layers.
+
+    ``group_size`` (examples per normalization group: the per-worker batch) adds the
+    reference the errors are to be read against, the noise of the batch statistics
+    training normalized with: each hooked batch is cut into consecutive groups of
+    ``group_size`` examples (a remainder smaller than that is left out of the groups,
+    not of the population), each group's mu_B and sigma_B = sqrt(var_B + eps) (biased,
+    over examples and space) give |mu_B - mu_pop| / sigma_pop and |sigma_B / sigma_pop - 1|,
+    averaged over groups and channels: keys ``batch_noise/{mean,std}`` (mean over
+    layers) and ``batch_noise/<layer>/{mean,std}``, none where no batch held a group.
+
+    ``all_reduce`` (``torch.distributed.all_reduce``, in place, summing) adds up the
+    shards' population sums first; with ``group_size`` a second call sums the shards'
+    error sums and group counts, taken against that global population (every process
+    makes both calls, whether or not its shard held a group)."""
+    if group_size is not None and group_size < 1:
+        raise ValueError(f"group_size={group_size!r} must be a positive number of examples")
+    layers = [(name or "layer", m) for name, m in model.named_modules() if _moving_estimates(m) is not None]
+    if not layers:
+        return {}
+    device, to_model = _device(model), _to_model(model)
+    # Per layer, rows [sum x, sum x^2, count] per channel, in one buffer for one all-reduce.
+    flat = torch.zeros(sum(3 * m.num_features for _, m in layers), dtype=torch.float64, device=device)
+    sums = [part.view(3, -1) for part in flat.split([3 * m.num_features for _, m in layers])]
+    # Per layer, the groups' [mu_B, sigma_B] (2 x groups x channels each), kept on the
+    # device until the population is known: small next to the activations.
+    groups: list[list[Tensor]] = [[] for _ in layers]
+
+    def accumulate(acc: Tensor, stats: list[Tensor], eps: float) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
+        def hook(_: nn.Module, args: tuple[Tensor, ...]) -> None:
+            x = args[0].double()
+            dims = [d for d in range(x.dim()) if d != 1]
+            acc[0] += x.sum(dims)
+            acc[1] += x.square().sum(dims)
+            acc[2] += x.numel() // x.shape[1]
+            whole = x.shape[0] // group_size if group_size is not None else 0
+            if whole:
+                # (groups, group_size, C, ...): statistics over dim 1 and the spatial dims.
+                cut = x[:whole * group_size].reshape(whole, group_size, *x.shape[1:])
+                var, mean = torch.var_mean(cut, dim=[1, *range(3, cut.dim())], correction=0)
+                stats.append(torch.stack([mean, (var + eps).sqrt()]))
+        return hook
+
+    modes = [(m, m.training) for m in model.modules()]
+    handles = [m.register_forward_pre_hook(accumulate(acc, stats, m.eps))
+               for (_, m), acc, stats in zip(layers, sums, groups, strict=True)]
+    try:
+        model.eval()
+        for x, _ in batches:
+            model(to_model(x))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, training in modes:
+            m.train(training)
+    if all_reduce is not None:
+        all_reduce(flat)
+    rows = []
+    # Per layer [sum of |mu_B - mu| / sigma, sum of |sigma_B / sigma - 1|, groups]: sums, so
+    # the shards' add up once each has taken its groups against the global population.
+    noise = torch.zeros(len(layers), 3, dtype=torch.float64, device=device)
+    for i, ((_, layer), (total, squares, count), stats) in enumerate(zip(layers, sums, groups, strict=True)):
+        mu_ema, sigma_ema = _moving_estimates(layer)
+        mu = total / count
+        sigma = ((squares / count - mu.square()).clamp_min(0) + layer.eps).sqrt()
+        rows.append(torch.stack([((mu_ema - mu).abs() / sigma).mean(),
+                                 (sigma_ema / sigma - 1).abs().mean(), count[0]]))
+        if stats:
+            mu_b, sigma_b = torch.cat(stats, dim=1)
+            noise[i, 0] = ((mu_b - mu).abs() / sigma).sum()
+            noise[i, 1] = (sigma_b / sigma - 1).abs().sum()
+            noise[i, 2] = mu_b.shape[0]
+    if group_size is not None and all_reduce is not None:
+        all_reduce(noise)
+    # The one host sync; a layer the forward never reached has no population.
+    values = torch.cat([torch.stack(rows), noise], dim=1).tolist()
+    reached = [(name, layer, v) for (name, layer), v in zip(layers, values, strict=True) if v[2] > 0]
+    out = {f"ema_error/{name}/{kind}": v[i] for name, _, v in reached for i, kind in enumerate(("mean", "std"))}
+    for i, kind in enumerate(("mean", "std") if reached else ()):
+        out[f"ema_error/{kind}"] = sum(v[i] for _, _, v in reached) / len(reached)
+    # Means over groups and channels, then over the layers that saw a group.
+    grouped = [(name, [v[3] / (v[5] * layer.num_features), v[4] / (v[5] * layer.num_features)])
+               for name, layer, v in reached if v[5] > 0]
+    for name, v in grouped:
+        out[f"batch_noise/{name}/mean"], out[f"batch_noise/{name}/std"] = v
+    for i, kind in enumerate(("mean", "std") if grouped else ()):
+        out[f"batch_noise/{kind}"] = sum(v[i] for _, v in grouped) / len(grouped)
+    return out
 
 
 class _MinibatchNorm(nn.Module):

@@ -37,13 +37,10 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def curves_figure(frame: pd.DataFrame, curves: pd.DataFrame, by: list[str], metric: str,
-                  path: Path, title: str, log_y: bool = False) -> Path | None:
-    """``metric`` against the step, mean over seeds with a +-1 std band per condition."""
-    if curves.empty or metric not in curves.columns:
-        return None
+def _draw_curves(ax, frame: pd.DataFrame, curves: pd.DataFrame, by: list[str], metric: str) -> None:
+    """``metric`` against the step on ``ax``, mean over seeds with a +-1 std band per
+    condition; a diverged run is an ``x`` at the step it diverged."""
     merged = curves.merge(frame[["run_dir", "status", "diverged_step", *by]], on="run_dir")
-    fig, ax = plt.subplots(figsize=(7, 4.2))
     for key, group in merged.groupby(by, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         per_step = group.groupby("step")[metric].agg(["mean", "std", "count"]).reset_index()
@@ -59,12 +56,67 @@ def curves_figure(frame: pd.DataFrame, curves: pd.DataFrame, by: list[str], metr
             ax.plot([step], [y], "x", color=line.get_color(), markersize=9, mew=2)
     ax.set_xlabel("training step")
     ax.set_ylabel(metric.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def curves_figure(frame: pd.DataFrame, curves: pd.DataFrame, by: list[str], metric: str,
+                  path: Path, title: str, log_y: bool = False) -> Path | None:
+    """``metric`` against the step, mean over seeds with a +-1 std band per condition."""
+    if curves.empty or metric not in curves.columns:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    _draw_curves(ax, frame, curves, by, metric)
     if log_y:
         ax.set_yscale("log")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def ema_error_figure(frame: pd.DataFrame, curves: pd.DataFrame, by: list[str], path: Path,
+                     title: str) -> Path | None:
+    """The moving averages' error against the population statistics of each layer's
+    input (``ema_error/mean``, ``ema_error/std``: mean over layers) against the step,
+    side by side: whether inference suffers from the moving averages themselves. Only
+    the norms that keep moving statistics (the others have no such column); log y, as
+    the error falls by orders of magnitude once the averages settle. Where the runs
+    logged it, the same measure for the per-worker batch statistics (``batch_noise/...``)
+    is a dashed line of each condition's colour: the reference, as the moving averages
+    should be nearer the population than a batch is before BRN's relaxation starts."""
+    keys = ("ema_error/mean", "ema_error/std")
+    if curves.empty or not set(keys) <= set(curves.columns):
+        return None
+    having = frame["run_dir"].isin(curves.loc[curves[keys[0]].notna(), "run_dir"])
+    if not having.any():
+        return None
+    # Every run of a norm that has the metric, its diverged runs included.
+    frame = frame[frame["norm.type"].isin(frame.loc[having, "norm.type"])] if "norm.type" in frame else frame[having]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    whats = ("moving mean: |mu_ema - mu_pop| / sigma_pop", "moving std: |sigma_ema / sigma_pop - 1|")
+    for ax, metric, what in zip(axes, keys, whats, strict=True):
+        _draw_curves(ax, frame, curves, by, metric)
+        _draw_batch_noise(ax, frame, curves, by, metric.replace("ema_error/", "batch_noise/"))
+        ax.set_yscale("log")
+        ax.set_ylabel("mean over channels and layers")
+        ax.set_title(what, fontsize=10)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _draw_batch_noise(ax, frame: pd.DataFrame, curves: pd.DataFrame, by: list[str], metric: str) -> None:
+    """``metric`` (mean over seeds) dashed, in the colour ``_draw_curves`` gave each
+    condition on ``ax``: its labelled lines come one per condition, in the same order."""
+    if metric not in curves.columns or curves[metric].isna().all():
+        return
+    merged = curves.merge(frame[["run_dir", *by]], on="run_dir")
+    drawn = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+    conditions = [group for _, group in merged.groupby(by, dropna=False, sort=True)]
+    for group, line in zip(conditions, drawn, strict=True):
+        per_step = group.groupby("step")[metric].mean().dropna()
+        if len(per_step):
+            ax.plot(per_step.index, per_step.to_numpy(), "--", color=line.get_color(), label="_batch_noise")
+    ax.plot([], [], "--", color="gray", label="dashed: per-worker batch statistics (batch_noise)")
+    ax.legend(fontsize=7)
 
 
 def batch_size_figure(frame: pd.DataFrame, path: Path, title: str) -> Path | None:
@@ -142,4 +194,6 @@ def experiment_figures(experiment: str, frame: pd.DataFrame, curves: pd.DataFram
                                      "training loss", log_y=True))
         figures.append(curves_figure(frame, mine, by, "weight_norm", out / "weight_norm_vs_step.png",
                                      "global weight norm", log_y=True))
+    figures.append(ema_error_figure(frame, mine, by, out / "ema_error_vs_step.png",
+                                    f"{experiment}: moving averages vs population statistics"))
     return [f for f in figures if f is not None]

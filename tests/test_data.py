@@ -5,6 +5,7 @@ the in-memory loader against hand-computed values."""
 import gzip
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 import brn_repro.data.sources as sources
+from brn_repro.config import ConfigError, norm_batch, norm_options, validate
 from brn_repro.data import (
     DatasetError,
     DatasetNotFoundError,
@@ -19,6 +21,7 @@ from brn_repro.data import (
     InMemoryBatches,
     NonIIDSampler,
     NonIIDSplitSampler,
+    TrainingData,
     augment,
     build_dataset,
     build_sampler,
@@ -296,8 +299,9 @@ def test_noniid_recipe_must_fill_the_per_worker_batch():
         assert key in message
     with pytest.raises(ValueError, match="sampler.type='shuffled'.*iid, noniid, noniid_split"):
         build_sampler("shuffled", class_labels(), 2, 32, 0)
-    with pytest.raises(ValueError, match="even"):
-        build_sampler("noniid_split", class_labels(), 1, 6, 0, labels_per_batch=2, images_per_label=3)
+    with pytest.raises(ValueError, match="images_per_label=1 must be at least 2") as err:
+        build_sampler("noniid_split", class_labels(), 1, 3, 0, labels_per_batch=3, images_per_label=1)
+    assert "\n" not in str(err.value)
 
 
 def test_noniid_draws_only_labels_that_exist():
@@ -307,20 +311,68 @@ def test_noniid_draws_only_labels_that_exist():
     assert set(drawn.tolist()) == {0, 3, 7}
 
 
-@pytest.mark.parametrize("images_per_label", [2, 4])
-def test_noniid_split_puts_each_labels_images_in_both_halves(images_per_label):
-    labels = class_labels()
-    sampler = build_sampler("noniid_split", labels, 3, 4 * images_per_label, 0,
-                            labels_per_batch=4, images_per_label=images_per_label)
-    assert isinstance(sampler, NonIIDSplitSampler)
-    half = images_per_label // 2
+def split_norm_batch(labels_per_batch, images_per_label):
+    """``config.norm_batch`` of a noniid_split run with this recipe."""
+    return norm_batch({"data": {"per_worker_batch": labels_per_batch * images_per_label},
+                       "sampler": {"type": "noniid_split", "labels_per_batch": labels_per_batch,
+                                   "images_per_label": images_per_label}})
+
+
+@pytest.mark.parametrize("labels_per_batch,images_per_label", [(16, 2), (2, 4), (3, 3), (4, 5)])
+def test_noniid_split_norm_batch_is_the_labels_per_batch(labels_per_batch, images_per_label):
+    # The paper's control at 16 x 2: two halves of 16. For I images per label: I groups of L.
+    assert split_norm_batch(labels_per_batch, images_per_label) == labels_per_batch
+    unsplit = {"data": {"per_worker_batch": labels_per_batch * images_per_label},
+               "sampler": {"type": "noniid", "labels_per_batch": labels_per_batch,
+                           "images_per_label": images_per_label}}
+    assert norm_batch(unsplit) == labels_per_batch * images_per_label
+
+
+def one_image_from_each(group, draws):
+    """Whether ``group`` is one image of each draw (a drawn label's images), one to one.
+    A perfect matching, not a set intersection: a label drawn twice (with replacement)
+    may hand both draws the same image."""
+    if len(group) != len(draws):
+        return False
+    owner = [None] * len(draws)  # owner[k]: the position in group given to draw k
+
+    def assign(i, seen):
+        for k, images in enumerate(draws):
+            if group[i] in images and k not in seen:
+                seen.add(k)
+                if owner[k] is None or assign(owner[k], seen):
+                    owner[k] = i
+                    return True
+        return False
+
+    return all(assign(i, set()) for i in range(len(group)))
+
+
+@pytest.mark.parametrize("labels_per_batch,images_per_label", [(16, 2), (2, 4), (3, 3)])
+def test_noniid_split_groups_hold_one_image_of_each_drawn_label(labels_per_batch, images_per_label):
+    """The paper's split control: every normalization group (``norm_batch`` consecutive
+    examples) holds exactly one image of each of the worker's drawn labels, and the
+    worker's groups together are exactly its unsplit (noniid) draw."""
+    labels, workers = class_labels(), 3
+    size, group = labels_per_batch * images_per_label, split_norm_batch(labels_per_batch, images_per_label)
+    split = build_sampler("noniid_split", labels, workers, size, 11,
+                          labels_per_batch=labels_per_batch, images_per_label=images_per_label)
+    plain = build_sampler("noniid", labels, workers, size, 11,
+                          labels_per_batch=labels_per_batch, images_per_label=images_per_label)
+    assert isinstance(split, NonIIDSplitSampler)
     for _ in range(20):
-        batch = sampler.next().view(3, 2, 4, half)  # worker, half, label slot, image
-        first, second = labels[batch[:, 0]], labels[batch[:, 1]]
-        assert torch.equal(first, second)  # slot k of each half: the same drawn label
-        assert (first == first[..., :1]).all()
-        pooled = batch.permute(0, 2, 1, 3).reshape(3, 4, -1)  # each label group, both halves
-        assert all(len(set(g.tolist())) == images_per_label for g in pooled.reshape(-1, images_per_label))
+        batch, draw = split.next(), plain.next()
+        assert batch.shape == draw.shape == (workers * size,)
+        for w in range(workers):
+            mine = batch[w * size:(w + 1) * size]
+            # noniid lays a worker's draw out label by label: (drawn label, its images)
+            drawn = draw[w * size:(w + 1) * size].view(labels_per_batch, images_per_label)
+            assert sorted(mine.tolist()) == sorted(drawn.flatten().tolist())  # the same images
+            groups = mine.view(-1, group)
+            assert len(groups) == images_per_label
+            for g in groups:
+                assert one_image_from_each(g.tolist(), drawn.tolist())
+                assert sorted(labels[g].tolist()) == sorted(labels[drawn[:, 0]].tolist())
 
 
 def test_iid_covers_each_example_once_per_epoch_and_reshuffles():
@@ -433,3 +485,110 @@ def test_evaluation_chunks_subsets_and_noniid_test_batches():
     assert torch.equal(rows[:2], noniid_test_indices(tensors.test_y, 3, 2, seed=5, batches=2))
     served = list(batches.noniid_test_batches(3, 2, seed=5))
     assert len(served) == 5 and torch.equal(served[0][1], tensors.test_y[rows[0]])
+
+
+@pytest.mark.parametrize("eval_labels,eval_images", [(5, 4), (10, 2), (3, 3)])
+def test_probe_test_batches_hold_eval_labels_distinct_labels_of_eval_images_each(eval_labels, eval_images):
+    """The minibatch-statistics probe's batches (paper: 25 labels x 2 images): each is
+    ``eval_labels`` different labels, ``eval_images`` different images of each."""
+    labels = class_labels(n_per_class=12)  # 10 classes
+    rows = noniid_test_indices(labels, eval_labels, eval_images, seed=3, batches=40)
+    assert rows.shape == (40, eval_labels * eval_images)
+    for row in rows:
+        assert len(set(row.tolist())) == eval_labels * eval_images  # no image twice
+        per_label = {}
+        for label in labels[row].tolist():
+            per_label[label] = per_label.get(label, 0) + 1
+        assert len(per_label) == eval_labels and set(per_label.values()) == {eval_images}
+    tensors = tiny_tensors(n_test=40)
+    tensors.test_y = torch.arange(40) // 4  # 10 classes of 4 test images
+    served = list(InMemoryBatches(tensors).noniid_test_batches(eval_labels, eval_images, batches=6))
+    assert len(served) == 6
+    assert all(len(set(y.tolist())) == eval_labels for _, y in served)
+
+
+def test_probe_with_more_labels_than_the_test_set_has_fails_in_one_line():
+    with pytest.raises(ValueError) as err:
+        noniid_test_indices(class_labels(n_per_class=4), labels_per_batch=11, images_per_label=2)
+    message = str(err.value)
+    assert "train.minibatch_eval_labels=11" in message and "10" in message and "\n" not in message
+
+
+# --- Fig 3 configs: the split control and the probe, as the paper ran them --------------------
+
+
+def fig3_config(condition, *overrides, profile="quick"):
+    """A resolved point of the fig3_noniid sweep (no data is read)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=fig3_noniid", f"profile={profile}",
+                                           f"+fig3={condition}", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_quick_fig3_split_normalizes_groups_of_one_image_per_label_and_probes_more_labels():
+    config = fig3_config("bn_split")
+    validate(config)
+    sampler, train = config["sampler"], config["train"]
+    assert (sampler["labels_per_batch"], sampler["images_per_label"]) == (2, 4)
+    assert norm_batch(config) == norm_options(config)["per_worker_batch"] == 2
+    assert train["minibatch_eval_images"] == sampler["images_per_label"]
+    assert sampler["labels_per_batch"] < train["minibatch_eval_labels"] <= 10
+    for condition in ("bn_noniid", "brn_noniid", "bn_iid"):
+        validate(fig3_config(condition))
+    paper = fig3_config("bn_split", profile="paper")
+    validate(paper)
+    assert norm_batch(paper) == 16  # the paper's two halves of 16
+
+
+@pytest.mark.parametrize("overrides,needles", [
+    (["noniid_recipe.eval_images=2"], ["train.minibatch_eval_images=2", "sampler.images_per_label=4"]),
+    (["noniid_recipe.eval_labels=2"], ["train.minibatch_eval_labels=2", "sampler.labels_per_batch=2"]),
+    (["noniid_recipe.eval_labels=1"], ["train.minibatch_eval_labels=1", "noniid_recipe.eval_labels"]),
+    (["noniid_recipe.eval_labels=11"], ["train.minibatch_eval_labels=11", "10 classes"]),
+])
+@pytest.mark.parametrize("condition", ["bn_noniid", "bn_split"])
+def test_probe_mistakes_are_one_line_config_errors(condition, overrides, needles):
+    with pytest.raises(ConfigError) as err:
+        validate(fig3_config(condition, *overrides))
+    message = str(err.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message
+
+
+def test_split_with_one_image_per_label_is_a_one_line_config_error():
+    config = fig3_config("bn_split", "noniid_recipe.images_per_label=1", "noniid_recipe.labels_per_batch=8",
+                         "noniid_recipe.eval_images=1", "noniid_recipe.eval_labels=9",
+                         "dataset=cifar100")
+    with pytest.raises(ConfigError) as err:
+        validate(config)
+    assert "sampler.images_per_label=1" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_probe_recipe_is_only_checked_when_the_probe_is_on():
+    validate(fig3_config("bn_noniid", "noniid_recipe.eval_images=2", "noniid_recipe.eval_labels=2",
+                         "train.minibatch_stats_eval=false"))
+    # i.i.d. training has no label structure to keep; only the test set's classes bound the probe
+    validate(fig3_config("bn_iid", "noniid_recipe.eval_images=2", "noniid_recipe.eval_labels=2"))
+    with pytest.raises(ConfigError, match="train.minibatch_eval_labels=11"):
+        validate(fig3_config("bn_iid", "noniid_recipe.eval_labels=11"))
+
+
+def test_probe_labels_beyond_an_imagefolders_classes_fail_before_training(tmp_path):
+    """An ImageFolder's classes are known only once its folders are read: the data
+    pipeline draws a probe batch up front, so the mistake is one line before step 1."""
+    write_pngs(tmp_path, {"cat": (1, 2, 3), "dog": (4, 5, 6)})  # 2 classes, 2 images each
+    config = fig3_config("bn_noniid", f"dataset.root={tmp_path}", "dataset.image_size=32",
+                         "dataset.loader_workers=0", "noniid_recipe.labels_per_batch=1",
+                         "noniid_recipe.images_per_label=2", "noniid_recipe.eval_labels=3",
+                         "noniid_recipe.eval_images=2", "data.global_batch=2", profile="paper")
+    validate(config)  # the classes are not known to the config
+    with pytest.raises(ValueError) as err:
+        TrainingData(config)
+    assert "train.minibatch_eval_labels=3" in str(err.value) and "\n" not in str(err.value)
+    config["train"]["minibatch_eval_labels"] = 2
+    TrainingData(config)

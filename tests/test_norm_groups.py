@@ -87,7 +87,7 @@ def test_per_worker_batch_1_on_images_normalizes_each_example_over_h_w():
 
 def test_moving_average_norm_normalizes_with_previous_averages_and_no_stat_gradient():
     alpha = 0.1
-    layer = MovingAverageNorm2d(2, momentum=alpha, per_worker_batch=2).double()
+    layer = MovingAverageNorm2d(2, momentum=alpha, per_worker_batch=2, init_from_batch=False).double()
     with torch.no_grad():
         layer.running_mean.copy_(torch.tensor([0.5, -1.0]))
         layer.running_std.copy_(torch.tensor([2.0, 0.5]))
@@ -105,6 +105,34 @@ def test_moving_average_norm_normalizes_with_previous_averages_and_no_stat_gradi
     sigma_b = torch.stack([torch.sqrt(c.var((0, 2, 3), unbiased=False) + layer.eps) for c in groups]).mean(0)
     torch.testing.assert_close(layer.running_mean, mu + alpha * (mu_b - mu))
     torch.testing.assert_close(layer.running_std, sigma + alpha * (sigma_b - sigma))
+
+
+def test_moving_average_norm_starts_its_averages_at_the_first_batch():
+    """Step 0 normalizes with the first batch's statistics (mean over worker groups,
+    sigma = sqrt(var + eps)), not with 0 / 1; step 1 with the averages it left."""
+    layer = MovingAverageNorm2d(2, momentum=0.1, per_worker_batch=2, affine=False).double()
+    v = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
+    x = torch.randn(4, 2, 3, 3, dtype=torch.float64) * 5 + 3
+    groups = x.split(2)
+    mu_b = torch.stack([c.mean((0, 2, 3)) for c in groups]).mean(0)
+    sigma_b = torch.stack([torch.sqrt(c.var((0, 2, 3), unbiased=False) + layer.eps) for c in groups]).mean(0)
+    torch.testing.assert_close(layer(x), (x - v(mu_b)) / v(sigma_b))
+    torch.testing.assert_close(layer.running_mean, mu_b)  # lerp of the batch towards itself
+    torch.testing.assert_close(layer.running_std, sigma_b)
+    x2 = torch.randn(4, 2, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(layer(x2), (x2 - v(mu_b)) / v(sigma_b))  # no re-initialization
+
+
+def test_moving_average_norm_swapped_into_a_pretrained_model_keeps_its_statistics():
+    from brn_repro.norm import build_norm, swap_norm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    with torch.no_grad():
+        model[1].running_mean.copy_(torch.tensor([1.0, 2.0]))
+    swap_norm(model, build_norm("moving_average"))
+    model(torch.randn(4, 1, 3, 3))
+    assert not model[1].init_from_batch
+    assert model[1].running_mean[1] > 1.9  # moved by one update at alpha 0.01, not reset
 
 
 def test_batch_not_divisible_by_per_worker_batch_names_both_numbers():

@@ -11,7 +11,7 @@ uninterrupted one.
 Evaluation reads the test set in fixed chunks, a fixed training subset (for
 "train accuracy in inference mode"), or non-i.i.d. test batches (the paper's
 Fig 3 control: batchnorm evaluated with minibatch statistics on test batches of
-25 labels x 2 images).
+25 distinct labels x 2 images: the training groups' 2 images per label, more labels).
 """
 
 from __future__ import annotations
@@ -78,9 +78,18 @@ def noniid_test_indices(labels: Tensor, labels_per_batch: int = 25, images_per_l
                         seed: int = NONIID_TEST_SEED, batches: int | None = None) -> Tensor:
     """(batches, labels_per_batch * images_per_label) test indices drawn the
     non-i.i.d. way; by default as many batches as the test set fills once. Drawn one
-    batch at a time, so the first k batches do not depend on how many are asked for."""
+    batch at a time, so the first k batches do not depend on how many are asked for.
+
+    A batch's labels are distinct (drawn without replacement): the probe asks whether
+    batch statistics of MORE labels than a training group (paper: 25 vs 16, each x 2
+    images) still classify, and a repeated label would quietly give it fewer."""
+    present = int(labels.unique().numel())
+    if labels_per_batch > present:
+        raise ValueError(f"train.minibatch_eval_labels={labels_per_batch} exceeds the {present} labels "
+                         f"of the test set (a probe batch holds distinct labels); set "
+                         f"noniid_recipe.eval_labels to at most {present}")
     size = labels_per_batch * images_per_label
-    sampler = NonIIDSampler(labels, 1, size, seed, labels_per_batch, images_per_label)
+    sampler = NonIIDSampler(labels, 1, size, seed, labels_per_batch, images_per_label, replace=False)
     count = batches if batches is not None else max(1, len(labels) // size)
     return torch.stack([sampler.next() for _ in range(count)])
 
@@ -140,8 +149,8 @@ class InMemoryBatches:
 
     def noniid_test_batches(self, labels_per_batch: int = 25, images_per_label: int = 2,
                             seed: int = NONIID_TEST_SEED, batches: int | None = None):
-        """Test batches drawn the non-i.i.d. way (paper: 25 labels x 2), one per
-        yield, the same for every run: to evaluate with minibatch statistics."""
+        """Test batches drawn the non-i.i.d. way (paper: 25 distinct labels x 2), one
+        per yield, the same for every run: to evaluate with minibatch statistics."""
         rows = noniid_test_indices(self.tensors.test_y, labels_per_batch, images_per_label,
                                    seed, batches)
         for row in rows:

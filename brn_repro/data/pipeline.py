@@ -80,6 +80,10 @@ class TrainingData:
                                      data["per_worker_batch"], seed, sampler_cfg.get("labels_per_batch"),
                                      sampler_cfg.get("images_per_label"))
         self.global_batch = self.sampler.global_batch
+        if train.get("minibatch_stats_eval"):
+            # The probe's batches are drawn at evaluation time, after training has begun;
+            # draw one now so a recipe this test set cannot fill fails before training.
+            noniid_test_indices(self.test_labels, *self.eval_recipe, batches=1)
         self.rank, self.world_size = rank, world_size
         part = self.global_batch // world_size
         self.local = slice(rank * part, (rank + 1) * part)
@@ -128,7 +132,7 @@ class TrainingData:
         return self._stream_batches(self.train_set, idx)
 
     def noniid_test_batches(self, size: int | None = None):
-        """Test batches drawn the non-i.i.d. way (paper: 25 labels x 2), fixed across
+        """Test batches drawn the non-i.i.d. way (paper: 25 distinct labels x 2), fixed across
         runs: as many as fill the test set once, or the first ones holding ``size``
         examples (each batch costs a forward pass of its own: small and many)."""
         labels, images = self.eval_recipe

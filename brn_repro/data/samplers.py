@@ -12,11 +12,15 @@ checkpoint sees the same batches as an uninterrupted one.
 - ``noniid``: the paper's recipe (section 4, Fig 3): each per-worker batch is
   ``labels_per_batch`` labels drawn with replacement, ``images_per_label``
   distinct random images of each.
-- ``noniid_split``: the paper's "batchnorm on half-minibatches" control: the same
-  draws, but each label's images are split across the two halves of the
-  per-worker batch. Use it with normalization groups of ``per_worker_batch // 2``
-  (``brn_repro.config.norm_batch`` does): each half then holds one image of each
-  drawn pair, so neither half sees a label twice from the same pair.
+- ``noniid_split``: the paper's "batchnorm on half-minibatches" control (16 labels
+  x 2 images, each half normalized on its own and holding one image of each drawn
+  pair). Generalized to I images per label: the same draws, laid out as I groups
+  of ``labels_per_batch`` images, group i holding image i of every drawn label.
+  Normalize in groups of ``per_worker_batch // images_per_label``
+  (``brn_repro.config.norm_batch`` does): then no normalization group sees a label
+  twice from one draw, which is what removes the label structure BN overfits to.
+  Splitting each label's images across only two halves would leave I/2 images of
+  a label in each half, the unsplit batch's structure for I > 2.
 """
 
 from __future__ import annotations
@@ -82,10 +86,14 @@ class IIDSampler(GlobalBatchSampler):
 class NonIIDSampler(GlobalBatchSampler):
     """Per-worker batch = ``labels_per_batch`` labels drawn with replacement (from the
     labels present) x ``images_per_label`` distinct random images of each, laid out
-    label group by label group: ``[w*b + g*I : w*b + (g+1)*I]`` is group g of worker w."""
+    label group by label group: ``[w*b + g*I : w*b + (g+1)*I]`` is group g of worker w.
+
+    ``replace=False`` draws the labels of a per-worker batch without replacement:
+    the minibatch-statistics probe's test batches, whose point is to hold more
+    distinct labels than a training group (``noniid_test_indices``)."""
 
     def __init__(self, labels: Tensor, workers: int, per_worker_batch: int, seed: int,
-                 labels_per_batch: int, images_per_label: int):
+                 labels_per_batch: int, images_per_label: int, *, replace: bool = True):
         super().__init__(labels, workers, per_worker_batch, seed)
         if not labels_per_batch or not images_per_label or \
                 labels_per_batch * images_per_label != per_worker_batch:
@@ -99,6 +107,10 @@ class NonIIDSampler(GlobalBatchSampler):
         self.counts = torch.bincount(labels, minlength=self.num_classes)
         self.offsets = torch.cumsum(self.counts, 0) - self.counts
         self.present = self.counts.nonzero().flatten()
+        self.replace = replace
+        if not replace and labels_per_batch > len(self.present):
+            raise ValueError(f"{labels_per_batch} distinct labels per batch exceed the "
+                             f"{len(self.present)} labels present")
         short = int(self.counts[self.present].min())
         if short < images_per_label:
             raise ValueError(f"sampler.images_per_label={images_per_label} exceeds the {short} "
@@ -107,7 +119,12 @@ class NonIIDSampler(GlobalBatchSampler):
     def draw(self, groups: int) -> Tensor:
         """(groups, labels_per_batch, images_per_label) indices, one vectorized draw."""
         shape = (groups, self.labels_per_batch)
-        drawn = self.present[torch.randint(len(self.present), shape, generator=self.generator)]
+        if self.replace:
+            slots = torch.randint(len(self.present), shape, generator=self.generator)
+        else:  # a random permutation of the labels per group, cut to labels_per_batch
+            slots = torch.rand(groups, len(self.present), generator=self.generator).argsort(-1)
+            slots = slots[:, :self.labels_per_batch]
+        drawn = self.present[slots]
         counts = self.counts[drawn].unsqueeze(-1)
         u = torch.rand(*shape, self.images_per_label, generator=self.generator)
         positions = (u * counts).long()
@@ -125,23 +142,22 @@ class NonIIDSampler(GlobalBatchSampler):
 
 
 class NonIIDSplitSampler(NonIIDSampler):
-    """``NonIIDSampler``'s draws, each label's images split across the per-worker
-    batch's halves: worker w's batch is ``[first I/2 images of every drawn label |
-    the other I/2 of every drawn label]``, slot k of each half from the same label.
-    Normalize in groups of ``per_worker_batch // 2`` to get the paper's control."""
+    """``NonIIDSampler``'s draws, transposed within each worker: worker w's batch is
+    I groups of L (``images_per_label`` x ``labels_per_batch``), group i holding
+    image i of every drawn label, slot k of every group from the same drawn label.
+    Normalize in groups of ``per_worker_batch // images_per_label`` (= L) to get the
+    paper's control; with I = 2 these are its two half-minibatches."""
 
     def __init__(self, labels: Tensor, workers: int, per_worker_batch: int, seed: int,
                  labels_per_batch: int, images_per_label: int):
         super().__init__(labels, workers, per_worker_batch, seed, labels_per_batch, images_per_label)
-        if self.images_per_label % 2:
-            raise ValueError(f"sampler.images_per_label={self.images_per_label} must be even for "
-                             "noniid_split (each label's images are split across the halves)")
+        if self.images_per_label < 2:
+            raise ValueError(f"sampler.images_per_label={self.images_per_label} must be at least 2 for "
+                             "noniid_split (one group per image of each label); use sampler=noniid")
 
     def next(self) -> Tensor:
-        idx = self.draw(self.workers)  # (W, L, I)
-        half = self.images_per_label // 2
-        return torch.cat([idx[..., :half].reshape(self.workers, -1),
-                          idx[..., half:].reshape(self.workers, -1)], dim=1).reshape(-1)
+        # (W, L, I) -> (W, I, L): the same draws (the same generator calls) as noniid.
+        return self.draw(self.workers).transpose(1, 2).reshape(-1)
 
 
 def build_sampler(kind: str, labels: Tensor, workers: int, per_worker_batch: int, seed: int,

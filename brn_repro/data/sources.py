@@ -41,6 +41,9 @@ STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagefolder")
+# Classes of the built-in sets, known before any file is read (config validation
+# checks the probe's labels per batch against them); an ImageFolder's come from its folders.
+NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -147,7 +150,7 @@ def _from_idx(files: dict[str, Path]) -> DatasetTensors:
         train_y=torch.from_numpy(arrays["train_y"].astype(np.int64)),
         test_x=torch.from_numpy(arrays["test_x"].copy()).unsqueeze(1),
         test_y=torch.from_numpy(arrays["test_y"].astype(np.int64)),
-        num_classes=10, mean=mean, std=std,
+        num_classes=NUM_CLASSES["fashion_mnist"], mean=mean, std=std,
     )
 
 
@@ -265,7 +268,7 @@ def load_cifar(name: str, root: str | Path | None, download: bool = True,
     if name not in CIFAR_FOLDERS:
         raise ValueError(f"load_cifar name={name!r}; use cifar10 or cifar100")
     cache = Path(root) if root else default_cache() if cache is None else Path(cache)
-    classes, label_key = (10, b"labels") if name == "cifar10" else (100, b"fine_labels")
+    classes, label_key = NUM_CLASSES[name], b"labels" if name == "cifar10" else b"fine_labels"
     places = [cache]  # dataset.root alone when given (a download goes there too)
     files = next((f for f in (_cifar_files(name, p) for p in places) if f), None)
     if files is None:

@@ -11,6 +11,13 @@ the harness can measure it instead of quoting it:
     mu    += alpha * (mu_B - mu)                  # updated after normalizing, from the batch
     sigma += alpha * (sigma_B - sigma)            # (per-worker groups: mean over groups)
 
+The averages start from the first training batch's statistics (``init_from_batch``,
+the default), not from 0 / 1: a fresh layer would otherwise leave its input
+unnormalized for the first ~1/alpha steps, a transient that can blow a run up for
+reasons that have nothing to do with the question asked (the one divergence of
+the first reproduction was that). Layers given pretrained statistics (``swap_norm``)
+keep them.
+
 ``momentum`` (alpha) may follow a schedule; "decay started small and raised
 later" is a large alpha at first (fast tracking) falling to a small one, e.g.
 ``Linear(start=0.5, end=0.01, start_step=0, end_step=1000)``.
@@ -20,6 +27,7 @@ Inference is identical to batchnorm and Batch Renorm with the same statistics.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from brn_repro.norm._grouped import (
@@ -47,11 +55,13 @@ class _MovingAverageNorm(StepCounter):
         momentum: float | Schedule = 0.01,
         per_worker_batch: int | None = None,
         affine: bool = True,
+        init_from_batch: bool = True,
     ) -> None:
         super().__init__()
         self.num_features = num_features
         self.eps = check_eps(eps)
         self.momentum = check_momentum(momentum)
+        self.init_from_batch = bool(init_from_batch)
         self.per_worker_batch = check_per_worker_batch(per_worker_batch)
         self.affine = affine
         if affine:
@@ -67,26 +77,52 @@ class _MovingAverageNorm(StepCounter):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"per_worker_batch={self.per_worker_batch}, affine={self.affine}"
+            f"per_worker_batch={self.per_worker_batch}, affine={self.affine}, "
+            f"init_from_batch={self.init_from_batch}"
         )
 
     def forward(self, x: Tensor) -> Tensor:
         check_input_dim(x, self._input_dims, type(self).__name__)
+        if not self.training:
+            return normalize(x, self.running_mean, self.running_std.square(), self.weight, self.bias)
+        groups = num_groups(x, self.per_worker_batch)
+        step = self._advance_step()
+        alpha = as_rate(self.momentum(step), self.running_mean)
+        with torch.no_grad():
+            if fused_kernels():
+                batch_mean, batch_var = batch_stats(to_groups(x.detach(), groups))
+            else:
+                _, batch_mean, batch_var = plain_batch_stats(x.detach(), groups)
+            batch_mean = batch_mean.view(groups, -1).mean(0)
+            batch_std = (batch_var + self.eps).sqrt_().view(groups, -1).mean(0)
+            if self.init_from_batch:  # the first step starts the averages at its batch
+                self._start_averages(step == 0, batch_mean, batch_std)
         # Copies: the update below is in place, and autograd saved the values used here.
         mean, std = moving_stats(self.running_mean, self.running_std)
         y = normalize(x, mean, std.square(), self.weight, self.bias)
-        if self.training:
-            groups = num_groups(x, self.per_worker_batch)
-            alpha = as_rate(self.momentum(self._advance_step()), self.running_mean)
-            with torch.no_grad():
-                if fused_kernels():
-                    batch_mean, batch_var = batch_stats(to_groups(x.detach(), groups))
-                else:
-                    _, batch_mean, batch_var = plain_batch_stats(x.detach(), groups)
-                batch_std = (batch_var + self.eps).sqrt_()
-                self.running_mean.lerp_(batch_mean.view(groups, -1).mean(0), alpha)
-                self.running_std.lerp_(batch_std.view(groups, -1).mean(0), alpha)
+        with torch.no_grad():
+            self.running_mean.lerp_(batch_mean, alpha)
+            self.running_std.lerp_(batch_std, alpha)
         return y
+
+
+    def _start_averages(self, first: bool | Tensor, batch_mean: Tensor, batch_std: Tensor) -> None:
+        """At step 0, set the averages to the batch's statistics: over all processes'
+        workers (one all-reduce, once), as one process holding every worker would."""
+        several = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if isinstance(first, Tensor):  # compiled: a tensor op, no branch on the step
+            if several:
+                raise RuntimeError("norm=moving_average with init_from_batch cannot be compiled in "
+                                   "several processes; set train.compile=false or norm.init_from_batch=false")
+            self.running_mean.copy_(torch.where(first, batch_mean, self.running_mean))
+            self.running_std.copy_(torch.where(first, batch_std, self.running_std))
+        elif first:
+            start = torch.stack([batch_mean, batch_std])
+            if several:
+                dist.all_reduce(start)
+                start /= dist.get_world_size()
+            self.running_mean.copy_(start[0])
+            self.running_std.copy_(start[1])
 
 
 class MovingAverageNorm1d(_MovingAverageNorm):

@@ -11,7 +11,8 @@ Names and the options each takes (anything else is an error):
 - ``brn``: Batch Renorm (Ioffe 2017). eps, momentum, affine, per_worker_batch, r_max, d_max,
   and for the paper's relaxation: relax_start, r_max_end_step, d_max_end_step, shape
 - ``moving_average``: normalize with moving averages in training. eps, momentum, affine,
-  per_worker_batch, and for a momentum schedule: momentum_start, momentum_end_step, shape
+  per_worker_batch, init_from_batch, and for a momentum schedule: momentum_start,
+  momentum_end_step, shape
 - ``gn``: GroupNorm (Wu & He 2018). num_groups, eps, affine
 - ``ln``: LayerNorm over (C, H, W), as GroupNorm with one group. eps, affine
 - ``in``: InstanceNorm. eps, affine
@@ -59,7 +60,8 @@ _OPTIONS: dict[str, set[str]] = {
     | {"momentum", "per_worker_batch", "dim", "r_max", "d_max", "relax_start",
        "r_max_end_step", "d_max_end_step", "shape"},
     "moving_average": _COMMON
-    | {"momentum", "per_worker_batch", "dim", "momentum_start", "momentum_end_step", "shape"},
+    | {"momentum", "per_worker_batch", "dim", "momentum_start", "momentum_end_step", "shape",
+       "init_from_batch"},
     "gn": _COMMON | {"num_groups"},
     "ln": set(_COMMON),
     "in": set(_COMMON),
@@ -257,6 +259,8 @@ def _carry_state(old: nn.Module, new: nn.Module) -> None:
             new.running_var.copy_(old.running_var)
         if getattr(new, "running_std", None) is not None:
             new.running_std.copy_((old.running_var + old.eps).sqrt())
+        if getattr(new, "init_from_batch", False):  # pretrained statistics beat one batch's
+            new.init_from_batch = False
         new.to(old.weight.device if old.weight is not None else old.running_mean.device)
 
 
