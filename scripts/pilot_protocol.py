@@ -1,0 +1,140 @@
+"""The protocol pilot of issue 11, on batchnorm only (no BRN run is trained or read).
+
+What it decides, before any BRN result is seen:
+- run length: BN at per-worker 32, i.i.d., global batch 128 must gain under 0.5 point
+  of test accuracy over the last quarter of its run (mean over seeds);
+- alpha (the moving-average rate, ``norm_momentum``) and relax_start: BRN's r and d
+  compare each worker's batch statistics with the moving averages, so the averages
+  must be closer to the population statistics than one worker's batch is before r and
+  d may move. A BN run keeps the very same averages (torch's momentum is alpha), so
+  its ``ema_error`` against ``batch_noise`` (``brn_repro.evaluate.moving_average_errors``)
+  says, per alpha and per-worker batch, from which step that holds.
+
+    python scripts/pilot_protocol.py            # trains the sweep (2 jobs), then analyses
+    python scripts/pilot_protocol.py --analyse  # the analysis of runs already there
+
+Writes results/pilot/{pilot_runs.csv, pilot_curves.csv, crossing.csv} and
+results/pilot/ema_error_vs_batch_noise.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from brn_repro.aggregate import load_runs  # noqa: E402
+
+SETTINGS = [  # one home for the pilot's numbers
+    "profile=quick", "norm=bn", "data.global_batch=128", "data.workers=${div:${data.global_batch},${data.per_worker_batch}}",
+    "train.steps=700", "train.eval_every=35", "train.checkpoint_every=350", "train.compile=true",
+    "experiment=protocol_pilot",
+]
+SWEEP = ["data.per_worker_batch=32,4", "norm_momentum=0.01,0.03,0.1", "seed=0,1"]
+
+
+def train(runs: Path, jobs: int) -> None:
+    command = [sys.executable, "-m", "brn_repro.train", "-m", *SETTINGS, *SWEEP, f"paths.runs={runs}",
+               "hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+    print(" ".join(command), flush=True)
+    subprocess.run(command, cwd=ROOT, check=True)
+
+
+def crossing(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per (per-worker batch, alpha): the first evaluated step from which the averages'
+    error stays below one worker's batch noise, for the mean and for the std (means
+    over seeds)."""
+    rows = []
+    for (pwb, alpha), group in curves.groupby(["per_worker_batch", "norm_momentum"]):
+        mean = group.groupby("step")[["ema_error/mean", "batch_noise/mean", "ema_error/std",
+                                      "batch_noise/std"]].mean()
+        row = {"per_worker_batch": pwb, "alpha": alpha, "time_constant_steps": round(1 / alpha)}
+        for kind in ("mean", "std"):
+            below = mean[f"ema_error/{kind}"] < mean[f"batch_noise/{kind}"]
+            # the first step after which every later evaluation is below
+            later_above = (~below)[::-1].cummax()[::-1]
+            steps = below[~later_above].index
+            row[f"below_from_step_{kind}"] = int(steps.min()) if len(steps) else None
+            row[f"ema_error_{kind}_end"] = round(float(mean[f"ema_error/{kind}"].iloc[-1]), 4)
+            row[f"batch_noise_{kind}_end"] = round(float(mean[f"batch_noise/{kind}"].iloc[-1]), 4)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def convergence(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy gained over the last quarter of each run (BN, per-worker 32 and 4)."""
+    steps = int(curves["step"].max())
+    quarter = curves[curves["step"] >= 0.75 * steps].groupby("run_dir")["step"].min()
+    rows = []
+    for run_dir, start in quarter.items():
+        run = curves[curves["run_dir"] == run_dir]
+        first = run.loc[run["step"] == start, "test_acc"].iloc[0]
+        last = run.loc[run["step"] == run["step"].max(), "test_acc"].iloc[0]
+        meta = runs[runs["run_dir"] == run_dir].iloc[0]
+        rows.append({"per_worker_batch": meta["per_worker_batch"], "alpha": meta["norm_momentum"],
+                     "seed": meta["seed"], "test_acc_at_3/4": first, "test_acc_end": last,
+                     "gain_last_quarter": round(last - first, 2)})
+    return pd.DataFrame(rows).sort_values(["per_worker_batch", "alpha", "seed"])
+
+
+def figure(curves: pd.DataFrame, path: Path) -> None:
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    for row, pwb in enumerate(sorted(curves["per_worker_batch"].unique(), reverse=True)):
+        for col, kind in enumerate(("mean", "std")):
+            ax = axes[row, col]
+            part = curves[curves["per_worker_batch"] == pwb]
+            for (alpha), group in part.groupby("norm_momentum"):
+                mean = group.groupby("step")[[f"ema_error/{kind}", f"batch_noise/{kind}"]].mean()
+                line, = ax.plot(mean.index, mean[f"ema_error/{kind}"], label=f"EMA, alpha {alpha}")
+                ax.plot(mean.index, mean[f"batch_noise/{kind}"], "--", color=line.get_color(), alpha=0.6)
+            ax.set_yscale("log")
+            ax.set_title(f"BN, per-worker {pwb} (x {128 // pwb} workers): {kind} error")
+            ax.set_xlabel("step")
+            ax.legend(fontsize=8, title="dashed: one worker's batch", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs/pilot")
+    parser.add_argument("--out", default="results/pilot")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--analyse", action="store_true", help="only analyse existing runs")
+    args = parser.parse_args()
+    if not args.analyse:
+        train(ROOT / args.runs, args.jobs)
+    runs, curves = load_runs(ROOT / args.runs)
+    runs = runs.rename(columns={"norm.type": "norm", "data.per_worker_batch": "per_worker_batch",
+                                "norm.momentum": "norm_momentum"})
+    if (runs["norm"] != "bn").any():
+        sys.exit("error: the pilot reads batchnorm runs only")
+    curves = curves.merge(runs[["run_dir", "per_worker_batch", "norm_momentum", "seed"]], on="run_dir")
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out / "pilot_runs.csv", index=False)
+    curves.to_csv(out / "pilot_curves.csv", index=False)
+    table = crossing(curves)
+    table.to_csv(out / "crossing.csv", index=False)
+    conv = convergence(runs, curves)
+    conv.to_csv(out / "convergence.csv", index=False)
+    figure(curves, out / "ema_error_vs_batch_noise.png")
+    pd.set_option("display.width", 200)
+    print(table.to_string(index=False))
+    print(conv.to_string(index=False))
+    print(conv.groupby("per_worker_batch")["gain_last_quarter"].mean().rename("mean gain, last quarter"))
+
+
+if __name__ == "__main__":
+    main()
