@@ -148,7 +148,7 @@ def aggregate(runs_root: str | Path, out: str | Path, wall_seconds: float | None
         write_atomic_csv(summary, out / experiment / "summary.csv")
         summaries[experiment] = summary
         figures[experiment] = experiment_figures(experiment, frame, curves, by, out / experiment)
-    claims = evaluate_claims(runs)
+    claims = evaluate_claims(runs, curves)
     report = write_report(out, runs, summaries, claims, figures, wall_seconds, runs_trained)
     if log_to_wandb:
         _log_to_wandb(project, entity, summaries, figures, report)

@@ -121,17 +121,28 @@ def moving_average_errors(model: nn.Module, batches: Iterable[tuple[Tensor, Tens
 
     def accumulate(acc: Tensor, stats: list[Tensor], eps: float) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
         def hook(_: nn.Module, args: tuple[Tensor, ...]) -> None:
-            x = args[0].double()
-            dims = [d for d in range(x.dim()) if d != 1]
-            acc[0] += x.sum(dims)
-            acc[1] += x.square().sum(dims)
-            acc[2] += x.numel() // x.shape[1]
+            # One pass of var_mean in the activations' dtype (torch's cascaded sums:
+            # ~1e-7 in float32), per group, then float64 on the small results: a float64
+            # copy of every activation cost as much as the evaluation itself.
+            x = args[0]
+            per_example = x[0, 0].numel()
             whole = x.shape[0] // group_size if group_size is not None else 0
+            parts = []  # (mean, var, values per channel) of disjoint pieces of the batch
             if whole:
-                # (groups, group_size, C, ...): statistics over dim 1 and the spatial dims.
+                # (groups, group_size, C, ...): a view in either layout (the batch dim is outermost)
                 cut = x[:whole * group_size].reshape(whole, group_size, *x.shape[1:])
                 var, mean = torch.var_mean(cut, dim=[1, *range(3, cut.dim())], correction=0)
+                mean, var = mean.double(), var.double()
                 stats.append(torch.stack([mean, (var + eps).sqrt()]))
+                parts.append((mean, var, group_size * per_example))
+            rest = x[whole * group_size:] if whole else x
+            if rest.shape[0]:
+                var, mean = torch.var_mean(rest, dim=[0, *range(2, rest.dim())], correction=0)
+                parts.append((mean.double().unsqueeze(0), var.double().unsqueeze(0), rest.shape[0] * per_example))
+            for mean, var, n in parts:
+                acc[0] += mean.sum(0) * n
+                acc[1] += (var + mean.square()).sum(0) * n
+            acc[2] += x.shape[0] * per_example
         return hook
 
     modes = [(m, m.training) for m in model.modules()]

@@ -10,20 +10,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from brn_repro.claims import Claim, stats
+from brn_repro.claims import VERDICT_RULES, Claim, stats
 from brn_repro.records import write_atomic
-
-RULE = (
-    "A claim that one condition beats another is **reproduced** when the difference of "
-    "mean final test accuracies (over seeds) has the claimed sign and exceeds two standard "
-    "errors (SE = sqrt(s_a²/n_a + s_b²/n_b)); **not reproduced** when the difference has "
-    "the opposite sign and exceeds two SE; **inconclusive** otherwise, including when a side "
-    "has fewer than two completed seeds. A claim that one condition *matches* another is "
-    "reproduced when it is less than one point or two SE below it. Claim 4 is reproduced when "
-    "more than half of the moving-average runs diverge (NaN/inf loss) and not reproduced when "
-    "none does. Accuracies are top-1 % on the test set with the model in inference mode "
-    "(moving statistics), at the last step."
-)
 
 # Group Norm paper (Wu & He 2018), ResNet-50 ImageNet top-1 *error* by images per GPU.
 GN_PAPER_ERROR = {"bn": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},
@@ -37,9 +25,10 @@ def _machine() -> str:
 
 
 def _claims_table(claims: list[Claim]) -> list[str]:
-    lines = ["| # | claim | paper | ours (mean ± std, n seeds) | verdict |", "|---|---|---|---|---|"]
+    lines = ["| # | claim | paper | ours (completed runs: mean ± std, n) | primary comparison "
+             "(paired by seed) | verdict |", "|---|---|---|---|---|---|"]
     for c in claims:
-        lines.append(f"| {c.key} | {c.text} | {c.paper} | {c.ours} | **{c.verdict}** |")
+        lines.append(f"| {c.key} | {c.text} | {c.paper} | {c.ours} | {c.primary} | **{c.verdict}** |")
     return lines
 
 
@@ -50,8 +39,9 @@ def _claim_sections(claims: list[Claim]) -> list[str]:
         if c.detail:
             lines += [c.detail, ""]
         if c.rows:
-            lines += ["| comparison | paper | ours | verdict |", "|---|---|---|---|"]
-            lines += [f"| {a} | {b} | {o} | {v} |" for a, b, o, v in c.rows]
+            lines += ["| comparison | role | paper | ours | result |", "|---|---|---|---|---|"]
+            lines += [f"| {r.label} | {'primary' if r.primary else 'secondary'} | {r.paper} | "
+                      f"{r.ours} | {r.verdict} |" for r in c.rows]
             lines.append("")
         elif c.verdict == "not run":
             lines += ["The experiment behind this claim has no runs in this aggregate.", ""]
@@ -134,7 +124,8 @@ def write_report(out: Path, runs: pd.DataFrame, summaries: dict[str, pd.DataFram
         f"{len(runs)} experiment memberships (experiments share runs); "
         f"training time summed over runs: {run_wall / 60:.1f} min"
         + _wall_text(wall_seconds, runs_trained, len(distinct)),
-        "", "## Verdicts", "", *_claims_table(claims), "", "**Rule.** " + RULE, "",
+        "", "## Verdicts", "", "**Verdict rules (pre-registered).** " + VERDICT_RULES, "",
+        *_claims_table(claims), "",
         "## The claims in detail", "", *_claim_sections(claims),
         "## Group Norm paper's batch-size row, for comparison", "", *_group_norm_rows(runs),
         *_later_rows(runs),
