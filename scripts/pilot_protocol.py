@@ -36,16 +36,15 @@ sys.path.insert(0, str(ROOT))
 from brn_repro.aggregate import load_runs  # noqa: E402
 
 SETTINGS = [  # one home for the pilot's numbers
-    "profile=quick", "norm=bn", "data.global_batch=128", "data.workers=${div:${data.global_batch},${data.per_worker_batch}}",
+    "profile=quick", "norm=bn", "data.global_batch=128", "data.workers='${div:${data.global_batch},${data.per_worker_batch}}'",
     "train.steps=700", "train.eval_every=35", "train.checkpoint_every=350", "train.compile=true",
-    "experiment=protocol_pilot",
 ]
 SWEEP = ["data.per_worker_batch=32,4", "norm_momentum=0.01,0.03,0.1", "seed=0,1"]
 
 
 def train(runs: Path, jobs: int) -> None:
     command = [sys.executable, "-m", "brn_repro.train", "-m", *SETTINGS, *SWEEP, f"paths.runs={runs}",
-               "hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+               "hydra/launcher=local", f"hydra.launcher.n_jobs={jobs}"]
     print(" ".join(command), flush=True)
     subprocess.run(command, cwd=ROOT, check=True)
 
