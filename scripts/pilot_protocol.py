@@ -10,11 +10,12 @@ What it decides, before any BRN result is seen:
   its ``ema_error`` against ``batch_noise`` (``brn_repro.evaluate.moving_average_errors``)
   says, per alpha and per-worker batch, from which step that holds.
 
-    python scripts/pilot_protocol.py            # trains the sweep (2 jobs), then analyses
-    python scripts/pilot_protocol.py --analyse  # the analysis of runs already there
+    python scripts/pilot_protocol.py --stage alpha   # trains the sweep (2 jobs), then analyses
+    python scripts/pilot_protocol.py --stage length  # per-worker 32 at twice the length
+    python scripts/pilot_protocol.py --analyse ...   # the analysis of runs already there
 
-Writes results/pilot/{pilot_runs.csv, pilot_curves.csv, crossing.csv} and
-results/pilot/ema_error_vs_batch_noise.png.
+Writes results/pilot/<stage>/{pilot_runs.csv, pilot_curves.csv, crossing.csv,
+convergence.csv, ema_error_vs_batch_noise.png}.
 """
 
 from __future__ import annotations
@@ -35,15 +36,23 @@ sys.path.insert(0, str(ROOT))
 
 from brn_repro.aggregate import load_runs  # noqa: E402
 
-SETTINGS = [  # one home for the pilot's numbers
+SETTINGS = [  # one home for the pilot's numbers; every evaluation on the whole test set,
+    # so the last quarter's gain compares like with like
     "profile=quick", "norm=bn", "data.global_batch=128", "data.workers='${div:${data.global_batch},${data.per_worker_batch}}'",
-    "train.steps=700", "train.eval_every=35", "train.checkpoint_every=350", "train.compile=true",
+    "train.compile=true", "train.eval_test_size=null",
 ]
-SWEEP = ["data.per_worker_batch=32,4", "norm_momentum=0.01,0.03,0.1", "seed=0,1"]
+# Stage 1 (alpha, relax_start): both splits, three rates. Stage 2 (run length): per-worker
+# 32 at twice the length. alpha changes BN's inference statistics, never its training.
+STAGES = {
+    "alpha": ["train.steps=700", "train.eval_every=35", "train.checkpoint_every=350",
+              "data.per_worker_batch=32,4", "norm_momentum=0.01,0.03,0.1", "seed=0,1"],
+    "length": ["train.steps=1400", "train.eval_every=70", "train.checkpoint_every=700",
+               "data.per_worker_batch=32", "norm_momentum=0.03,0.1", "seed=0,1"],
+}
 
 
-def train(runs: Path, jobs: int) -> None:
-    command = [sys.executable, "-m", "brn_repro.train", "-m", *SETTINGS, *SWEEP, f"paths.runs={runs}",
+def train(runs: Path, jobs: int, stage: str) -> None:
+    command = [sys.executable, "-m", "brn_repro.train", "-m", *SETTINGS, *STAGES[stage], f"paths.runs={runs}",
                "hydra/launcher=local", f"hydra.launcher.n_jobs={jobs}"]
     print(" ".join(command), flush=True)
     subprocess.run(command, cwd=ROOT, check=True)
@@ -54,7 +63,7 @@ def crossing(curves: pd.DataFrame) -> pd.DataFrame:
     error stays below one worker's batch noise, for the mean and for the std (means
     over seeds)."""
     rows = []
-    for (pwb, alpha), group in curves.groupby(["per_worker_batch", "norm_momentum"]):
+    for (pwb, alpha), group in curves.groupby(["per_worker_batch", "alpha"]):
         mean = group.groupby("step")[["ema_error/mean", "batch_noise/mean", "ema_error/std",
                                       "batch_noise/std"]].mean()
         row = {"per_worker_batch": pwb, "alpha": alpha, "time_constant_steps": round(1 / alpha)}
@@ -80,7 +89,7 @@ def convergence(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
         first = run.loc[run["step"] == start, "test_acc"].iloc[0]
         last = run.loc[run["step"] == run["step"].max(), "test_acc"].iloc[0]
         meta = runs[runs["run_dir"] == run_dir].iloc[0]
-        rows.append({"per_worker_batch": meta["per_worker_batch"], "alpha": meta["norm_momentum"],
+        rows.append({"per_worker_batch": meta["per_worker_batch"], "alpha": meta["alpha"],
                      "seed": meta["seed"], "test_acc_at_3/4": first, "test_acc_end": last,
                      "gain_last_quarter": round(last - first, 2)})
     return pd.DataFrame(rows).sort_values(["per_worker_batch", "alpha", "seed"])
@@ -92,7 +101,7 @@ def figure(curves: pd.DataFrame, path: Path) -> None:
         for col, kind in enumerate(("mean", "std")):
             ax = axes[row, col]
             part = curves[curves["per_worker_batch"] == pwb]
-            for (alpha), group in part.groupby("norm_momentum"):
+            for alpha, group in part.groupby("alpha"):
                 mean = group.groupby("step")[[f"ema_error/{kind}", f"batch_noise/{kind}"]].mean()
                 line, = ax.plot(mean.index, mean[f"ema_error/{kind}"], label=f"EMA, alpha {alpha}")
                 ax.plot(mean.index, mean[f"batch_noise/{kind}"], "--", color=line.get_color(), alpha=0.6)
@@ -107,19 +116,22 @@ def figure(curves: pd.DataFrame, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="runs/pilot")
-    parser.add_argument("--out", default="results/pilot")
+    parser.add_argument("--stage", choices=sorted(STAGES), default="alpha")
+    parser.add_argument("--runs", default=None, help="default: runs/pilot_<stage>")
+    parser.add_argument("--out", default=None, help="default: results/pilot/<stage>")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--analyse", action="store_true", help="only analyse existing runs")
     args = parser.parse_args()
+    args.runs = args.runs or f"runs/pilot_{args.stage}"
+    args.out = args.out or f"results/pilot/{args.stage}"
     if not args.analyse:
-        train(ROOT / args.runs, args.jobs)
+        train(ROOT / args.runs, args.jobs, args.stage)
     runs, curves = load_runs(ROOT / args.runs)
     runs = runs.rename(columns={"norm.type": "norm", "data.per_worker_batch": "per_worker_batch",
-                                "norm.momentum": "norm_momentum"})
+                                "norm.momentum": "alpha"})
     if (runs["norm"] != "bn").any():
         sys.exit("error: the pilot reads batchnorm runs only")
-    curves = curves.merge(runs[["run_dir", "per_worker_batch", "norm_momentum", "seed"]], on="run_dir")
+    curves = curves.merge(runs[["run_dir", "per_worker_batch", "alpha", "seed"]], on="run_dir")
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "pilot_runs.csv", index=False)
