@@ -119,6 +119,39 @@ def summarize(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+RUNS_CSV, CURVES_CSV = "runs.csv", "curves.csv"
+# runs.csv leads with what a reader looks for; every other config column follows, so the
+# claims and figures can be recomputed from the two tables alone.
+RUN_COLUMNS = ("experiment", "norm.type", "data.per_worker_batch", "data.workers", "sampler.type", "seed",
+               "status", "steps_done", "test_acc", "train_acc", "minibatch_stats_acc",
+               "ema_error/mean", "ema_error/std", "wall_seconds")
+
+
+def write_tables(runs: pd.DataFrame, curves: pd.DataFrame, out: Path) -> None:
+    """results/runs.csv (one row per run and experiment it belongs to) and
+    results/curves.csv (one row per run and evaluation), for re-analysis without the
+    run records (``read_tables``)."""
+    runs = runs.copy()
+    if not curves.empty:  # the moving averages' error at each run's last evaluation
+        last = curves.sort_values("step").groupby("run_dir").last()
+        for key in ("ema_error/mean", "ema_error/std"):
+            if key in last:
+                runs[key] = runs["run_dir"].map(last[key])
+    lead = [c for c in RUN_COLUMNS if c in runs]
+    runs = runs[lead + [c for c in runs.columns if c not in lead]]
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / RUNS_CSV, lambda tmp: runs.to_csv(tmp, index=False))
+    write_atomic(out / CURVES_CSV, lambda tmp: curves.to_csv(tmp, index=False, float_format="%.6g"))
+
+
+def read_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The frames ``write_tables`` saved (empty cells back to None where configs had null)."""
+    runs = pd.read_csv(out / RUNS_CSV)
+    runs = runs.astype(object).where(runs.notna(), None)
+    curves = pd.read_csv(out / CURVES_CSV) if (out / CURVES_CSV).exists() else pd.DataFrame()
+    return runs, curves
+
+
 def write_atomic_csv(frame: pd.DataFrame, path: Path) -> None:
     write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.4g"))
 
@@ -137,6 +170,10 @@ def aggregate(runs_root: str | Path, out: str | Path, wall_seconds: float | None
         runs, curves = load_wandb_runs(project, entity), pd.DataFrame()
     else:
         runs, curves = load_runs(runs_root)
+        if runs.empty and (out / RUNS_CSV).exists():  # re-analysis without the records
+            runs, curves = read_tables(out)
+        elif not runs.empty:
+            write_tables(runs, curves, out)
     if runs.empty:
         raise SystemExit(f"no run records under {runs_root}; run an experiment first "
                          "(python -m brn_repro.train -m +experiment=fig1_baseline profile=quick)")
