@@ -92,6 +92,15 @@ def values_per_channel(x_grouped: Tensor) -> int:
     return x_grouped.numel() // x_grouped.shape[1]
 
 
+def check_values_per_channel(n: int, x: Tensor, where: str) -> None:
+    if n < 2:
+        raise ValueError(
+            f"batch statistics need more than 1 value per channel, got {n} (input shape "
+            f"{tuple(x.shape)} {where}); use a larger per_worker_batch, or a norm without "
+            "batch statistics (gn, ln, in) for 2D input"
+        )
+
+
 def reduce_dims(x: Tensor) -> tuple[int, ...]:
     """Every dimension but the channels'."""
     return (0, *range(2, x.dim()))
@@ -112,12 +121,7 @@ def batch_stats(x_grouped: Tensor) -> tuple[Tensor, Tensor]:
     several threads (two passes cost BRN's ResNet-20 step 2.6% at batch 4).
     """
     n = values_per_channel(x_grouped)
-    if n < 2:
-        raise ValueError(
-            f"batch statistics need more than 1 value per channel, got {n} "
-            f"(input shape {tuple(x_grouped.shape)} in per-worker layout); use a larger "
-            "per_worker_batch, or a norm without batch statistics (gn, ln, in) for 2D input"
-        )
+    check_values_per_channel(n, x_grouped, "in per-worker layout")
     if x_grouped.is_cuda or layout_of(x_grouped) != torch.channels_last:
         return torch.batch_norm_update_stats(x_grouped, None, None, 0.0)
     dims = reduce_dims(x_grouped)
@@ -183,13 +187,7 @@ def plain_batch_stats(x: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
     (G, 1, C, 1, ...) for broadcasting; two passes, as ``batch_stats``."""
     xg = grouped_view(x, groups)
     dims = (1, *range(3, xg.dim()))
-    n = xg.numel() // (groups * xg.shape[2])
-    if n < 2:
-        raise ValueError(
-            f"batch statistics need more than 1 value per channel, got {n} (input shape "
-            f"{tuple(x.shape)} in {groups} groups); use a larger per_worker_batch, or a norm "
-            "without batch statistics (gn, ln, in) for 2D input"
-        )
+    check_values_per_channel(xg.numel() // (groups * xg.shape[2]), x, f"in {groups} groups")
     mean = xg.mean(dims, keepdim=True)
     var = (xg - mean).square().mean(dims, keepdim=True)
     return xg, mean, var
