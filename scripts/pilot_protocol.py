@@ -48,7 +48,16 @@ STAGES = {
               "data.per_worker_batch=32,4", "norm_momentum=0.01,0.03,0.1", "seed=0,1"],
     "length": ["train.steps=1400", "train.eval_every=70", "train.checkpoint_every=700",
                "data.per_worker_batch=32", "norm_momentum=0.03,0.1", "seed=0,1"],
+    # Stage 3 (schedule): 3 epochs of cosine did not converge (stage length), and 5 seeds of
+    # every primary condition leave ~2 epochs per run in make reproduce's budget. The step
+    # schedule trains the last quarter at lr/100, so "converged" there means the drop to
+    # lr/100 and a quarter of the run at it add < 0.5 point. Lengths 1.5 and 2 epochs,
+    # lr 0.05 (the profile's) and 0.1, alpha 0.1 (stage alpha); both splits for the crossing.
+    "schedule": ["train.steps=700,940", "train.eval_every='${div:${train.steps},20}'",
+                 "train.checkpoint_every='${train.steps}'", "train.lr_schedule=step",
+                 "data.per_worker_batch=32,4", "norm_momentum=0.1", "optim.lr=0.05,0.1", "seed=0,1"],
 }
+KEYS = ["per_worker_batch", "alpha", "lr", "steps"]  # what a stage varies besides the seed
 
 
 def train(runs: Path, jobs: int, stage: str) -> None:
@@ -63,10 +72,11 @@ def crossing(curves: pd.DataFrame) -> pd.DataFrame:
     error stays below one worker's batch noise, for the mean and for the std (means
     over seeds)."""
     rows = []
-    for (pwb, alpha), group in curves.groupby(["per_worker_batch", "alpha"]):
+    for (pwb, alpha, lr, steps), group in curves.groupby(KEYS):
         mean = group.groupby("step")[["ema_error/mean", "batch_noise/mean", "ema_error/std",
                                       "batch_noise/std"]].mean()
-        row = {"per_worker_batch": pwb, "alpha": alpha, "time_constant_steps": round(1 / alpha)}
+        row = {"per_worker_batch": pwb, "alpha": alpha, "lr": lr, "steps": steps,
+               "time_constant_steps": round(1 / alpha)}
         for kind in ("mean", "std"):
             below = mean[f"ema_error/{kind}"] < mean[f"batch_noise/{kind}"]
             # the first step after which every later evaluation is below
@@ -81,18 +91,15 @@ def crossing(curves: pd.DataFrame) -> pd.DataFrame:
 
 def convergence(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     """Test accuracy gained over the last quarter of each run (BN, per-worker 32 and 4)."""
-    steps = int(curves["step"].max())
-    quarter = curves[curves["step"] >= 0.75 * steps].groupby("run_dir")["step"].min()
     rows = []
-    for run_dir, start in quarter.items():
-        run = curves[curves["run_dir"] == run_dir]
+    for run_dir, run in curves.groupby("run_dir"):
+        start = run.loc[run["step"] >= 0.75 * run["step"].max(), "step"].min()
         first = run.loc[run["step"] == start, "test_acc"].iloc[0]
         last = run.loc[run["step"] == run["step"].max(), "test_acc"].iloc[0]
         meta = runs[runs["run_dir"] == run_dir].iloc[0]
-        rows.append({"per_worker_batch": meta["per_worker_batch"], "alpha": meta["alpha"],
-                     "seed": meta["seed"], "test_acc_at_3/4": first, "test_acc_end": last,
+        rows.append({**{key: meta[key] for key in KEYS}, "seed": meta["seed"], "test_acc_at_3/4": first, "test_acc_end": last,
                      "gain_last_quarter": round(last - first, 2)})
-    return pd.DataFrame(rows).sort_values(["per_worker_batch", "alpha", "seed"])
+    return pd.DataFrame(rows).sort_values([*KEYS, "seed"])
 
 
 def figure(curves: pd.DataFrame, path: Path) -> None:
@@ -101,9 +108,9 @@ def figure(curves: pd.DataFrame, path: Path) -> None:
         for col, kind in enumerate(("mean", "std")):
             ax = axes[row, col]
             part = curves[curves["per_worker_batch"] == pwb]
-            for alpha, group in part.groupby("alpha"):
+            for (alpha, lr, steps), group in part.groupby(["alpha", "lr", "steps"]):
                 mean = group.groupby("step")[[f"ema_error/{kind}", f"batch_noise/{kind}"]].mean()
-                line, = ax.plot(mean.index, mean[f"ema_error/{kind}"], label=f"EMA, alpha {alpha}")
+                line, = ax.plot(mean.index, mean[f"ema_error/{kind}"], label=f"EMA, alpha {alpha}, lr {lr}, {steps} steps")
                 ax.plot(mean.index, mean[f"batch_noise/{kind}"], "--", color=line.get_color(), alpha=0.6)
             ax.set_yscale("log")
             ax.set_title(f"BN, per-worker {pwb} (x {128 // pwb} workers): {kind} error")
@@ -128,10 +135,10 @@ def main() -> None:
         train(ROOT / args.runs, args.jobs, args.stage)
     runs, curves = load_runs(ROOT / args.runs)
     runs = runs.rename(columns={"norm.type": "norm", "data.per_worker_batch": "per_worker_batch",
-                                "norm.momentum": "alpha"})
+                                "norm.momentum": "alpha", "optim.lr": "lr", "train.steps": "steps"})
     if (runs["norm"] != "bn").any():
         sys.exit("error: the pilot reads batchnorm runs only")
-    curves = curves.merge(runs[["run_dir", "per_worker_batch", "alpha", "seed"]], on="run_dir")
+    curves = curves.merge(runs[["run_dir", *KEYS, "seed"]], on="run_dir")
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "pilot_runs.csv", index=False)
@@ -144,7 +151,7 @@ def main() -> None:
     pd.set_option("display.width", 200)
     print(table.to_string(index=False))
     print(conv.to_string(index=False))
-    print(conv.groupby("per_worker_batch")["gain_last_quarter"].mean().rename("mean gain, last quarter"))
+    print(conv.groupby(KEYS)[["test_acc_end", "gain_last_quarter"]].mean().round(2).to_string())
 
 
 if __name__ == "__main__":
