@@ -148,11 +148,13 @@ def test_compiled_run_equals_eager_run_float32(tmp_path, tiny_fashion_mnist):
 def test_auto_compiles_where_it_pays(tmp_path, tiny_fashion_mnist):
     short = make_config(tmp_path, tiny_fashion_mnist)  # 60 steps x 32
     long = make_config(tmp_path, tiny_fashion_mnist, "train.steps=5000")  # 160k images
+    longer = make_config(tmp_path, tiny_fashion_mnist, "train.steps=25000")  # 800k images
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), build_norm("bn")(2))
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not wants_compile(short, cpu, 1, model)
     assert wants_compile(long, cpu, 1, model)
-    assert not wants_compile(long, cuda, 1, model)  # not measured there: eager
+    assert not wants_compile(long, cuda, 1, model)  # a GPU pays the compilation back later
+    assert wants_compile(longer, cuda, 1, model)
     assert not wants_compile(long, cpu, 2, model)   # several processes: eager
     mabn = torch.nn.Sequential(build_norm("mabn")(2))
     assert not wants_compile(long, cpu, 1, mabn)    # MABN runs eager inside a compiled graph
