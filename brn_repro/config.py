@@ -155,6 +155,7 @@ def validate(config: dict[str, Any]) -> None:
     for key in ("per_worker_batch", "workers", "train_eval_size"):
         _positive_int(data[key], f"data.{key}")
     _positive_int(data.get("global_batch"), "data.global_batch", allow_none=True)
+    _positive_int(data.get("train_size"), "data.train_size", allow_none=True)
     for key in ("steps", "eval_every", "checkpoint_every", "eval_batch", "warmup_steps",
                 "minibatch_eval_labels", "minibatch_eval_images"):
         if key not in train or key == "warmup_steps" and train[key] == 0:

@@ -105,6 +105,8 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
         _drop(ident, key)
     if ident["train"].get("precision") == "float32":  # the default, older than the key: same runs
         del ident["train"]["precision"]
+    if ident["data"].get("train_size", 0) is None:  # all of it, as before the key existed
+        del ident["data"]["train_size"]
     if split_blind(config):
         data = ident["data"]
         data["global_batch"] = data.pop("per_worker_batch") * data.pop("workers")

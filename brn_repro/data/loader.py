@@ -74,6 +74,27 @@ def fixed_subset_indices(total: int, size: int | None, seed: int = TRAIN_SUBSET_
     return torch.randperm(total, generator=generator)[:size]
 
 
+def balanced_subset_indices(labels: Tensor, size: int, seed: int = TRAIN_SUBSET_SEED) -> Tensor:
+    """``size`` indices, the same number of each class (``size`` must be a multiple of
+    the classes), the first of a seeded permutation within each class: the same
+    training set for every run, whatever its seed. Sorted, so a sampler's draws
+    over it do not depend on how the subset was picked."""
+    classes = labels.unique()
+    if size % len(classes):
+        raise ValueError(f"data.train_size={size} is not a multiple of the {len(classes)} classes; "
+                         f"fix: pick a multiple, e.g. {size // len(classes) * len(classes) or len(classes)}")
+    per_class = size // len(classes)
+    generator = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in classes.tolist():
+        members = (labels == c).nonzero().flatten()
+        if len(members) < per_class:
+            raise ValueError(f"data.train_size={size} needs {per_class} images of class {c}, "
+                             f"which has {len(members)}; fix: a smaller data.train_size")
+        picks.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(picks).sort().values
+
+
 def noniid_test_indices(labels: Tensor, labels_per_batch: int = 25, images_per_label: int = 2,
                         seed: int = NONIID_TEST_SEED, batches: int | None = None) -> Tensor:
     """(batches, labels_per_batch * images_per_label) test indices drawn the

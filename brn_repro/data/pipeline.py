@@ -9,6 +9,7 @@ worker processes, its batches chosen by the same samplers.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from functools import lru_cache
 from itertools import islice
@@ -23,6 +24,7 @@ from brn_repro.data.loader import (
     TRAIN_SUBSET_SEED,
     InMemoryBatches,
     augment,
+    balanced_subset_indices,
     fixed_subset_indices,
     noniid_test_indices,
 )
@@ -69,9 +71,16 @@ class TrainingData:
         if self.streaming:
             self.train_set, self.val_set = built.train, built.val
             self.train_labels = torch.tensor(self.train_set.targets)
+            if data.get("train_size") is not None:
+                keep = balanced_subset_indices(self.train_labels, data["train_size"])
+                self.train_set = torch.utils.data.Subset(self.train_set, keep.tolist())
+                self.train_labels = self.train_labels[keep]
             self.test_labels = torch.tensor(self.val_set.targets)
             self.loader_workers = dataset.get("loader_workers", 4)
         else:
+            if data.get("train_size") is not None:
+                keep = balanced_subset_indices(built.train_y, data["train_size"])
+                built = dataclasses.replace(built, train_x=built.train_x[keep], train_y=built.train_y[keep])
             self.tensors: DatasetTensors = built
             self.train_labels, self.test_labels = built.train_y, built.test_y
             # seed + 1: augmentation draws independent of the sampler's
