@@ -73,6 +73,28 @@ def curves_figure(frame: pd.DataFrame, curves: pd.DataFrame, by: list[str], metr
     return _save(fig, path)
 
 
+BRN_CORRECTIONS = (("r_clip_frac", "fraction of r clipped"), ("d_clip_frac", "fraction of d clipped"),
+                   ("r_dev_mean", "mean |r - 1|"), ("d_abs_mean", "mean |d|"))
+
+
+def brn_corrections_figure(frame: pd.DataFrame, curves: pd.DataFrame, by: list[str], path: Path,
+                           title: str) -> Path | None:
+    """BRN's corrections against the step (``norm/mean/*``, the last training step before
+    each evaluation, mean over layers): how often r and d hit r_max / d_max, beside how
+    large they are. Clipping alone cannot tell "r and d rarely needed" (small |r - 1|)
+    from "the limits are still tight" (large values pressed against them)."""
+    keys = [(f"norm/mean/{key}", name) for key, name in BRN_CORRECTIONS]
+    if curves.empty or not all(key in curves.columns for key, _ in keys):
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(11, 6.5), sharex=True)
+    for ax, (key, name) in zip(axes.flat, keys, strict=True):
+        _draw_curves(ax, frame, curves, by, key)
+        ax.set_ylabel(name)
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def ema_error_figure(frame: pd.DataFrame, curves: pd.DataFrame, by: list[str], path: Path,
                      title: str) -> Path | None:
     """The moving averages' error against the population statistics of each layer's
@@ -185,10 +207,9 @@ def experiment_figures(experiment: str, frame: pd.DataFrame, curves: pd.DataFram
         figures.append(heatmap_figure(frame, out / "rmax_dmax_heatmap.png",
                                       "final test accuracy by final r_max x d_max"))
     brn = frame[frame["norm.type"] == "brn"]
-    if len(brn) and not mine.empty and "norm/mean/r_clip_frac" in mine.columns:
-        for what in ("r_clip_frac", "d_clip_frac"):
-            figures.append(curves_figure(brn, mine, by, f"norm/mean/{what}", out / f"brn_{what}.png",
-                                         f"{experiment}: BRN fraction of {what[0]} clipped"))
+    if len(brn) and not mine.empty:
+        figures.append(brn_corrections_figure(brn, mine, by, out / "brn_corrections.png",
+                                              f"{experiment}: BRN's r and d (clipped fraction, size)"))
     if experiment == "moving_average_question":
         figures.append(curves_figure(frame, mine, by, "loss", out / "loss_vs_step.png",
                                      "training loss", log_y=True))

@@ -342,3 +342,28 @@ def test_figure_draws_the_batch_noise_dashed_in_each_conditions_colour(tmp_path,
     ema_error_figure(frame, curves.drop(columns=["batch_noise/mean", "batch_noise/std"]), ["norm.type"],
                      tmp_path / "plain.png", "t")
     assert all(style != "--" for lines in seen for style, *_ in lines)
+
+
+def test_brn_corrections_figure_draws_sizes_beside_clip_fractions(tmp_path, monkeypatch):
+    frame = pd.DataFrame({"run_dir": ["a", "b"], "status": ["completed"] * 2,
+                          "diverged_step": [None] * 2, "norm.type": ["brn", "brn"]})
+    values = {"r_clip_frac": [0.0, 0.2], "d_clip_frac": [0.0, 0.1], "r_dev_mean": [0.0, 0.4],
+              "d_abs_mean": [0.0, 0.8]}
+    curves = pd.DataFrame({"run_dir": ["a", "a", "b", "b"], "step": [10, 20] * 2,
+                           **{f"norm/mean/{k}": v * 2 for k, v in values.items()}})
+    seen: dict[str, list] = {}
+    save = plots._save
+
+    def spy(fig, path):
+        for ax in fig.axes:
+            seen[ax.get_title()] = [list(line.get_ydata()) for line in ax.get_lines()]
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    assert plots.brn_corrections_figure(frame, curves, ["norm.type"], tmp_path / "c.png", "t") is not None
+    # one panel per quantity: the mean over the two (equal) runs at each step
+    assert seen == {name: [pytest.approx(values[key])]
+                    for key, name in plots.BRN_CORRECTIONS}
+    assert plots.brn_corrections_figure(frame, curves.drop(columns=["norm/mean/d_abs_mean"]), ["norm.type"],
+                                        tmp_path / "none.png", "t") is None
+    plt.close("all")
