@@ -36,14 +36,15 @@ def sf_df2(t: float) -> float:
 
 
 def run(experiment, norm, seed, acc, status="completed", pwb=32, sampler="iid", momentum=None,
-        momentum_start=None, train_acc=None, mb_acc=None):
+        momentum_start=None, train_acc=None, mb_acc=None, lr_schedule="cosine", weight_decay=5e-4):
     return {"experiment": experiment, "norm.type": norm, "seed": seed, "status": status,
             "test_acc": acc if status == "completed" else None,
             "train_acc": train_acc if status == "completed" else None,
             "minibatch_stats_acc": mb_acc if status == "completed" else None,
             "data.per_worker_batch": pwb, "sampler.type": sampler, "dataset.name": "fashion_mnist",
             "norm.momentum": momentum, "norm.momentum_start": momentum_start,
-            "run_dir": f"runs/{experiment}/{norm}-{sampler}-{pwb}-{momentum}-{momentum_start}-{seed}"}
+            "train.lr_schedule": lr_schedule, "optim.weight_decay": weight_decay,
+            "run_dir": f"runs/{experiment}/{norm}-{sampler}-{pwb}-{momentum}-{lr_schedule}-{seed}"}
 
 
 def runs_of(experiment, norm, accs, diverged=(), unfinished=(), **kw):
@@ -121,7 +122,7 @@ def test_claim_2_significant_is_reproduced_and_secondary_rows_do_not_change_it()
     rows = {r.label: r for r in claim.rows}
     assert rows["BRN > BN at per-worker batch 1"].verdict == "not significant"
     assert not rows["BRN > BN at per-worker batch 1"].primary
-    assert rows["BRN at 4 below BN at 32"].verdict == f"{NOT_RUN}: no BN at 32 runs"
+    assert rows["BRN at 4 below BN at 32 (fig1_baseline)"].verdict == f"{NOT_RUN}: no BN at 32 runs"
 
 
 def test_claim_2_reversed_is_not_reproduced_bn_better():
@@ -154,7 +155,7 @@ def test_claim_3_both_parts_reproduced():
     # BN's penalty 10, 9, 12; BRN's 0.1, 0, 0.1 -> d = 9.9, 9, 11.9 (mean 30.8 / 3 = 10.27);
     # BRN non-iid - iid = -0.1, 0, -0.1: inside ±1 with a tiny spread -> equivalent.
     # The split control is worse than BN non-iid (secondary): the verdict stays reproduced.
-    split = runs_of("fig3_noniid", "bn", {0: 60.0, 1: 60.0, 2: 61.0}, sampler="noniid_split")
+    split = runs_of("fig3_controls", "bn", {0: 60.0, 1: 60.0, 2: 61.0}, sampler="noniid_split")
     claim = claim_3(fig3({0: 80.9, 1: 82.0, 2: 79.9}, extra=split), CHANCE)
     assert claim.verdict == REPRODUCED
     assert claim.primary.startswith("(a) +10.27 points [95% CI ")
@@ -190,7 +191,7 @@ def test_claim_3_a_divergence_makes_the_primary_inconclusive():
 
 
 def test_claim_3_gn_row_when_gn_noniid_runs_exist():
-    gn = runs_of("fig3_noniid", "gn", {0: 79.0, 1: 80.0, 2: 81.0}, sampler="noniid")
+    gn = runs_of("fig3_controls", "gn", {0: 79.0, 1: 80.0, 2: 81.0}, sampler="noniid")
     claim = claim_3(fig3({0: 80.9, 1: 82.0, 2: 79.9}, extra=gn), CHANCE)
     rows = {r.label: r for r in claim.rows}
     # GN - BN non-iid = 9, 7, 12 -> significant
@@ -200,10 +201,12 @@ def test_claim_3_gn_row_when_gn_noniid_runs_exist():
 
 # ---- claim 4: diverged, or weight norm > 2 |BN's growth| with no loss gain ----
 
-def ma_runs(status=("completed", "completed"), momentum=0.01, start=None):
-    rows = [run("moving_average_question", "bn", s, 85.0) for s in (0, 1)]
-    rows += [run("moving_average_question", "moving_average", s, 50.0, st, momentum=momentum,
-                 momentum_start=start) for s, st in enumerate(status)]
+def ma_runs(status=("completed", "completed"), lr_schedule="constant", weight_decay=0.0):
+    """BN and moving-average runs of one training setting (primary: constant lr, no decay)."""
+    setting = {"lr_schedule": lr_schedule, "weight_decay": weight_decay}
+    rows = [run("moving_average_question", "bn", s, 85.0, **setting) for s in (0, 1)]
+    rows += [run("moving_average_question", "moving_average", s, 50.0, st, momentum=0.1, **setting)
+             for s, st in enumerate(status)]
     return pd.DataFrame(rows)
 
 
@@ -255,18 +258,25 @@ def test_claim_4_divergence_and_missing_curves():
     assert claim.verdict == REPRODUCED and claim.rows[0].verdict == "blows up (diverged)"
     assert claim.ours.startswith("1 of 2 moving-average runs diverged")
     nocurves = claim_4(ma_runs(), pd.DataFrame())
-    assert nocurves.verdict == f"{INCONCLUSIVE}: no curves (1 of 1 schedules)"
+    assert nocurves.verdict == f"{INCONCLUSIVE}: no curves"
     unfinished = ma_runs(status=("completed", "incomplete"))
     assert claim_4(unfinished, None).verdict == \
-        f"{INCONCLUSIVE}: seeds [1] of alpha 0.01 not finished (1 of 1 schedules)"
+        f"{INCONCLUSIVE}: seeds [1] of constant lr, weight decay 0 not finished"
 
 
-def test_claim_4_schedules_combine_to_partly():
-    frame = pd.concat([ma_runs(), ma_runs(status=("diverged", "diverged"), momentum=0.1).iloc[2:]])
+def test_claim_4_only_the_primary_setting_decides():
+    # the profile's setting (cosine lr, weight decay) diverges; the primary one holds
+    profile = ma_runs(status=("diverged", "diverged"), lr_schedule="cosine", weight_decay=5e-4)
+    frame = pd.concat([profile, ma_runs()])
     flat = [([10.0, 10.0, 10.0], [1.0, 0.5, 0.3])] * 2
     claim = claim_4(frame, curves_of(frame, {"bn": BN_CURVES, "moving_average": flat}))
-    assert [r.verdict for r in claim.rows[:2]] == ["does not blow up", "blows up (diverged)"]
-    assert claim.verdict == f"{PARTLY} (1 of 2 schedules blow up)"
+    assert [(r.label, r.verdict, r.primary) for r in claim.rows] == [
+        ("moving averages vs BN, constant lr, weight decay 0", "does not blow up", True),
+        ("moving averages vs BN, cosine lr, weight decay 0.0005", "blows up (diverged)", False)]
+    assert claim.verdict == NOT_REPRODUCED
+    assert claim.ours.startswith("2 of 4 moving-average runs diverged")
+    # without the primary setting there is no verdict, whatever the secondary shows
+    assert claim_4(profile, None).verdict.startswith(NOT_RUN)
 
 
 def test_growth_is_measured_over_the_steps_both_runs_logged():
