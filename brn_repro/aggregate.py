@@ -186,7 +186,7 @@ def aggregate(runs_root: str | Path, out: str | Path, wall_seconds: float | None
         summaries[experiment] = summary
         figures[experiment] = experiment_figures(experiment, frame, curves, by, out / experiment)
     claims = evaluate_claims(runs, curves)
-    report = write_report(out, runs, summaries, claims, figures, wall_seconds, runs_trained)
+    report = write_report(out, runs, summaries, claims, figures, wall_seconds, runs_trained, curves)
     if log_to_wandb:
         _log_to_wandb(project, entity, summaries, figures, report)
     return report

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from brn_repro.claims import VERDICT_RULES, Claim, stats
+from brn_repro.protocol import CLAIM_EXPERIMENTS, protocol_section
 from brn_repro.records import write_atomic
 
 # Group Norm paper (Wu & He 2018), ResNet-50 ImageNet top-1 *error* by images per GPU.
@@ -32,10 +33,20 @@ def _claims_table(claims: list[Claim]) -> list[str]:
     return lines
 
 
-def _claim_sections(claims: list[Claim]) -> list[str]:
+# Each claim's primary figure, in its experiment's folder.
+CLAIM_FIGURES = {"1": "test_acc_vs_step.png", "2": "test_acc_vs_step.png", "3": "test_acc_vs_step.png",
+                 "4": "weight_norm_vs_step.png"}
+
+
+def _claim_sections(claims: list[Claim], figures: dict[str, list[Path]], out: Path) -> list[str]:
     lines = []
+    experiments = dict(CLAIM_EXPERIMENTS)
     for c in claims:
         lines += [f"### Claim {c.key}: {c.verdict}", "", c.text, ""]
+        experiment = experiments.get(c.key)
+        for fig in figures.get(experiment, []):
+            if fig.name == CLAIM_FIGURES.get(c.key):
+                lines += [f"![claim {c.key}: {experiment}]({fig.relative_to(out).as_posix()})", ""]
         if c.detail:
             lines += [c.detail, ""]
         if c.rows:
@@ -106,7 +117,8 @@ def _wall_text(wall_seconds: float | None, trained: int | None, total: int) -> s
 
 def write_report(out: Path, runs: pd.DataFrame, summaries: dict[str, pd.DataFrame],
                  claims: list[Claim], figures: dict[str, list[Path]],
-                 wall_seconds: float | None, runs_trained: int | None = None) -> Path:
+                 wall_seconds: float | None, runs_trained: int | None = None,
+                 curves: pd.DataFrame | None = None) -> Path:
     profiles = ", ".join(sorted(str(p) for p in runs.get("profile_name", pd.Series()).dropna().unique()))
     datasets = ", ".join(sorted(runs.get("dataset.name", pd.Series()).dropna().astype(str).unique()))
     models = ", ".join(sorted(runs.get("model.name", pd.Series()).dropna().astype(str).unique()))
@@ -124,9 +136,10 @@ def write_report(out: Path, runs: pd.DataFrame, summaries: dict[str, pd.DataFram
         f"{len(runs)} experiment memberships (experiments share runs); "
         f"training time summed over runs: {run_wall / 60:.1f} min"
         + _wall_text(wall_seconds, runs_trained, len(distinct)),
-        "", "## Verdicts", "", "**Verdict rules (pre-registered).** " + VERDICT_RULES, "",
+        "", *protocol_section(runs, curves),
+        "## Verdicts", "", "**Verdict rules (pre-registered).** " + VERDICT_RULES, "",
         *_claims_table(claims), "",
-        "## The claims in detail", "", *_claim_sections(claims),
+        "## The claims in detail", "", *_claim_sections(claims, figures, out),
         "## Group Norm paper's batch-size row, for comparison", "", *_group_norm_rows(runs),
         *_later_rows(runs),
         "## Experiments", "",

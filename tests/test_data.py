@@ -592,3 +592,31 @@ def test_probe_labels_beyond_an_imagefolders_classes_fail_before_training(tmp_pa
     assert "train.minibatch_eval_labels=3" in str(err.value) and "\n" not in str(err.value)
     config["train"]["minibatch_eval_labels"] = 2
     TrainingData(config)
+
+
+def test_train_size_is_a_balanced_subset_the_same_for_every_seed(tmp_path, tiny_fashion_mnist):
+    from tests.test_train import make_config
+
+    full = TrainingData(make_config(tmp_path, tiny_fashion_mnist))
+    seen = []
+    for seed in (0, 1):
+        data = TrainingData(make_config(tmp_path, tiny_fashion_mnist, "data.train_size=100", f"seed={seed}"))
+        assert torch.bincount(data.train_labels, minlength=10).tolist() == [10] * 10
+        seen.append(data.tensors.train_x)
+        # every training batch is drawn from the subset
+        subset = {bytes(img.numpy()) for img in data.tensors.train_x}
+        assert len(full.tensors.train_x) == 600 and len(subset) <= 100
+    assert torch.equal(seen[0], seen[1])
+    # the subset's images are images of the full set, with their own labels
+    rows = {bytes(img.numpy()): int(y) for img, y in zip(full.tensors.train_x, full.train_labels, strict=True)}
+    assert all(rows[bytes(img.numpy())] == int(y) for img, y in zip(seen[0], data.train_labels, strict=True))
+
+
+@pytest.mark.parametrize(("size", "needle"), [(105, "not a multiple of the 10 classes"),
+                                              (1000, "which has")])
+def test_train_size_the_set_cannot_give_is_one_line(tmp_path, tiny_fashion_mnist, size, needle):
+    from tests.test_train import make_config
+
+    with pytest.raises(ValueError, match=f"data.train_size={size}") as err:
+        TrainingData(make_config(tmp_path, tiny_fashion_mnist, f"data.train_size={size}"))
+    assert needle in str(err.value) and "\n" not in str(err.value)

@@ -1,0 +1,66 @@
+"""The Protocol section: the converged-reference check and the per-claim rows, on
+synthetic run frames whose numbers are worked out by hand."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from brn_repro.protocol import converged_reference, protocol_section
+
+
+def frame(rows):
+    base = {"dataset.name": "fashion_mnist", "model.name": "small_cnn", "model.width": 8,
+            "optim.name": "sgd", "optim.lr": 0.1, "optim.weight_decay": 5e-4,
+            "train.lr_schedule": "cosine", "train.eval_every": 100, "train.eval_test_size": None,
+            "norm_momentum": 0.1, "train.steps": 400, "data.train_size": None, "status": "completed",
+            "sampler.type": "iid", "data.workers": 4, "data.per_worker_batch": 32,
+            "norm.relax_start": 100, "norm.r_max": 3.0, "norm.d_max": 5.0,
+            "norm.r_max_end_step": 800, "norm.d_max_end_step": 500}
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def curve(run_dir, accs, steps=(100, 200, 300, 400), ema=None, noise=None):
+    return [{"run_dir": run_dir, "step": s, "test_acc": a,
+             "ema_error/mean": (ema or [0.1] * 4)[i], "batch_noise/mean": (noise or [0.2] * 4)[i]}
+            for i, (s, a) in enumerate(zip(steps, accs, strict=True))]
+
+
+def test_converged_reference_is_the_mean_last_quarter_gain_of_bn_at_32():
+    runs = frame([{"experiment": "fig1_baseline", "norm.type": "bn", "seed": 0, "run_dir": "a"},
+                  {"experiment": "fig1_baseline", "norm.type": "bn", "seed": 1, "run_dir": "b"},
+                  {"experiment": "fig1_baseline", "norm.type": "brn", "seed": 0, "run_dir": "c"}])
+    # 3/4 of 400 is step 300: gains 0.2 and 0.6 -> mean 0.4 < 0.5; BRN's +5 is not read
+    curves = pd.DataFrame(curve("a", [70, 80, 85.0, 85.2]) + curve("b", [70, 80, 84.0, 84.6])
+                          + curve("c", [70, 80, 80.0, 85.0]))
+    check = converged_reference(runs, curves)
+    assert (check.start, check.end, check.gains) == (300, 400, {0: pytest.approx(0.2), 1: pytest.approx(0.6)})
+    assert check.gain == pytest.approx(0.4) and check.passes
+    assert "+0.40 points" in check.text() and "**passes**" in check.text()
+    curves.loc[(curves["run_dir"] == "b") & (curves["step"] == 400), "test_acc"] = 85.0  # gain 1.0
+    check = converged_reference(runs, curves)
+    assert check.gain == pytest.approx(0.6) and not check.passes and "**FAILS**" in check.text()
+
+
+def test_protocol_section_reads_the_runs_configs():
+    runs = frame([{"experiment": "fig1_baseline", "norm.type": n, "seed": s, "run_dir": f"{n}{s}"}
+                  for n in ("bn", "brn") for s in (0, 1)])
+    # the averages: above the batch noise at step 100, below from 200 on
+    curves = pd.DataFrame([row for n in ("bn", "brn") for s in (0, 1)
+                           for row in curve(f"{n}{s}", [70, 80, 85.0, 85.1], ema=[0.3, 0.1, 0.05, 0.02])])
+    text = "\n".join(protocol_section(runs, curves))
+    # 400 x 128 = 51,200 images of 60,000: 0.9 epochs
+    assert "400 steps x global batch 128 = 51,200 images = 0.9 epochs of fashion_mnist" in text
+    assert "+0.10 points" in text and "**passes**" in text
+    assert "alpha = 0.1 for every norm (time constant 10 steps)" in text
+    # BRN at the last step 400: r_max 1 + 2 x 300/700 = 1.86, d_max 5 x 300/400 = 3.75
+    assert "100 -> 500 / 800 (r_max 1.86, d_max 3.75)" in text
+    assert "bn iid 4 x 32 (2); brn iid 4 x 32 (2)" in text
+    assert "from step 200 (at the end 0.020 vs 0.200)" in text
+    assert "| 2 | fig2_small_batch | not run |" in text
+
+
+def test_protocol_section_names_what_the_configs_lack():
+    runs = frame([{"experiment": "fig1_baseline", "norm.type": "bn", "seed": 0, "run_dir": "a"}])
+    text = "\n".join(protocol_section(runs.drop(columns=["optim.lr"]), None))
+    assert "lack optim.lr" in text
