@@ -105,8 +105,11 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
         _drop(ident, key)
     if ident["train"].get("precision") == "float32":  # the default, older than the key: same runs
         del ident["train"]["precision"]
-    if ident["data"].get("train_size", 0) is None:  # all of it, as before the key existed
+    # keys newer than some records, at the values that mean "as before they existed"
+    if ident["data"].get("train_size", 0) is None:
         del ident["data"]["train_size"]
+    if ident["dataset"].get("image_size", 0) is None:
+        del ident["dataset"]["image_size"]
     if split_blind(config):
         data = ident["data"]
         data["global_batch"] = data.pop("per_worker_batch") * data.pop("workers")

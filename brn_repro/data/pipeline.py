@@ -37,6 +37,16 @@ __all__ = ["NONIID_TEST_SEED", "TRAIN_SUBSET_SEED", "TrainingData", "augment", "
 load_dataset = lru_cache(maxsize=2)(build_dataset)
 
 
+def resize(images: Tensor, size: int) -> Tensor:
+    """uint8 (N, C, H, W) images at ``size`` x ``size``: area averaging when shrinking
+    (each output pixel the mean of the input pixels it covers), bilinear when growing."""
+    shrink = size < images.shape[-1]
+    out = torch.nn.functional.interpolate(images.float(), size=(size, size),
+                                          mode="area" if shrink else "bilinear",
+                                          **({} if shrink else {"align_corners": False}))
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
 class _SamplerBatches:
     """The sampler as an endless DataLoader ``batch_sampler`` (lists of indices),
     cut to this process's ``local`` part of each global batch."""
@@ -81,6 +91,10 @@ class TrainingData:
             if data.get("train_size") is not None:
                 keep = balanced_subset_indices(built.train_y, data["train_size"])
                 built = dataclasses.replace(built, train_x=built.train_x[keep], train_y=built.train_y[keep])
+            if dataset.get("image_size") and dataset["image_size"] != built.image_size:
+                size = dataset["image_size"]
+                built = dataclasses.replace(built, train_x=resize(built.train_x, size),
+                                            test_x=resize(built.test_x, size))
             self.tensors: DatasetTensors = built
             self.train_labels, self.test_labels = built.train_y, built.test_y
             # seed + 1: augmentation draws independent of the sampler's
