@@ -620,3 +620,17 @@ def test_train_size_the_set_cannot_give_is_one_line(tmp_path, tiny_fashion_mnist
     with pytest.raises(ValueError, match=f"data.train_size={size}") as err:
         TrainingData(make_config(tmp_path, tiny_fashion_mnist, f"data.train_size={size}"))
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_resize_shrinks_by_averaging_each_block_and_runs_train_on_it(tmp_path, tiny_fashion_mnist):
+    from brn_repro.data.pipeline import resize
+    from tests.test_train import make_config
+
+    images = torch.tensor([[[[0, 10, 20, 30], [2, 12, 22, 33], [100, 100, 0, 0], [101, 100, 1, 2]]]],
+                          dtype=torch.uint8)
+    # 2x2 block means: (0+10+2+12)/4 = 6, (20+30+22+33)/4 = 26.25, 100.25, 0.75 -> rounded
+    assert resize(images, 2).tolist() == [[[[6, 26], [100, 1]]]]
+    data = TrainingData(make_config(tmp_path, tiny_fashion_mnist, "dataset.image_size=14"))
+    full = TrainingData(make_config(tmp_path, tiny_fashion_mnist))
+    assert data.image_size == 14 and data.tensors.test_x.shape[-2:] == (14, 14)
+    assert torch.equal(data.tensors.train_x, resize(full.tensors.train_x, 14))

@@ -75,8 +75,6 @@ class TrainingData:
         self.crop_padding, self.flip = int(augment_cfg.get("crop_padding", 0)), bool(augment_cfg.get("flip"))
         built = load_dataset(dataset["name"], dataset.get("root"), bool(dataset.get("download", True)),
                              str(config["paths"]["data"]), dataset.get("image_size", 224), self.flip)
-        self.num_classes, self.in_channels = built.num_classes, built.in_channels
-        self.image_size = built.image_size
         self.streaming = isinstance(built, ImageFolderSplits)
         if self.streaming:
             self.train_set, self.val_set = built.train, built.val
@@ -99,6 +97,8 @@ class TrainingData:
             self.train_labels, self.test_labels = built.train_y, built.test_y
             # seed + 1: augmentation draws independent of the sampler's
             self.batches = InMemoryBatches(self.tensors, self.crop_padding, self.flip, seed + 1)
+        self.num_classes, self.in_channels = built.num_classes, built.in_channels
+        self.image_size = built.image_size
         self.sampler = build_sampler(sampler_cfg["type"], self.train_labels, data["workers"],
                                      data["per_worker_batch"], seed, sampler_cfg.get("labels_per_batch"),
                                      sampler_cfg.get("images_per_label"))
