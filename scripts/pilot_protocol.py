@@ -40,7 +40,7 @@ SETTINGS = [  # one home for the pilot's numbers; every evaluation on the whole 
     # so the last quarter's gain compares like with like
     "profile=quick", "norm=bn", "data.global_batch=128", "data.workers='${div:${data.global_batch},${data.per_worker_batch}}'",
     "train.compile=true", "train.eval_test_size=null",
-]
+]  # (stage crossing overrides eval_test_size: it reads the averages, not the accuracy)
 # Stage 1 (alpha, relax_start): both splits, three rates. Stage 2 (run length): per-worker
 # 32 at twice the length. alpha changes BN's inference statistics, never its training.
 STAGES = {
@@ -85,6 +85,13 @@ STAGES = {
              "train.lr_schedule=step", "train.steps=3600,4800", "train.eval_every='${div:${train.steps},8}'",
              "train.checkpoint_every='${train.steps}'", "data.per_worker_batch=32",
              "norm_momentum=0.1", "optim.lr=0.2", "seed=0,1"],
+    # Stage 8 (crossing): the chosen run (step lr 0.2, 3600 steps = 7.7 epochs at 14 x 14,
+    # width 8) at both splits, evaluated every 75 steps (test accuracy on 1000 images: only
+    # the averages' error is read here) for when the averages beat one worker's batch.
+    "crossing": ["model.width=8", "dataset.image_size=14", "dataset.augment.crop_padding=0",
+                 "train.lr_schedule=step", "train.steps=3600", "train.eval_every=75",
+                 "train.eval_test_size=1000", "train.checkpoint_every=3600",
+                 "data.per_worker_batch=32,4", "norm_momentum=0.1", "optim.lr=0.2", "seed=0,1"],
 }
 KEYS = ["per_worker_batch", "alpha", "lr", "steps", "train_size", "lr_schedule"]  # what a stage varies besides the seed
 
