@@ -15,7 +15,7 @@ JOBS ?= 2
 THREADS ?= 1
 DATASET ?= fashion_mnist
 
-.PHONY: help setup data reproduce reproduce-extended aggregate test test-slow test-all bench gpu-check lint clean
+.PHONY: help setup data reproduce reproduce-full aggregate test test-slow test-all bench gpu-check lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -36,10 +36,10 @@ reproduce:  ## install, get the data, run the default reproduction, write result
 	$(BIN)/python scripts/reproduce.py --profile $(PROFILE) --jobs $(JOBS) --threads $(THREADS) \
 		--started-at $$start
 
-reproduce-extended:  ## the default reproduction plus the later norms' sweep (MABN, FRN, EvoNorm, GN+WS)
+reproduce-full:  ## the default reproduction plus the sweeps that decide no claim (batch sizes, r/d schedules, later norms)
 	@start=$$(date +%s); $(MAKE) --no-print-directory data && \
 	$(BIN)/python scripts/reproduce.py --profile $(PROFILE) --jobs $(JOBS) --threads $(THREADS) \
-		--started-at $$start --extended
+		--started-at $$start --full
 
 aggregate: $(STAMP)  ## re-aggregate existing run records into results/
 	$(BIN)/python -m brn_repro.aggregate --runs runs/$(PROFILE) --out results

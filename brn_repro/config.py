@@ -170,7 +170,7 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"seed={config['seed']!r} must be an integer")
     validate_model(config["model"])
     dataset = config["dataset"]
-    _positive_int(dataset.get("image_size", 1), "dataset.image_size")
+    _positive_int(dataset.get("image_size"), "dataset.image_size", allow_none=dataset["name"] != "imagefolder")
     for key, value in (("loader_workers", dataset.get("loader_workers", 0)),
                        ("augment.crop_padding", (dataset.get("augment") or {}).get("crop_padding", 0))):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

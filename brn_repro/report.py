@@ -97,7 +97,7 @@ def _later_rows(runs: pd.DataFrame) -> list[str]:
     if runs[runs["experiment"] == "batch_size_sweep_extended"].empty:
         return []
     return ["## Later answers: MABN, FRN, EvoNorm-S0, GN + WS", "",
-            "`batch_size_sweep_extended` (`make reproduce-extended`): the post-2017 normalizations "
+            "`batch_size_sweep_extended` (`make reproduce-full`): the post-2017 normalizations "
             "next to BN, BRN and GN, global batch fixed. MABN's published row is its paper's "
             "Table (normalization batch 2).", "",
             *_batch_rows(runs, "batch_size_sweep_extended", LATER_NORMS,

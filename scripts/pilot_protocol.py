@@ -177,7 +177,9 @@ def main() -> None:
                                 "train.lr_schedule": "lr_schedule"})
     if (runs["norm"] != "bn").any():
         sys.exit("error: the pilot reads batchnorm runs only")
-    curves = curves.merge(runs[["run_dir", *KEYS, "seed"]], on="run_dir")
+    # (the curves log the step's lr too: the run's lr comes from its config)
+    curves = curves.drop(columns=[k for k in (*KEYS, "seed") if k in curves]).merge(
+        runs[["run_dir", *KEYS, "seed"]], on="run_dir")
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "pilot_runs.csv", index=False)

@@ -14,7 +14,9 @@ def write_run(root, experiment, norm, seed, acc, pwb=32, sampler="iid", status="
               "dataset": {"name": "fashion_mnist"}, "model": {"name": "small_cnn"},
               "norm": {"type": norm, **(extra_norm or {})}, "sampler": {"type": sampler},
               "data": {"per_worker_batch": pwb, "workers": 64 // pwb},
-              "train": {"steps": steps[-1], "note": experiment}}  # distinct runs per experiment
+              "optim": {"weight_decay": 0.0},  # claim 4's primary setting: constant lr, no decay
+              "train": {"steps": steps[-1], "lr_schedule": "constant",
+                        "note": experiment}}  # distinct runs per experiment
     record = RunRecord(root, config)
     record.start()
     for i, step in enumerate(steps):
