@@ -175,6 +175,9 @@ def main() -> None:
                                 "norm.momentum": "alpha", "optim.lr": "lr", "train.steps": "steps",
                                 "data.train_size": "train_size",
                                 "train.lr_schedule": "lr_schedule"})
+    for key in KEYS:  # runs older than a key (data.train_size) did not vary it
+        if key not in runs:
+            runs[key] = None
     if (runs["norm"] != "bn").any():
         sys.exit("error: the pilot reads batchnorm runs only")
     # (the curves log the step's lr too: the run's lr comes from its config)
