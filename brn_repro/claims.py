@@ -357,8 +357,11 @@ def claim_4(runs: pd.DataFrame, curves: pd.DataFrame | None) -> Claim:
         claim.verdict = primary.verdict
     claim.primary = f"{primary.label}: {primary.verdict}, {primary.ours}" if primary else "-"
     diverged, total = int((ma_all["status"] == "diverged").sum()), len(ma_all)
-    bn = exp[exp["norm.type"] == "bn"]
-    claim.ours = f"{diverged} of {total} moving-average runs diverged; BN {stats(bn).text()}"
+    primary_runs = exp[(exp["train.lr_schedule"] == "constant") & (exp["optim.weight_decay"] == 0)]
+    claim.ours = (f"{diverged} of {total} moving-average runs diverged; at constant lr without "
+                  f"weight decay: moving averages "
+                  f"{stats(primary_runs[primary_runs['norm.type'] == 'moving_average']).text()}, "
+                  f"BN {stats(primary_runs[primary_runs['norm.type'] == 'bn']).text()}")
     return claim
 
 

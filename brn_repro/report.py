@@ -69,7 +69,8 @@ def _batch_rows(runs: pd.DataFrame, experiment: str, norms: tuple[str, ...],
     """Per norm: the published ImageNet row(s) (100 - top-1 error) and ours, by per-worker batch."""
     sweep = runs[runs["experiment"] == experiment]
     if sweep.empty:
-        return [f"The {experiment} experiment has no runs in this aggregate.", ""]
+        return [f"The {experiment} experiment has no runs in this aggregate (`make reproduce-full` "
+                "runs it).", ""]
     batches = [32, 16, 8, 4, 2, 1]
     lines = ["| norm | source | " + " | ".join(f"b={b}" for b in batches) + " |",
              "|---|---|" + "---|" * len(batches)]

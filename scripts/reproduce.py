@@ -49,7 +49,8 @@ def expand(experiment: str, base: list[str]) -> list[dict]:
                 for key, values in params.items()]
         configs = []
         for combo in itertools.product(*axes):
-            cfg = compose("config", overrides=[f"+experiment={experiment}", *base, *combo])
+            # in the order a Hydra multirun gives each job: the sweep's choices first
+            cfg = compose("config", overrides=[*combo, f"+experiment={experiment}", *base])
             configs.append(resolve(cfg))  # as the runner resolves it: the same run directories
     return configs
 
