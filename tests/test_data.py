@@ -532,9 +532,14 @@ def fig3_config(condition, *overrides, profile="quick"):
 def test_quick_fig3_split_normalizes_groups_of_one_image_per_label_and_probes_more_labels():
     config = fig3_config("bn_split")
     validate(config)
-    sampler, train = config["sampler"], config["train"]
-    assert (sampler["labels_per_batch"], sampler["images_per_label"]) == (2, 4)
+    sampler = config["sampler"]
+    assert (sampler["labels_per_batch"], sampler["images_per_label"]) == (2, 2)
+    assert config["data"]["per_worker_batch"] == 4
     assert norm_batch(config) == norm_options(config)["per_worker_batch"] == 2
+    # the probe runs on the non-i.i.d. runs only (the i.i.d. ones are fig2's records)
+    noniid, iid = fig3_config("bn_noniid"), fig3_config("bn_iid")
+    assert noniid["train"]["minibatch_stats_eval"] and not iid["train"]["minibatch_stats_eval"]
+    train = noniid["train"]
     assert train["minibatch_eval_images"] == sampler["images_per_label"]
     assert sampler["labels_per_batch"] < train["minibatch_eval_labels"] <= 10
     for condition in ("bn_noniid", "brn_noniid", "bn_iid"):
@@ -545,12 +550,12 @@ def test_quick_fig3_split_normalizes_groups_of_one_image_per_label_and_probes_mo
 
 
 @pytest.mark.parametrize("overrides,needles", [
-    (["noniid_recipe.eval_images=2"], ["train.minibatch_eval_images=2", "sampler.images_per_label=4"]),
+    (["noniid_recipe.eval_images=3"], ["train.minibatch_eval_images=3", "sampler.images_per_label=2"]),
     (["noniid_recipe.eval_labels=2"], ["train.minibatch_eval_labels=2", "sampler.labels_per_batch=2"]),
     (["noniid_recipe.eval_labels=1"], ["train.minibatch_eval_labels=1", "noniid_recipe.eval_labels"]),
     (["noniid_recipe.eval_labels=11"], ["train.minibatch_eval_labels=11", "10 classes"]),
 ])
-@pytest.mark.parametrize("condition", ["bn_noniid", "bn_split"])
+@pytest.mark.parametrize("condition", ["bn_noniid", "brn_noniid"])
 def test_probe_mistakes_are_one_line_config_errors(condition, overrides, needles):
     with pytest.raises(ConfigError) as err:
         validate(fig3_config(condition, *overrides))
@@ -574,8 +579,9 @@ def test_probe_recipe_is_only_checked_when_the_probe_is_on():
                          "train.minibatch_stats_eval=false"))
     # i.i.d. training has no label structure to keep; only the test set's classes bound the probe
     validate(fig3_config("bn_iid", "noniid_recipe.eval_images=2", "noniid_recipe.eval_labels=2"))
+    validate(fig3_config("bn_iid", "noniid_recipe.eval_labels=11"))  # its probe is off
     with pytest.raises(ConfigError, match="train.minibatch_eval_labels=11"):
-        validate(fig3_config("bn_iid", "noniid_recipe.eval_labels=11"))
+        validate(fig3_config("bn_iid", "noniid_recipe.eval_labels=11", "train.minibatch_stats_eval=true"))
 
 
 def test_probe_labels_beyond_an_imagefolders_classes_fail_before_training(tmp_path):
