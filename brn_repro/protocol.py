@@ -73,6 +73,14 @@ def _reached(config: pd.Series, step: int) -> str:
     return ", ".join(out)
 
 
+def below_from(below: pd.Series) -> int | None:
+    """The first step (``below``'s index) from which every later evaluation is True;
+    None if the last one is not. (The pilot reads the same crossing.)"""
+    later_above = (~below)[::-1].cummax()[::-1]
+    steps = below[~later_above].index
+    return int(steps.min()) if len(steps) else None
+
+
 def _crossing(bn: pd.DataFrame, curves: pd.DataFrame) -> str:
     """When BN's moving averages (the ones BRN reads) got closer to the population than
     one worker's batch: the first evaluated step from which the mean error stays below."""
@@ -81,14 +89,11 @@ def _crossing(bn: pd.DataFrame, curves: pd.DataFrame) -> str:
     if mine is None or mine.empty or not all(k in mine for k in keys):
         return "-"
     mean = mine.groupby("step")[list(keys)].mean()
-    below = mean[keys[0]] < mean[keys[1]]
-    later_above = (~below)[::-1].cummax()[::-1]
-    steps = below[~later_above].index
+    first = below_from(mean[keys[0]] < mean[keys[1]])
     end = mean.iloc[-1]
     tail = f" (at the end {end[keys[0]]:.3f} vs {end[keys[1]]:.3f})"
-    if not len(steps):
+    if first is None:
         return "never below" + tail
-    first = int(steps.min())
     return (f"by the first evaluation, step {first}" if first == int(mean.index.min())
             else f"from step {first}") + tail
 

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from brn_repro.aggregate import load_runs  # noqa: E402
+from brn_repro.protocol import below_from  # noqa: E402
 
 SETTINGS = [  # one home for the pilot's numbers; every evaluation on the whole test set,
     # so the last quarter's gain compares like with like
@@ -115,11 +116,7 @@ def crossing(curves: pd.DataFrame) -> pd.DataFrame:
                "lr_schedule": lr_schedule,
                "time_constant_steps": round(1 / alpha)}
         for kind in ("mean", "std"):
-            below = mean[f"ema_error/{kind}"] < mean[f"batch_noise/{kind}"]
-            # the first step after which every later evaluation is below
-            later_above = (~below)[::-1].cummax()[::-1]
-            steps = below[~later_above].index
-            row[f"below_from_step_{kind}"] = int(steps.min()) if len(steps) else None
+            row[f"below_from_step_{kind}"] = below_from(mean[f"ema_error/{kind}"] < mean[f"batch_noise/{kind}"])
             row[f"ema_error_{kind}_end"] = round(float(mean[f"ema_error/{kind}"].iloc[-1]), 4)
             row[f"batch_noise_{kind}_end"] = round(float(mean[f"batch_noise/{kind}"].iloc[-1]), 4)
         rows.append(row)
