@@ -22,6 +22,7 @@ import yaml
 
 from brn_repro.loggers import flatten_config
 from brn_repro.records import (
+    MEMBERSHIP_FILE,
     RecordError,
     find_records,
     read_metrics_file,
@@ -43,9 +44,6 @@ CONDITIONS: dict[str, list[str]] = {
 SUMMARY_FIELDS = ("status", "test_acc", "train_acc", "minibatch_stats_acc", "best_test_acc",
                   "steps_done", "diverged_step", "wall_seconds", "images_per_second")
 METRICS = ("test_acc", "train_acc", "minibatch_stats_acc")
-
-
-MEMBERSHIP_FILE = "experiments.json"
 
 
 def _members(runs_root: Path) -> list[tuple[Path, dict[str, Any]]]:

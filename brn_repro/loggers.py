@@ -31,6 +31,7 @@ __all__ = [
     "NullLogger",
     "WandbLogger",
     "build_logger",
+    "wandb_run_id",
     "flatten_config",
     "scrub_secrets",
     "is_secret_key",
@@ -221,12 +222,40 @@ def resolve_wandb_mode(
 # ---------------------------------------------------------------------------- wandb
 
 
-class WandbLogger:
-    """One W&B run per training run, flat config, metrics plotted against the training step.
+# Metrics whose W&B summary is their best and their last value (``test_acc.max``,
+# ``test_acc.last``): the runs table then sorts by either.
+BEST_AND_LAST = ("test_acc", "train_acc", "minibatch_stats_acc")
+# Tag of a run that stopped on a non-finite loss (it also finishes with exit code 1).
+DIVERGED_TAG = "diverged"
 
-    ``reinit="finish_previous"`` makes every construction a fresh run even when
-    Hydra multirun executes several jobs in one process; :meth:`finish` should
-    still be called per job so each run gets its own exit code.
+
+def wandb_run_id(run_dir_name: str) -> str:
+    """The W&B run id of a run record: its directory name (the run's identity), in the
+    characters W&B ids allow. A resumed run, or a later ``train.stop_at_step`` chunk,
+    continues the same W&B run."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", run_dir_name)[-64:]
+
+
+def is_per_layer(key: str) -> bool:
+    """``norm/<layer>/r_clip_frac``, ``ema_error/<layer>/mean``, ... (the means over layers,
+    ``norm/mean/...`` and ``ema_error/mean``, are not): hidden from W&B's automatic panels,
+    which would otherwise draw six panels per normalization layer."""
+    parts = key.split("/")
+    return len(parts) >= 3 and parts[1] != "mean"
+
+
+class WandbLogger:
+    """One W&B run per run record: same id across resumes and chunks, metrics against the step.
+
+    ``run_id`` is derived from the record's identity (:func:`wandb_run_id`) and the run
+    is opened with ``resume="allow"``, so an interrupted run that resumes from its
+    checkpoint (or the next ``train.stop_at_step`` chunk) appends to the same W&B run;
+    offline, each call writes its own ``offline-run-*`` directory with that id and
+    ``wandb sync`` uploads them in order as one run. W&B keeps the first value logged at
+    a step, so steps re-trained after a resume (between the checkpoint and the crash)
+    keep their first values there; the local record holds the re-trained ones.
+    ``reinit="finish_previous"`` makes every construction a fresh run even when Hydra
+    multirun executes several jobs in one process.
     """
 
     def __init__(
@@ -236,6 +265,8 @@ class WandbLogger:
         run_dir: Path | str,
         run_name: str,
         group: str | None,
+        run_id: str | None = None,
+        job_type: str = "train",
         project: str = "brn-repro",
         entity: str | None = None,
         mode: str = "auto",
@@ -252,7 +283,10 @@ class WandbLogger:
             project=project,
             entity=entity,
             group=group,
+            job_type=job_type,
             name=run_name,
+            id=run_id,
+            resume="allow" if run_id else None,
             tags=list(tags) if tags else None,
             config=flat_config,
             dir=str(run_dir),
@@ -263,6 +297,9 @@ class WandbLogger:
         # Plot every metric against the training step we pass, not wandb's call counter.
         self._run.define_metric("step")
         self._run.define_metric("*", step_metric="step")
+        for key in BEST_AND_LAST:
+            self._run.define_metric(key, step_metric="step", summary="max,last")
+        self._defined: set[str] = set()
         self._last_step: int | None = None
         self._finished = False
 
@@ -277,6 +314,10 @@ class WandbLogger:
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Log one history row at ``step``; several calls with the same step merge into one row."""
+        for key in metrics.keys() - self._defined:
+            if is_per_layer(key):
+                self._run.define_metric(key, step_metric="step", hidden=True)
+        self._defined.update(metrics)
         step = int(step)
         self._run.log({**metrics, "step": step}, step=step)
         self._last_step = step
@@ -285,16 +326,22 @@ class WandbLogger:
         """Write out the buffered row of the last step.
 
         wandb holds a row open until a larger step arrives; if it were written
-        only at finish, its values (e.g. the last eval's ``test_acc``) would
+        only at finish, its values (e.g. the last eval's ``loss``) would
         overwrite the final summary written just before.
         """
         if self._last_step is not None:
             self._run.log({}, step=self._last_step, commit=True)
 
     def summary(self, values: dict[str, Any]) -> None:
-        """Set the run's final summary (status, test_acc, ...); these win over the last history row."""
+        """Set the run's final summary (status, steps_done, ...); these win over the last
+        history row. The accuracies keep their ``max`` / ``last`` summaries (the record's
+        final value is the last one; a diverged run's is None: ``status`` says why). A
+        diverged run is tagged :data:`DIVERGED_TAG`."""
         self._commit_pending_row()
+        values = {k: v for k, v in values.items() if k not in BEST_AND_LAST}
         self._run.summary.update(_jsonable(scrub_secrets(values)))
+        if values.get("status") == "diverged" and DIVERGED_TAG not in self._run.tags:
+            self._run.tags = (*self._run.tags, DIVERGED_TAG)
 
     def finish(self, exit_code: int = 0) -> None:
         """Close the run (a nonzero exit code marks it failed in W&B); safe to call twice."""
@@ -304,34 +351,17 @@ class WandbLogger:
         self._run.finish(exit_code=exit_code)
 
 
-def build_logger(
-    kind: str,
-    *,
-    config: dict,
-    run_dir: Path,
-    run_name: str,
-    group: str | None,
-    project: str = "brn-repro",
-    entity: str | None = None,
-    mode: str = "auto",
-    tags: list[str] | None = None,
-) -> RunLogger:
-    """The logger named by ``conf/logger/<kind>.yaml``: ``none`` or ``wandb``."""
+# The runner's own progress bar and record say what happened; keep wandb's console
+# wrapping and system sampling out of a CPU training loop. Git stays on: the run page
+# shows the commit (the config's ``git_commit`` holds it too).
+RUNNER_SETTINGS = {"quiet": True, "console": "off", "x_disable_stats": True, "save_code": False}
+
+
+def build_logger(kind: str, **options: Any) -> RunLogger:
+    """The logger named by ``conf/logger/<kind>.yaml``: ``none``, or ``wandb`` with
+    :class:`WandbLogger`'s keyword arguments."""
     if kind == "none":
         return NullLogger()
     if kind == "wandb":
-        return WandbLogger(
-            config=config,
-            run_dir=run_dir,
-            run_name=run_name,
-            group=group,
-            project=project,
-            entity=entity,
-            mode=mode,
-            tags=tags,
-            # The runner's own progress bar and record say what happened; keep wandb's
-            # console wrapping and system sampling out of a CPU training loop.
-            settings={"quiet": True, "console": "off", "x_disable_stats": True,
-                      "save_code": False, "disable_git": True},
-        )
+        return WandbLogger(**options, settings=RUNNER_SETTINGS)
     raise ValueError(f"unknown logger kind {kind!r}; expected one of {LOGGER_KINDS}")

@@ -45,11 +45,14 @@ from brn_repro.loggers import scrub_secrets
 
 # Config keys that do not change a run's numbers, so they are not part of its identity.
 NON_IDENTITY_KEYS = (
-    "experiment", "logger", "paths", "profile_name", "norm_momentum", "schedule", "noniid_recipe", "dataset.root", "dataset.download", "dataset.loader_workers",
+    "experiment", "git_commit", "logger", "paths", "profile_name", "norm_momentum", "schedule", "noniid_recipe", "dataset.root", "dataset.download", "dataset.loader_workers",
     "train.checkpoint_every", "train.eval_batch", "train.threads", "train.progress", "train.device", "train.stop_at_step",
     "train.channels_last", "train.compile",
 )
 CHECKPOINT_KEYS = {"step", "best_test_acc", "wall_seconds", "model", "optimizer", "scheduler", "data", "ema"}
+# Under paths.runs: which experiments each run belongs to (scripts/reproduce.py writes it;
+# a run can serve several experiments and several split-blind conditions).
+MEMBERSHIP_FILE = "experiments.json"
 LOCK_TIMEOUT, LOCK_STALE = 6 * 3600.0, 60.0  # defaults when paths.lock_* are not set
 
 
@@ -269,6 +272,19 @@ class RunRecord:
             print(f"note: {self.summary_path} is damaged or incomplete; finishing the run again",
                   file=sys.stderr)
         return summary
+
+    def experiments(self) -> list[str]:
+        """Every experiment this run belongs to: the one that asked for it, and those the
+        reproduction's membership file (:data:`MEMBERSHIP_FILE`) lists it under."""
+        names = {self.config["experiment"]}
+        try:
+            plan = json.loads((self.root / MEMBERSHIP_FILE).read_text())
+        except (OSError, ValueError):
+            plan = {}
+        for experiment, members in plan.items():
+            if any(Path(m["run_dir"]).name == self.dir.name for m in members):
+                names.add(experiment)
+        return sorted(names)
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.exists()

@@ -50,9 +50,10 @@ from brn_repro.evaluate import (
     percent,
 )
 from brn_repro.lease import LockError
-from brn_repro.loggers import build_logger
+from brn_repro.loggers import build_logger, wandb_run_id
 from brn_repro.models import as_layout, build_model, check_model_input
 from brn_repro.norm import norm_diagnostics
+from brn_repro.provenance import git_commit
 from brn_repro.records import RecordError, RunRecord, public_config, run_name
 
 # How often the host reads whether the loss went non-finite (on a CPU a read is free).
@@ -142,6 +143,7 @@ def evaluate(model, ema, data: TrainingData, config, final: bool, ctx: distribut
 def run(config: dict[str, Any]) -> dict[str, Any]:
     """Train ``config`` (a resolved config as a plain dict); returns the run's summary."""
     validate(config)
+    config = {**config, "git_commit": git_commit()}  # recorded, not part of the run's identity
     if config["train"].get("threads"):
         torch.set_num_threads(config["train"]["threads"])
     ctx, device = distributed.init(config["train"].get("device", "auto"))
@@ -195,8 +197,12 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
         if ctx.is_main:
             print(f"resuming {record.dir} from step {start}")
     name = run_name(config)
+    # One W&B run per record (same id across resumes), grouped by profile and experiment,
+    # tagged with every experiment the run serves.
     logger = build_logger(config["logger"]["kind"] if ctx.is_main else "none", config=public_config(config),
-                          run_dir=record.dir, run_name=name, group=config["experiment"],
+                          run_dir=record.dir, run_name=name, run_id=wandb_run_id(record.dir.name),
+                          group=f"{config['profile_name']}/{config['experiment']}",
+                          tags=record.experiments(),
                           **{k: v for k, v in config["logger"].items() if k != "kind"})
     net = distributed.wrap(model, ctx, device)  # after loading: every process starts equal
     if compiled:  # the norms switch to their plain-ops formulation (norm/_grouped.py)
@@ -277,6 +283,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
         eval_start = time.perf_counter()
         last = evaluate(model, ema, data, config, True, ctx, device)
         eval_seconds += time.perf_counter() - eval_start
+        logger.log(last, step)
     wall = wall_before + time.perf_counter() - t0
     if status == "stopped":  # a job's share of the run: checkpointed, no summary yet
         if ctx.is_main:
@@ -313,7 +320,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
               f"recorded in {record.summary_path}")
     record.write_summary(summary)
     logger.summary(summary)
-    logger.finish()
+    logger.finish(exit_code=1 if status == "diverged" else 0)
     return summary
 
 

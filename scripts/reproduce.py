@@ -25,10 +25,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from brn_repro.aggregate import MEMBERSHIP_FILE
 from brn_repro.config import resolve  # (and registers the config resolvers)
 from brn_repro.loggers import has_wandb_credentials
-from brn_repro.records import RunRecord, write_atomic
+from brn_repro.records import MEMBERSHIP_FILE, RunRecord, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the four claims need (`make reproduce`, within 45 minutes on 2 CPU cores).

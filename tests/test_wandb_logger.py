@@ -67,9 +67,10 @@ LOGGED = [
     (0, {"test_acc": 0.125}),
     (10, {"loss": 1.5, "test_acc": 0.5}),
     (20, {"loss": 0.75}),
-    (20, {"test_acc": 0.625}),
+    (20, {"test_acc": 0.375}),
 ]
-FINAL_SUMMARY = {"status": "completed", "test_acc": 0.875, "steps_done": 20}
+# The record's summary; its accuracies are W&B's max / last summaries of the history instead.
+FINAL_SUMMARY = {"status": "completed", "test_acc": 0.875, "loss": 0.5, "steps_done": 20}
 
 
 @pytest.fixture
@@ -273,8 +274,11 @@ def test_offline_run_reads_back_with_wandb_reader(offline_env):
     state = read_final_state(wandb_file)
     config = {k: v for k, v in state["config"].items() if not k.startswith("_")}
     assert config == EXPECTED_FLAT
-    # The final summary wins over the last history row (test_acc 0.625 logged at step 20).
-    assert {k: state["summary"][k] for k in FINAL_SUMMARY} == FINAL_SUMMARY
+    # The final summary wins over the last history row (loss 0.75 logged at step 20); the
+    # accuracy keeps its best and last values (define_metric summary="max,last").
+    assert {k: state["summary"][k] for k in ("status", "loss", "steps_done")} == {
+        "status": "completed", "loss": 0.5, "steps_done": 20}
+    assert state["summary"]["test_acc"] == {"max": 0.5, "last": 0.375}
     assert (state["name"], state["project"], state["state"], state["exit_code"]) == (
         "brn-b4-s3",
         "brn-repro",

@@ -1,0 +1,82 @@
+"""W&B runs are the run records: one W&B run per record across an interruption, with
+its group, job type, tags, commit; a diverged run tagged and failed; per-layer metrics
+hidden. Offline runs read back with wandb's own reader (``wandb leet inspect``)."""
+
+import json
+import subprocess
+
+from test_train import make_config
+from test_wandb_logger import offline_env, read_final_state, read_records  # noqa: F401 (fixture)
+
+from brn_repro.loggers import wandb_run_id
+from brn_repro.provenance import ROOT
+from brn_repro.records import MEMBERSHIP_FILE, RunRecord
+from brn_repro.train import run
+
+
+def offline_runs(record: RunRecord) -> list:
+    """(state, records) of each offline W&B run under the record, oldest first."""
+    out = []
+    for sync_dir in sorted((record.dir / "wandb").glob("offline-run-*")):
+        (wandb_file,) = sync_dir.glob("run-*.wandb")
+        out.append((read_final_state(wandb_file), read_records(wandb_file)))
+    return out
+
+
+def head_commit() -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_an_interrupted_run_is_one_wandb_run_with_its_group_tags_and_commit(
+        offline_env, tiny_fashion_mnist):  # noqa: F811
+    runs = offline_env / "runs"
+    config = make_config(runs, tiny_fashion_mnist, "logger=wandb", "train.steps=40",
+                         "train.eval_every=10", "train.checkpoint_every=10", "profile=quick",
+                         "+experiment=fig2_small_batch", "data.per_worker_batch=4",
+                         "data.workers=4", "data.global_batch=16", "train.stop_at_step=20")
+    assert run(config)["status"] == "stopped"  # interrupted at step 20, checkpointed
+    record = RunRecord(runs, config)
+    # The reproduction learns that the run also serves fig3_noniid (its i.i.d. arm).
+    (runs / MEMBERSHIP_FILE).write_text(json.dumps({
+        name: [{"run_dir": str(record.dir), "config": config}]
+        for name in ("fig2_small_batch", "fig3_noniid")}))
+    resumed = {**config, "train": {**config["train"], "stop_at_step": None}}
+    assert run(resumed)["status"] == "completed"
+
+    (first, first_records), (second, second_records) = offline_runs(record)
+    expected_id = wandb_run_id(record.dir.name)
+    assert first["run_id"] == second["run_id"] == expected_id
+    for state, records in ((first, first_records), (second, second_records)):
+        (run_record,) = [r["run"] for r in records if r["type"] == "run"]
+        assert run_record["run_group"] == "quick/fig2_small_batch"
+        assert run_record["job_type"] == "train"
+        assert state["config"]["git_commit"].split("+")[0] == head_commit()
+    assert sorted(first["tags"]) == ["fig2_small_batch"]
+    assert sorted(second["tags"]) == ["fig2_small_batch", "fig3_noniid"]
+    steps = [[r["history"]["step"]["num"] for r in records if r["type"] == "history"]
+             for records in (first_records, second_records)]
+    assert steps == [[10, 20], [30, 40]]  # together, the record's evaluations, once each
+    local = [json.loads(line)["test_acc"] for line in record.metrics_path.read_text().splitlines()]
+    assert second["summary"]["test_acc"]["last"] == local[-1]
+    assert (first["state"], second["state"]) == ("finished", "finished")
+    # the record's own config carries the commit too (not its identity: same directory)
+    assert "git_commit: " + head_commit() in record.config_path.read_text()
+
+
+def test_a_diverged_run_is_tagged_and_failed_and_per_layer_metrics_are_hidden(
+        offline_env, tiny_fashion_mnist):  # noqa: F811
+    runs = offline_env / "runs"
+    config = make_config(runs, tiny_fashion_mnist, "logger=wandb", "norm=brn", "optim.lr=1e12",
+                         "optim.weight_decay=0", "train.lr_schedule=constant",
+                         "train.eval_every=1", "norm.relax_start=0")
+    summary = run(config)
+    assert summary["status"] == "diverged" and summary["diverged_step"] > 1  # evaluated first
+    ((state, records),) = offline_runs(RunRecord(runs, config))
+    assert "diverged" in state["tags"] and state["exit_code"] == 1
+    assert state["summary"]["status"] == "diverged"
+    metrics = {r["metric"].get("name"): r["metric"] for r in records if r["type"] == "metric"}
+    per_layer = [k for k in metrics if k and k.count("/") >= 2 and k.split("/")[1] != "mean"]
+    assert per_layer and all(metrics[k].get("options", {}).get("hidden") for k in per_layer)
+    means = [k for k in metrics if k and k.startswith(("norm/mean/", "ema_error/mean"))]
+    assert not any(metrics[k].get("options", {}).get("hidden") for k in means)
