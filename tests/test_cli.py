@@ -51,7 +51,7 @@ def test_two_job_multirun_gives_two_records_and_two_wandb_runs_equal_to_them(tmp
                 assert theirs[key] == mine[key]
         state = read_final_state(wandb_file)
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert state["summary"]["test_acc"] == summary["test_acc"]
+        assert state["summary"]["test_acc"]["last"] == summary["test_acc"]
         assert state["config"]["norm.type"] == run_dir.name.split("-")[0]
         assert state["config"]["data.per_worker_batch"] == 4
     assert len(ids) == 2
