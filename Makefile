@@ -14,6 +14,9 @@ PROFILE ?= quick
 JOBS ?= 2
 THREADS ?= 1
 DATASET ?= fashion_mnist
+# make reproduce WANDB=1: log every run and the aggregate to W&B (offline without credentials)
+WANDB ?=
+WANDB_FLAG := $(if $(filter-out 0,$(WANDB)),--wandb)
 
 .PHONY: help setup data reproduce reproduce-full aggregate test test-slow test-all bench gpu-check lint clean
 
@@ -34,15 +37,15 @@ data: $(STAMP)  ## get the default dataset (Fashion-MNIST) and say where it is
 reproduce:  ## install, get the data, run the default reproduction, write results/
 	@start=$$(date +%s); $(MAKE) --no-print-directory data && \
 	$(BIN)/python scripts/reproduce.py --profile $(PROFILE) --jobs $(JOBS) --threads $(THREADS) \
-		--started-at $$start
+		--started-at $$start $(WANDB_FLAG)
 
 reproduce-full:  ## the default reproduction plus the sweeps that decide no claim (batch sizes, r/d schedules, later norms)
 	@start=$$(date +%s); $(MAKE) --no-print-directory data && \
 	$(BIN)/python scripts/reproduce.py --profile $(PROFILE) --jobs $(JOBS) --threads $(THREADS) \
-		--started-at $$start --full
+		--started-at $$start --full $(WANDB_FLAG)
 
 aggregate: $(STAMP)  ## re-aggregate existing run records into results/
-	$(BIN)/python -m brn_repro.aggregate --runs runs/$(PROFILE) --out results
+	$(BIN)/python -m brn_repro.aggregate --runs runs/$(PROFILE) --out results $(WANDB_FLAG)
 
 test: $(STAMP)  ## the fast test suite (CPU, minutes)
 	$(BIN)/python -m pytest -q

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,15 @@ def _members(runs_root: Path) -> list[tuple[Path, dict[str, Any]]]:
     return [(d, yaml.safe_load((d / "config.yaml").read_text())) for d in find_records(runs_root)]
 
 
+def _trained_at(run_dir: Path) -> str | None:
+    """The commit the record's config.yaml names (records older than the key have none)."""
+    try:
+        found = re.search(r"^git_commit: (\S+)$", (run_dir / "config.yaml").read_text(), re.M)
+    except OSError:
+        return None
+    return found.group(1).strip("'\"") if found and found.group(1) != "null" else None
+
+
 def load_runs(runs_root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs, curves): one row per run and experiment (flattened config + summary),
     and one row per evaluation of every run (metrics.jsonl) tagged with its directory."""
@@ -68,6 +78,7 @@ def load_runs(runs_root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         row.update({k: summary.get(k) for k in SUMMARY_FIELDS})
         row["status"] = summary.get("status", "incomplete")
         row["run_dir"] = str(run_dir)
+        row["git_commit"] = _trained_at(run_dir)
         runs.append(row)
         if str(run_dir) not in seen:
             seen.add(str(run_dir))
@@ -186,25 +197,12 @@ def aggregate(runs_root: str | Path, out: str | Path, wall_seconds: float | None
     claims = evaluate_claims(runs, curves)
     report = write_report(out, runs, summaries, claims, figures, wall_seconds, runs_trained, curves)
     if log_to_wandb:
-        _log_to_wandb(project, entity, summaries, figures, report)
+        from brn_repro.dashboard import publish
+        from brn_repro.report import claims_table
+
+        print(publish(out, Path(runs_root), runs, summaries, figures, claims, claims_table(claims),
+                      project, entity))
     return report
-
-
-def _log_to_wandb(project, entity, summaries, figures, report: Path) -> None:
-    from brn_repro.loggers import resolve_wandb_mode
-
-    if resolve_wandb_mode("auto", announce=False) != "online":
-        print("wandb: not online (no credentials); the aggregate stays local")
-        return
-    import wandb
-
-    run = wandb.init(project=project, entity=entity, job_type="aggregate", name="aggregate")
-    for experiment, summary in summaries.items():
-        run.log({f"{experiment}/summary": wandb.Table(dataframe=summary)})
-        for fig in figures.get(experiment, []):
-            run.log({f"{experiment}/{fig.stem}": wandb.Image(str(fig))})
-    run.save(str(report), policy="now")
-    run.finish()
 
 
 def main() -> None:
@@ -216,7 +214,9 @@ def main() -> None:
     parser.add_argument("--source", choices=("local", "wandb"), default="local")
     parser.add_argument("--project", default="brn-repro")
     parser.add_argument("--entity", default=None)
-    parser.add_argument("--wandb", action="store_true", help="also log figures and tables to W&B")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log the aggregate and results/ (an artifact) to W&B, and save "
+                             "its workspace and report (offline: say what it would save)")
     args = parser.parse_args()
     start = time.perf_counter()
     try:

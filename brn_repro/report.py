@@ -12,6 +12,7 @@ import torch
 
 from brn_repro.claims import VERDICT_RULES, Claim, stats
 from brn_repro.protocol import CLAIM_EXPERIMENTS, protocol_section
+from brn_repro.provenance import git_commit
 from brn_repro.records import write_atomic
 
 # Group Norm paper (Wu & He 2018), ResNet-50 ImageNet top-1 *error* by images per GPU.
@@ -25,7 +26,15 @@ def _machine() -> str:
             f"torch {torch.__version__}" + (", CUDA" if torch.cuda.is_available() else ", CPU only"))
 
 
-def _claims_table(claims: list[Claim]) -> list[str]:
+def _commits(runs: pd.DataFrame) -> str:
+    """The commit that aggregated, and those the runs were trained at (their config.yaml)."""
+    distinct = runs.drop_duplicates("run_dir") if "run_dir" in runs else runs
+    trained = distinct.get("git_commit", pd.Series(dtype=object)).fillna("not recorded")
+    counts = ", ".join(f"`{c}` ({n})" for c, n in trained.value_counts().items())
+    return f"aggregated at `{git_commit() or 'unknown'}`; runs trained at {counts or '-'}"
+
+
+def claims_table(claims: list[Claim]) -> list[str]:
     lines = ["| # | claim | paper | ours (completed runs: mean ± std, n) | primary comparison "
              "(paired by seed) | verdict |", "|---|---|---|---|---|---|"]
     for c in claims:
@@ -133,13 +142,14 @@ def write_report(out: Path, runs: pd.DataFrame, summaries: dict[str, pd.DataFram
         "from the run records; every number below comes from a run that happened.", "",
         f"- profile: {profiles or '-'}; dataset: {datasets or '-'}; model: {models or '-'}",
         f"- machine: {_machine()}",
+        f"- code: {_commits(runs)}",
         f"- runs: {len(distinct)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}), "
         f"{len(runs)} experiment memberships (experiments share runs); "
         f"training time summed over runs: {run_wall / 60:.1f} min"
         + _wall_text(wall_seconds, runs_trained, len(distinct)),
         "", *protocol_section(runs, curves),
         "## Verdicts", "", "**Verdict rules (pre-registered).** " + VERDICT_RULES, "",
-        *_claims_table(claims), "",
+        *claims_table(claims), "",
         "## The claims in detail", "", *_claim_sections(claims, figures, out),
         "## Group Norm paper's batch-size row, for comparison", "", *_group_norm_rows(runs),
         *_later_rows(runs),

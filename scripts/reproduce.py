@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from brn_repro.config import resolve  # (and registers the config resolvers)
-from brn_repro.loggers import has_wandb_credentials
+from brn_repro.dashboard import offline_sync_line
 from brn_repro.records import MEMBERSHIP_FILE, RunRecord, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,12 +90,15 @@ def main() -> None:
     parser.add_argument("--launcher", default="local", help="hydra/launcher: local (joblib) or slurm")
     parser.add_argument("--started-at", type=float, default=None,
                         help="epoch seconds when `make reproduce` began (install included)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="log every run and the aggregate to W&B (offline without credentials: "
+                             "one `wandb sync` line at the end uploads them all)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     runs = args.runs or f"runs/{args.profile}"
     start = time.time() if args.started_at is None else args.started_at
     base = [f"profile={args.profile}", f"paths.runs={runs}", f"train.threads={args.threads}",
-            *args.overrides]
+            *(["logger=wandb"] if args.wandb else []), *args.overrides]
     names = args.experiments.split() + (list(FULL) if args.full else [])
     plan = {name: expand_cached(name, base, Path(runs)) for name in names}
     records = {name: [RunRecord(runs, c) for c in configs] for name, configs in plan.items()}
@@ -139,11 +142,12 @@ def main() -> None:
     from brn_repro.aggregate import aggregate
 
     wall = time.time() - start
-    # With W&B credentials the aggregate's figures and tables go to the project too.
     trained = sum(r.summary_path.exists() for r in every) - recorded_before
-    report = aggregate(runs, args.out, wall_seconds=wall, log_to_wandb=has_wandb_credentials(),
+    report = aggregate(runs, args.out, wall_seconds=wall, log_to_wandb=args.wandb,
                        runs_trained=trained)
     print(f"wrote {report}; wall time {wall / 60:.1f} min")
+    if args.wandb and (sync := offline_sync_line(Path(runs))):
+        print(sync)
     if failed:
         sys.exit(f"experiments with failed sweeps: {', '.join(failed)} (their finished runs are "
                  "in the report; run make reproduce again to resume)")

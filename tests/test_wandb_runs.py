@@ -3,7 +3,10 @@ its group, job type, tags, commit; a diverged run tagged and failed; per-layer m
 hidden. Offline runs read back with wandb's own reader (``wandb leet inspect``)."""
 
 import json
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 from test_train import make_config
 from test_wandb_logger import offline_env, read_final_state, read_records  # noqa: F401 (fixture)
@@ -14,10 +17,10 @@ from brn_repro.records import MEMBERSHIP_FILE, RunRecord
 from brn_repro.train import run
 
 
-def offline_runs(record: RunRecord) -> list:
-    """(state, records) of each offline W&B run under the record, oldest first."""
+def offline_runs(run_dir: Path) -> list:
+    """(state, records) of each offline W&B run under a run directory, oldest first."""
     out = []
-    for sync_dir in sorted((record.dir / "wandb").glob("offline-run-*")):
+    for sync_dir in sorted((run_dir / "wandb").glob("offline-run-*")):
         (wandb_file,) = sync_dir.glob("run-*.wandb")
         out.append((read_final_state(wandb_file), read_records(wandb_file)))
     return out
@@ -33,7 +36,7 @@ def test_an_interrupted_run_is_one_wandb_run_with_its_group_tags_and_commit(
     runs = offline_env / "runs"
     config = make_config(runs, tiny_fashion_mnist, "logger=wandb", "train.steps=40",
                          "train.eval_every=10", "train.checkpoint_every=10", "profile=quick",
-                         "+experiment=fig2_small_batch", "data.per_worker_batch=4",
+                         "experiment=fig2_small_batch", "data.per_worker_batch=4",
                          "data.workers=4", "data.global_batch=16", "train.stop_at_step=20")
     assert run(config)["status"] == "stopped"  # interrupted at step 20, checkpointed
     record = RunRecord(runs, config)
@@ -44,7 +47,7 @@ def test_an_interrupted_run_is_one_wandb_run_with_its_group_tags_and_commit(
     resumed = {**config, "train": {**config["train"], "stop_at_step": None}}
     assert run(resumed)["status"] == "completed"
 
-    (first, first_records), (second, second_records) = offline_runs(record)
+    (first, first_records), (second, second_records) = offline_runs(record.dir)
     expected_id = wandb_run_id(record.dir.name)
     assert first["run_id"] == second["run_id"] == expected_id
     for state, records in ((first, first_records), (second, second_records)):
@@ -72,7 +75,7 @@ def test_a_diverged_run_is_tagged_and_failed_and_per_layer_metrics_are_hidden(
                          "train.eval_every=1", "norm.relax_start=0")
     summary = run(config)
     assert summary["status"] == "diverged" and summary["diverged_step"] > 1  # evaluated first
-    ((state, records),) = offline_runs(RunRecord(runs, config))
+    ((state, records),) = offline_runs(RunRecord(runs, config).dir)
     assert "diverged" in state["tags"] and state["exit_code"] == 1
     assert state["summary"]["status"] == "diverged"
     metrics = {r["metric"].get("name"): r["metric"] for r in records if r["type"] == "metric"}
@@ -80,3 +83,35 @@ def test_a_diverged_run_is_tagged_and_failed_and_per_layer_metrics_are_hidden(
     assert per_layer and all(metrics[k].get("options", {}).get("hidden") for k in per_layer)
     means = [k for k in metrics if k and k.startswith(("norm/mean/", "ema_error/mean"))]
     assert not any(metrics[k].get("options", {}).get("hidden") for k in means)
+
+
+def test_make_reproduce_wandb_offline_leaves_one_wandb_run_per_record(offline_env, tiny_fashion_mnist):  # noqa: F811
+    """`make reproduce WANDB=1` in miniature: fig3_noniid's i.i.d. runs are fig2's, so the
+    two experiments hold 4 records; each is one offline W&B run tagged with both
+    experiments where it serves both, and one sync line covers them and the aggregate."""
+    runs, out = offline_env / "runs", offline_env / "results"
+    command = [sys.executable, "scripts/reproduce.py", "--profile", "quick", "--jobs", "2", "--wandb",
+               "--experiments", "fig2_small_batch fig3_noniid", "--runs", str(runs),
+               "--out", str(out), f"dataset.root={tiny_fashion_mnist}",
+               "dataset.download=false", "train.steps=6", "train.eval_every=3", "model.width=4",
+               "train.checkpoint_every=6", "data.train_eval_size=100", "hydra.sweeper.params.seed=0",
+               f"hydra.sweep.dir={offline_env / 'multirun'}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=os.environ.copy())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = sorted(p.parent for p in runs.glob("*/summary.json"))
+    assert len(records) == 4
+    for record_dir in records:
+        ((state, wandb_records),) = offline_runs(record_dir)
+        assert state["run_id"] == wandb_run_id(record_dir.name)
+        (run_record,) = [r["run"] for r in wandb_records if r["type"] == "run"]
+        shared = "-iid-" in record_dir.name  # trained for fig2, also fig3's i.i.d. arm
+        assert sorted(state["tags"]) == (["fig2_small_batch", "fig3_noniid"] if shared
+                                         else ["fig3_noniid"])
+        assert run_record["run_group"] == ("quick/fig2_small_batch" if shared else "quick/fig3_noniid")
+    sync_lines = [line for line in done.stdout.splitlines() if "wandb sync" in line]
+    assert sync_lines == [
+        f"wandb: 4 training runs and the aggregate are offline; upload them with: wandb sync "
+        f"{runs}/*/wandb/offline-run-* {runs}/wandb/offline-run-*  | view in the terminal: "
+        f"wandb leet {records[0] / 'wandb'}"]
+    assert "would save workspace 'brn-repro quick'" in done.stdout

@@ -1,0 +1,124 @@
+"""The W&B dashboard built in code, without network: the workspace and report objects
+validate and hold what REPORT.md holds; offline, the aggregate run carries results/ as an
+artifact and the command says what it would save; one sync line covers every run."""
+
+import json
+
+import pytest
+from test_aggregate import make_all_experiments
+from test_wandb_logger import offline_env, read_records  # noqa: F401 (fixture)
+
+from brn_repro.aggregate import aggregate, load_runs
+from brn_repro.claims import evaluate_claims
+from brn_repro.dashboard import (
+    PanelSpec,
+    build_report,
+    build_workspace,
+    experiment_panels,
+    offline_sync_line,
+)
+from brn_repro.report import claims_table
+
+pytest.importorskip("wandb_workspaces")
+
+
+@pytest.fixture
+def aggregated(tmp_path):
+    make_all_experiments(tmp_path / "runs")
+    runs, curves = load_runs(tmp_path / "runs")
+    return runs, evaluate_claims(runs, curves)
+
+
+def panels_of(runs):
+    return {name: experiment_panels(runs[runs["experiment"] == name])
+            for name in sorted(runs["experiment"].unique())}
+
+
+def test_each_experiment_gets_the_panels_its_runs_call_for(aggregated):
+    runs, _ = aggregated
+    panels = panels_of(runs)
+    titles = {name: [p.title for p in specs] for name, specs in panels.items()}
+    assert titles["fig1_baseline"][0] == "test accuracy (%)"
+    assert "BRN: fraction of r, d clipped" in titles["fig1_baseline"]
+    # the batch-size curve only where per_worker_batch varies
+    curve = PanelSpec("final test accuracy (%) vs per-worker batch", ("test_acc.last",),
+                      kind="scatter", x="data.per_worker_batch", log_x=True)
+    assert curve in panels["fig2_small_batch"] and curve not in panels["fig1_baseline"]
+    assert "weight norm" in titles["moving_average_question"]
+    assert "weight norm" not in titles["fig2_small_batch"]
+
+
+def test_workspace_validates_offline_with_one_section_per_experiment(aggregated):
+    runs, _ = aggregated
+    panels = panels_of(runs)
+    workspace = build_workspace("someone", "brn-repro", "quick", panels)
+    view = workspace._to_model()  # pydantic validation, no network
+    assert [s.name for s in workspace.sections] == sorted(panels)
+    assert all(s.is_open for s in workspace.sections)
+    assert [len(s.panels) for s in workspace.sections] == [len(p) for p in panels.values()]
+    # the profile's runs only, grouped by experiment (W&B group), norm and per-worker batch,
+    # with the flat config keys WandbLogger logs (``norm.type`` holds {"value": ...})
+    filters = view.spec.section.run_sets[0].model_dump(by_alias=True, mode="json")["filters"]
+    assert filters["filters"][0]["key"] == {"section": "config", "name": "profile_name.value"}
+    assert filters["filters"][0]["value"] == "quick"
+    grouping = view.spec.section.run_sets[0].model_dump(by_alias=True, mode="json")["grouping"]
+    assert [g["name"] for g in grouping] == [
+        "group", "norm.type.value", "data.per_worker_batch.value", "sampler.type.value"]
+    assert workspace.name == "brn-repro quick"
+
+
+def test_report_mirrors_the_verdict_table_with_a_grid_per_claim(aggregated):
+    runs, claims = aggregated
+    table = claims_table(claims)
+    report = build_report("someone", "brn-repro", "quick", claims, table, panels_of(runs),
+                          online=False)
+    model = report._to_model()
+    text = json.dumps(model.model_dump(by_alias=True, mode="json"))
+    markdown = [b.text for b in report.blocks if type(b).__name__ == "MarkdownBlock"]
+    assert markdown[0] == "\n".join(table) and "**reproduced**" in markdown[0]
+    grids = [b for b in report.blocks if type(b).__name__ == "PanelGrid"]
+    assert [g.runsets[0].name for g in grids] == [
+        "fig1_baseline", "fig2_small_batch", "fig3_noniid", "moving_average_question"]
+    for grid in grids:  # each grid shows exactly the runs tagged with its experiment
+        (runset,) = grid.runsets
+        wire = runset._to_model().model_dump(by_alias=True, mode="json")
+        tags, profile = wire["filters"]["filters"]
+        assert (tags["key"]["name"], tags["op"], tags["value"]) == ("tags", "IN", [runset.name])
+        assert (profile["key"]["name"], profile["value"]) == ("profile_name.value", "quick")
+    headings = [b.text for b in report.blocks if type(b).__name__ == "H2"]
+    assert headings == [f"Claim {c.key}: {c.verdict}" for c in claims]
+    assert "fig3_noniid" in text
+
+
+def test_offline_aggregate_logs_results_as_an_artifact_and_says_what_it_would_save(
+        offline_env, capsys):  # noqa: F811
+    runs_root, out = offline_env / "runs", offline_env / "results"
+    make_all_experiments(runs_root)
+    aggregate(runs_root, out, log_to_wandb=True)
+    said = capsys.readouterr().out
+    assert "wandb: aggregate run and artifact results-quick (offline)" in said
+    assert "would save workspace 'brn-repro quick' (" in said and "report 'brn-repro: quick" in said
+    (sync_dir,) = (runs_root / "wandb").glob("offline-run-*")
+    (wandb_file,) = sync_dir.glob("run-*.wandb")
+    records = read_records(wandb_file)
+    (artifact,) = [r["artifact"] for r in records
+                   if r["type"] == "artifact" and r["artifact"]["type"] == "results"]
+    assert artifact["name"] == "results-quick"
+    paths = {entry["path"] for entry in artifact["manifest"]["contents"]}
+    assert {"REPORT.md", "runs.csv", "fig1_baseline/summary.csv"} <= paths
+    (run,) = [r["run"] for r in records if r["type"] == "run"]
+    assert (run["job_type"], run["run_group"]) == ("aggregate", "quick/aggregate")
+    line = offline_sync_line(runs_root)
+    assert line.startswith("wandb: 0 training runs and the aggregate are offline")
+    assert f"wandb sync {runs_root}/wandb/offline-run-*" in line
+
+
+def test_one_sync_line_covers_every_offline_run(tmp_path):
+    assert offline_sync_line(tmp_path) is None
+    for name in ("bn-a-0000000001", "brn-b-0000000002"):
+        for when in ("20260101_000000", "20260101_000100"):  # a resumed run: two directories
+            (tmp_path / name / "wandb" / f"offline-run-{when}-{name.replace('-', '_')}").mkdir(parents=True)
+    line = offline_sync_line(tmp_path)
+    assert line.count("wandb sync") == 1
+    assert line.startswith("wandb: 2 training runs are offline")
+    assert f"wandb sync {tmp_path}/*/wandb/offline-run-*  |" in line
