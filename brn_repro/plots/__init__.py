@@ -157,7 +157,7 @@ def _curve_grid(frame, curves, by, metrics, titles, path: Path, title: str, log_
     colours = palette(hues)
     cells = [(facet, metric) for facet in facets for metric in metrics]
     wide = len(metrics) > 1 and len(facets) > 1  # rows: facets, columns: metrics
-    ncols = len(metrics) if wide else min(len(cells), 2 if len(metrics) > 1 else 3)
+    ncols = len(metrics) if wide else min(len(cells), 2 if len(metrics) > 1 or len(cells) == 4 else 3)
     nrows = -(-len(cells) // ncols)
     outside = len(metrics) > 1  # one legend per row, right of the panels
     width = max(4.6 * ncols + (2.6 if outside else 0), 8.0)
@@ -290,7 +290,7 @@ def batch_size_figure(frame: pd.DataFrame, path: Path, title: str) -> Path | Non
     note = seeds_text(counts) + " (error bars; completed runs)" + "; × at 0 = a diverged run"
     if not_run:
         note += f"; not run yet: {', '.join(not_run)}"
-    fig.suptitle(f"{title}\n{note}", fontsize=11)
+    fig.suptitle(f"{title}\n" + "\n".join(textwrap.wrap(note, 100)), fontsize=11)
     return _save(fig, path)
 
 
