@@ -40,7 +40,10 @@ CONDITIONS: dict[str, list[str]] = {
     "batch_size_sweep_extended": ["norm.type", "data.per_worker_batch"],
     "rd_schedule_ablation": ["norm.r_max", "norm.d_max"],
     "relaxation_length": ["norm.relax_start", "norm.r_max_end_step", "norm.d_max_end_step"],
-    "moving_average_question": ["norm.type", "norm.momentum", "norm.momentum_start"],
+    # claim 4's primary (constant lr, no weight decay) and the profile's setting
+    "moving_average_question": ["norm.type", "train.lr_schedule", "optim.weight_decay"],
+    "moving_average_schedules": ["norm.type", "norm.momentum", "norm.momentum_start"],
+    "fig3_controls": ["norm.type", "sampler.type", "data.per_worker_batch"],
 }
 SUMMARY_FIELDS = ("status", "test_acc", "train_acc", "minibatch_stats_acc", "best_test_acc",
                   "steps_done", "diverged_step", "wall_seconds", "images_per_second")
@@ -185,7 +188,7 @@ def aggregate(runs_root: str | Path, out: str | Path, wall_seconds: float | None
             write_tables(runs, curves, out)
     if runs.empty:
         raise SystemExit(f"no run records under {runs_root}; run an experiment first "
-                         "(python -m brn_repro.train -m +experiment=fig1_baseline profile=quick)")
+                         "(python -m brn_repro.train -m experiment=fig1_baseline profile=quick)")
     summaries, figures = {}, {}
     for experiment, frame in runs.groupby("experiment", sort=True):
         by = condition_columns(frame, experiment) or ["norm.type"]

@@ -155,3 +155,20 @@ def test_runs_and_curves_tables_alone_reproduce_the_report(tmp_path):
 
     assert body(second) == body(first)
     assert (out / "fig2_small_batch" / "summary.csv").read_text() == summary
+
+
+def test_moving_average_question_keeps_its_two_settings_apart():
+    """Claim 4's primary (constant lr, no weight decay) and the profile's setting are four
+    conditions of 5 seeds, not two norms of 10 pooled runs."""
+    from brn_repro.aggregate import condition_columns
+
+    rows = [{"experiment": "moving_average_question", "norm.type": norm, "train.lr_schedule": lr,
+             "optim.weight_decay": decay, "norm.momentum": 0.1, "seed": seed,
+             "status": "completed", "test_acc": 80.0 + seed + (5 if lr == "step" else 0),
+             "train_acc": None, "minibatch_stats_acc": None, "diverged_step": None}
+            for norm in ("bn", "moving_average") for lr, decay in (("constant", 0.0), ("step", 5e-4))
+            for seed in range(5)]
+    frame = pd.DataFrame(rows)
+    summary = summarize(frame, condition_columns(frame, "moving_average_question"))
+    assert len(summary) == 4 and set(summary["n"]) == {5}
+    assert sorted(summary["test_acc_mean"]) == [82.0, 82.0, 87.0, 87.0]

@@ -38,6 +38,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "norm.d_max_end_step": ("dₘₐₓ final from step", "dₘₐₓ final at"),
     "norm.momentum": ("moving-average rate α", "α"),
     "norm.momentum_start": ("moving-average rate at step 0", "α from"),
+    "train.lr_schedule": ("learning-rate schedule", "lr"),
+    "optim.weight_decay": ("weight decay", "weight decay"),
 }
 # categorical values -> words
 VALUES: dict[str, str] = {
@@ -45,6 +47,7 @@ VALUES: dict[str, str] = {
     "evonorm_s0": "EvoNorm-S0", "gn_ws": "GN + WS", "mabn": "MABN", "syncbn": "SyncBN",
     "moving_average": "moving averages in training",
     "iid": "i.i.d.", "noniid": "non-i.i.d.", "noniid_split": "non-i.i.d. split",
+    "constant": "constant lr", "step": "step lr", "cosine": "cosine lr",
 }
 EXPERIMENTS: dict[str, str] = {
     "fig1_baseline": "Fig. 1 baseline (per-worker batch 32)",
