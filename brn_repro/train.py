@@ -2,7 +2,11 @@
 
     python -m brn_repro.train norm=brn data.per_worker_batch=4 data.workers=16
     python -m brn_repro.train -m norm=bn,brn data.per_worker_batch=1,2,4,32
+    python -m brn_repro.train -m experiment=fig2_small_batch profile=quick   # conf/experiment/
     torchrun --nproc_per_node=2 -m brn_repro.train norm=brn data.per_worker_batch=4 data.workers=16
+
+Installed, the same command is ``brn-train`` (``brn-train --help``: the common commands and
+the config groups; ``eval "$(brn-train -sc install=bash)"``: Hydra's shell completion).
 
 A global batch of ``data.workers x data.per_worker_batch`` examples goes through
 the model in one call; batch-statistics norms normalize it in groups of the
@@ -29,10 +33,12 @@ from tqdm import tqdm
 
 from brn_repro import distributed
 from brn_repro.config import (
+    CONF_DIR,
     ConfigError,
     apply_precision,
     build_lr_schedule,
     build_optimizer,
+    check_command_line,
     memory_format,
     norm_batch,
     norm_factory,
@@ -324,15 +330,33 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
     return summary
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+# conf/ by its absolute path: relative, Hydra would look for a module `conf` when called
+# as the console script (brn-train), whose task function is not in __main__
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """One run (Hydra calls it once per job of a sweep). Returns the final test accuracy,
+    NaN for a run without one (diverged, or stopped at train.stop_at_step), so that a
+    sweeper that optimizes it (Optuna) records a failed trial instead of aborting on None."""
     try:
         summary = run(resolve(cfg))
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    return summary.get("test_acc")
+    test_acc = summary.get("test_acc")
+    return float("nan") if test_acc is None else float(test_acc)
+
+
+def cli() -> None:
+    """``brn-train`` (pyproject's [project.scripts]) and ``python -m brn_repro.train``:
+    Hydra's command line, with its config-group mistakes (``+experiment=NAME``, an
+    unknown option) as one line and exit 2 before Hydra composes anything."""
+    try:
+        check_command_line(sys.argv[1:])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    main()
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -41,7 +41,7 @@ FULL = ("batch_size_sweep", "rd_schedule_ablation", "relaxation_length", "moving
 def expand(experiment: str, base: list[str]) -> list[dict]:
     """Every resolved run config of one experiment's sweep."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        head = compose("config", overrides=[f"+experiment={experiment}", *base],
+        head = compose("config", overrides=[f"experiment={experiment}", *base],
                        return_hydra_config=True)
         params = OmegaConf.to_container(head.hydra.sweeper.params) or {}
         axes = [[f"{key}={value.strip()}" for value in str(values).split(",")]
@@ -49,7 +49,7 @@ def expand(experiment: str, base: list[str]) -> list[dict]:
         configs = []
         for combo in itertools.product(*axes):
             # in the order a Hydra multirun gives each job: the sweep's choices first
-            cfg = compose("config", overrides=[*combo, f"+experiment={experiment}", *base])
+            cfg = compose("config", overrides=[*combo, f"experiment={experiment}", *base])
             configs.append(resolve(cfg))  # as the runner resolves it: the same run directories
     return configs
 
@@ -124,7 +124,7 @@ def main() -> None:
     failed = []
     for name in todo:
         bar.set_postfix_str(name)
-        command = [sys.executable, "-m", "brn_repro.train", "-m", f"+experiment={name}", *base,
+        command = [sys.executable, "-m", "brn_repro.train", "-m", f"experiment={name}", *base,
                    f"hydra/launcher={args.launcher}"]
         if args.launcher == "local":
             command.append(f"hydra.launcher.n_jobs={args.jobs}")

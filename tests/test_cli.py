@@ -1,12 +1,18 @@
 """The command line as users type it: a two-job Hydra multirun with W&B offline,
-and a config mistake that stops before training with one line and exit code 2."""
+a config mistake that stops before training with one line and exit code 2, the
+experiment group (``experiment=NAME``), ``--help``, the ``brn-train`` console script
+and its shell completion, and what a sweeper gets back from a run."""
 
+import importlib.metadata
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from test_wandb_logger import read_final_state, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,3 +69,94 @@ def test_config_mistake_exits_2_with_one_line_and_no_record(tmp_path, tiny_fashi
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == ["error: norm.r_max=0.5 must be >= 1 (r_max = 1 is plain batchnorm)"]
     assert not (tmp_path / "runs").exists()
+
+
+def cli(*args, env=None, command=(sys.executable, "-m", "brn_repro.train")):
+    return subprocess.run([*command, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_experiment_is_a_config_group_chosen_without_a_plus():
+    done = cli("experiment=fig1_baseline", "profile=quick", "--cfg", "job")
+    assert done.returncode == 0, done.stderr
+    config = OmegaConf.create(done.stdout)
+    assert config.experiment == "fig1_baseline" and config.profile_name == "quick"
+    # conf/experiment/fig1_baseline.yaml's (a plain `experiment` key would leave the defaults)
+    raw = OmegaConf.to_container(config)
+    assert raw["data"]["workers"] == "${div:${data.global_batch},${data.per_worker_batch}}"
+    assert raw["schedule"]["relax_start"] == "${schedule.relax_start_per_worker_32}"
+    assert cli("--cfg", "job").stdout.count("experiment: adhoc") == 1  # no experiment: ad hoc
+
+
+def test_experiment_group_mistakes_are_one_line_and_exit_2():
+    plus = cli("+experiment=fig1_baseline", "--cfg", "job")
+    assert plus.returncode == 2 and plus.stderr.splitlines() == [
+        "error: +experiment=fig1_baseline: experiment is in the defaults list; "
+        "write experiment=fig1_baseline"]
+    unknown = cli("-m", "experiment=fig1_baseline,nope", "--cfg", "job")
+    assert unknown.returncode == 2 and len(unknown.stderr.splitlines()) == 1, unknown.stderr
+    assert unknown.stderr.startswith("error: experiment=nope: conf/experiment/ has no nope.yaml; "
+                                     "choose one of: batch_size_sweep, ")
+    norm = cli("norm=brm", "--cfg", "job")
+    assert norm.returncode == 2 and norm.stderr.splitlines() == [
+        "error: norm=brm: conf/norm/ has no brm.yaml; choose one of: "
+        + ", ".join(sorted(p.stem for p in (ROOT / "conf" / "norm").glob("*.yaml")))]
+
+
+def test_help_lists_the_common_commands_and_only_the_user_facing_groups():
+    done = cli("--help")
+    assert done.returncode == 0, done.stderr
+    assert "brn-train -m experiment=fig2_small_batch profile=quick" in done.stdout
+    listed = dict(re.findall(r"^(\S+): (.+)$", done.stdout.split("== Config groups ==")[1]
+                             .split("==")[0], re.MULTILINE))
+    assert set(listed) == {"dataset", "experiment", "logger", "model", "norm", "optim",
+                           "profile", "sampler"}
+    assert listed["experiment"].split(", ") == sorted(
+        p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+    for internal in ("fig3", "ma_question", "relax", "conditions"):
+        assert internal not in done.stdout.replace("fig3_", "").replace("relaxation", ""), internal
+    # the experiments' condition groups are nested under conf/experiment/, none beside the rest
+    assert {p.name for p in (ROOT / "conf").iterdir() if p.is_dir()} == set(listed) | {"hydra"}
+
+
+def test_a_resolver_error_is_one_line_and_exit_2(tmp_path, tiny_fashion_mnist):
+    """The issue's command: 128 is no multiple of 3 in the experiment's ${div:...}."""
+    done = cli("experiment=fig2_small_batch", "profile=quick", "data.per_worker_batch=3",
+               "logger=none", f"dataset.root={tiny_fashion_mnist}", "dataset.download=false",
+               f"paths.runs={tmp_path / 'runs'}", f"hydra.run.dir={tmp_path / 'outputs'}")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "error: data.workers: data.global_batch=128 is not a multiple of data.per_worker_batch=3; "
+        "choose a per-worker batch that divides the global batch"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_without_a_final_accuracy_gives_a_sweeper_nan(monkeypatch):
+    from brn_repro import train as module
+
+    cfg = OmegaConf.create({"seed": 0})
+    for summary, expected in [({"status": "diverged", "test_acc": None}, math.nan),
+                              ({"status": "stopped", "test_acc": None}, math.nan),
+                              ({"status": "completed", "test_acc": 81.25}, 81.25)]:
+        monkeypatch.setattr(module, "run", lambda config, s=summary: s)
+        got = module.main(cfg)
+        assert isinstance(got, float)
+        assert math.isnan(got) if math.isnan(expected) else got == expected
+
+
+def test_brn_train_is_a_console_script_with_hydras_shell_completion():
+    (entry,) = [e for e in importlib.metadata.entry_points(group="console_scripts")
+                if e.name == "brn-train"]
+    from brn_repro import train
+
+    assert entry.load() is train.cli
+    script = Path(sys.executable).parent / "brn-train"
+    assert script.exists(), "pip install -e . installs brn-train"
+    install = cli("-sc", "install=bash", command=(str(script),))
+    assert install.returncode == 0 and "complete -o nospace -o default -F hydra_bash_completion " \
+        "brn-train" in install.stdout
+    line = "brn-train experiment=fig"
+    query = cli("-sc", "query=bash", command=(str(script),),
+                env={**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))})
+    assert query.stdout.split() == ["experiment=fig1_baseline", "experiment=fig2_small_batch",
+                                    "experiment=fig3_controls", "experiment=fig3_noniid"]

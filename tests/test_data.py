@@ -524,8 +524,8 @@ def fig3_config(condition, *overrides, profile="quick"):
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("config", overrides=["+experiment=fig3_noniid", f"profile={profile}",
-                                           f"+fig3={condition}", *overrides])
+        cfg = compose("config", overrides=["experiment=fig3_noniid", f"profile={profile}",
+                                           f"+experiment/conditions/fig3={condition}", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)
 
 

@@ -24,7 +24,7 @@ PROFILES = sorted(p.stem for p in (ROOT / "conf" / "profile").glob("*.yaml"))
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_with_every_profile(experiment, profile):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        head = compose("config", overrides=[f"+experiment={experiment}", f"profile={profile}"],
+        head = compose("config", overrides=[f"experiment={experiment}", f"profile={profile}"],
                        return_hydra_config=True)
         params = OmegaConf.to_container(head.hydra.sweeper.params)
         # the claims' experiments: 5 paired seeds (issue 11); controls and sweeps: 3
@@ -34,7 +34,7 @@ def test_every_experiment_composes_with_every_profile(experiment, profile):
         combos = list(itertools.product(*axes))
         # every point with the default profile; the first and last with the others (speed)
         for combo in combos if profile == "quick" else [combos[0], combos[-1]]:
-            cfg = compose("config", overrides=[f"+experiment={experiment}", f"profile={profile}", *combo])
+            cfg = compose("config", overrides=[f"experiment={experiment}", f"profile={profile}", *combo])
             config = OmegaConf.to_container(cfg, resolve=True)
             validate(config)  # every point of every sweep is a valid run
             assert config["experiment"] == experiment and config["profile_name"] == profile
@@ -70,22 +70,69 @@ def test_miniature_reproduction_runs_aggregates_and_is_idempotent(tmp_path, tiny
         for p in (tmp_path / "runs" / "logs").glob("*.log"))
 
 
+def condition_axes(experiment):
+    """The sweep's config-group axes (``+experiment/conditions/<group>: a,b``) as
+    {group path: [choices]}."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        head = compose("config", overrides=[f"experiment={experiment}", "profile=quick"],
+                       return_hydra_config=True)
+    params = OmegaConf.to_container(head.hydra.sweeper.params)
+    return {k[1:]: [v.strip() for v in str(vs).split(",")] for k, vs in params.items()
+            if k.startswith("+")}
+
+
+def set_keys(path):
+    """Dotted keys a config file sets, with its defaults-list overrides as ``/group``."""
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    keys = {f"/{next(iter(d)).split()[-1].lstrip('/')}" for d in raw.pop("defaults", [])}
+    raw.pop("hydra", None)
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                keys.add(f"{prefix}{key}")
+
+    walk(raw, "")
+    return keys
+
+
+def test_condition_groups_live_under_the_experiments_and_every_one_is_swept():
+    """The experiments' condition groups are under conf/experiment/conditions/ (so
+    ``--help`` lists only the groups a user picks), and each of their options is a point
+    of some sweep."""
+    swept = {}
+    for experiment in EXPERIMENTS:
+        for group, choices in condition_axes(experiment).items():
+            assert group.startswith("experiment/conditions/"), group
+            swept.setdefault(group, set()).update(choices)
+    on_disk = {p.parent.relative_to(ROOT / "conf").as_posix()
+               for p in (ROOT / "conf" / "experiment" / "conditions").rglob("*.yaml")}
+    assert set(swept) == on_disk == {"experiment/conditions/fig3", "experiment/conditions/ma_question",
+                                     "experiment/conditions/relax"}
+    for group, choices in swept.items():
+        assert choices == {p.stem for p in (ROOT / "conf" / group).glob("*.yaml")}, group
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_a_sweeps_group_choices_mean_the_same_in_either_order(experiment):
-    """A Hydra multirun merges each job's sweep choices (``+fig3=...``) before the
-    command line's ``+experiment=...``; reproduce.py plans with the same order. A value
-    that the experiment file and a choice both set would differ between the two orders
-    (it did: fig3_controls' per-worker batch overrode bn_iid_split_size's), so every
-    point must resolve the same either way."""
+    """A condition (conf/experiment/conditions/) is merged after its experiment's file:
+    a key that both set would take the condition's value, and the other merge order
+    (a Hydra multirun's ``+experiment=NAME`` once put the experiment last) the file's. It
+    did once (fig3_controls' per-worker batch overrode bn_iid_split_size's), so no condition
+    sets a key its experiment sets, and every point resolves the same with its overrides
+    in either order."""
+    axes = condition_axes(experiment)
+    if not axes:
+        pytest.skip("no config-group choices in this sweep")
+    own = set_keys(ROOT / "conf" / "experiment" / f"{experiment}.yaml")
+    for group, choices in axes.items():
+        for choice in choices:
+            both = own & set_keys(ROOT / "conf" / group / f"{choice}.yaml")
+            assert not both, f"{group}/{choice} and {experiment} both set {sorted(both)}"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        head = compose("config", overrides=[f"+experiment={experiment}", "profile=quick"],
-                       return_hydra_config=True)
-        params = OmegaConf.to_container(head.hydra.sweeper.params)
-        groups = {k: v for k, v in params.items() if k.startswith("+")}
-        if not groups:
-            pytest.skip("no config-group choices in this sweep")
-        for combo in itertools.product(*[[f"{k}={v.strip()}" for v in str(vs).split(",")]
-                                         for k, vs in groups.items()]):
-            first = compose("config", overrides=[*combo, f"+experiment={experiment}", "profile=quick"])
-            last = compose("config", overrides=[f"+experiment={experiment}", "profile=quick", *combo])
+        for combo in itertools.product(*[[f"+{k}={v}" for v in vs] for k, vs in axes.items()]):
+            first = compose("config", overrides=[*combo, f"experiment={experiment}", "profile=quick"])
+            last = compose("config", overrides=[f"experiment={experiment}", "profile=quick", *combo])
             assert OmegaConf.to_container(first, resolve=True) == OmegaConf.to_container(last, resolve=True), combo

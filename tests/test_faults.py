@@ -338,7 +338,7 @@ BAD_INPUT = [
     (["train.eval_test_size=0"], "train.eval_test_size=0 must be a positive integer, or null"),
     (["train.eval_test_size=-5"], "train.eval_test_size=-5 must be a positive integer, or null"),
     (["train.ema_decay=fast"], "train.ema_decay='fast' must be a finite number in (0, 1)"),
-    (["+experiment=fig2_small_batch", "profile=quick", "data.per_worker_batch=3", "~data.workers"],
+    (["experiment=fig2_small_batch", "profile=quick", "data.per_worker_batch=3", "~data.workers"],
      "data.workers: data.global_batch=128 is not a multiple of data.per_worker_batch=3"),
     (["data.workers=${nope}"], "data.workers: Interpolation key 'nope' not found"),
     (["paths.runs=FILE"], "is a file, not a directory; point paths.runs at a directory"),
