@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_train import make_config
 from test_wandb_logger import offline_env, read_final_state, read_records  # noqa: F401 (fixture)
 
@@ -85,6 +86,7 @@ def test_a_diverged_run_is_tagged_and_failed_and_per_layer_metrics_are_hidden(
     assert not any(metrics[k].get("options", {}).get("hidden") for k in means)
 
 
+@pytest.mark.slow  # ~90 s: make test-slow (the interrupted-run test above covers the logger)
 def test_make_reproduce_wandb_offline_leaves_one_wandb_run_per_record(offline_env, tiny_fashion_mnist):  # noqa: F811
     """`make reproduce WANDB=1` in miniature: fig3_noniid's i.i.d. runs are fig2's, so the
     two experiments hold 4 records; each is one offline W&B run tagged with both
