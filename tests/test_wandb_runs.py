@@ -13,7 +13,7 @@ from test_train import make_config
 from test_wandb_logger import offline_env, read_final_state, read_records  # noqa: F401 (fixture)
 
 from brn_repro.loggers import wandb_run_id
-from brn_repro.provenance import ROOT
+from brn_repro.provenance import ROOT, git_commit
 from brn_repro.records import MEMBERSHIP_FILE, RunRecord
 from brn_repro.train import run
 
@@ -34,6 +34,7 @@ def head_commit() -> str:
 
 def test_an_interrupted_run_is_one_wandb_run_with_its_group_tags_and_commit(
         offline_env, tiny_fashion_mnist):  # noqa: F811
+    git_commit.cache_clear()  # read once per process: HEAD may have moved since an earlier test
     runs = offline_env / "runs"
     config = make_config(runs, tiny_fashion_mnist, "logger=wandb", "train.steps=40",
                          "train.eval_every=10", "train.checkpoint_every=10", "profile=quick",
