@@ -173,3 +173,21 @@ def test_heatmap_text_contrasts_with_its_cell_and_shows_the_sd(tmp_path, figures
     assert len(seen) == 16 and seen[0, 0] == "not run"
     assert "1 of 2 diverged" in seen[1, 1]  # condition 5: r_max 1.5, d_max 0.5
     assert plots.text_colour((0.27, 0.0, 0.33)) == "white" and plots.text_colour((0.99, 0.9, 0.14)) == "black"
+
+
+def test_two_condition_columns_read_as_colour_and_line_style():
+    """norm x sampler: BN and BRN each one colour, i.i.d. solid and non-i.i.d. dashed, so
+    the four curves are told apart by what they mean, not by four unrelated colours."""
+    from brn_repro.plots import line_styles
+
+    hues = [("bn", "iid"), ("bn", "noniid"), ("brn", "iid"), ("brn", "noniid")]
+    colours, styles = line_styles(["norm.type", "sampler.type"], hues)
+    assert colours[("bn", "iid")] == colours[("bn", "noniid")] != colours[("brn", "iid")]
+    assert colours[("brn", "iid")] == colours[("brn", "noniid")]
+    assert styles[("bn", "iid")] == styles[("brn", "iid")] == "-"
+    assert styles[("bn", "noniid")] == styles[("brn", "noniid")] == "--"
+    assert len({(colours[h], styles[h]) for h in hues}) == 4
+    # one column, or a second with many values: one colour per condition, solid
+    many = [("brn", float(d)) for d in range(6)]
+    colours, styles = line_styles(["norm.type", "norm.d_max"], many)
+    assert len(set(colours.values())) == 6 and set(styles.values()) == {"-"}

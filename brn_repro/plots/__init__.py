@@ -110,8 +110,24 @@ def _legend_title(columns: list[str]) -> str | None:
     return None
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def line_styles(hue_by: list[str], hues: list[tuple]) -> tuple[dict[tuple, tuple], dict[tuple, str]]:
+    """(colour, line style) per condition. Two condition columns whose second has at most
+    four values (norm x sampler, norm x lr schedule) read best as colour = the first,
+    line style = the second (BN blue, BRN orange; i.i.d. solid, non-i.i.d. dashed);
+    otherwise one colour per condition, solid."""
+    seconds = sorted({h[1] for h in hues}, key=_sort_key) if len(hue_by) == 2 else []
+    if not 1 < len(seconds) <= len(LINE_STYLES) or any(ANY in h for h in hues):
+        return palette(hues), dict.fromkeys(hues, "-")
+    firsts = palette(sorted({h[:1] for h in hues}, key=lambda k: _sort_key(k[0])))
+    return ({h: firsts[h[:1]] for h in hues},
+            {h: LINE_STYLES[seconds.index(h[1])] for h in hues})
+
+
 def _draw(ax, runs: pd.DataFrame, curves: pd.DataFrame, metric: str, colour, text: str,
-          dashed: str | None = None) -> bool:
+          dashed: str | None = None, style: str = "-") -> bool:
     """One condition on ``ax``: mean over its runs per step, ± sd band, an ``x`` per
     diverged run at the step it diverged; ``dashed``: a second metric's mean, dashed."""
     data = curves[curves["run_dir"].isin(runs["run_dir"])]
@@ -125,7 +141,7 @@ def _draw(ax, runs: pd.DataFrame, curves: pd.DataFrame, metric: str, colour, tex
             return True
         return False
     per_step = data.groupby("step")[metric].agg(["mean", "std"]).dropna(subset=["mean"])
-    ax.plot(per_step.index, per_step["mean"], color=colour, label=text, lw=1.6)
+    ax.plot(per_step.index, per_step["mean"], style, color=colour, label=text, lw=1.6)
     sd = per_step["std"].fillna(0)
     ax.fill_between(per_step.index, per_step["mean"] - sd, per_step["mean"] + sd, color=colour, alpha=0.18, lw=0)
     for run_dir, step in diverged[["run_dir", "diverged_step"]].itertuples(index=False):
@@ -154,7 +170,9 @@ def _curve_grid(frame, curves, by, metrics, titles, path: Path, title: str, log_
     facet_by, hue_by = _layout(drawn, by)
     facets = conditions(drawn, facet_by)
     hues = conditions(drawn, hue_by)
-    colours = palette(hues)
+    # (where a dashed line already means a second metric, conditions stay solid)
+    colours, styles = (line_styles(hue_by, hues) if not dashed
+                       else (palette(hues), dict.fromkeys(hues, "-")))
     cells = [(facet, metric) for facet in facets for metric in metrics]
     wide = len(metrics) > 1 and len(facets) > 1  # rows: facets, columns: metrics
     ncols = len(metrics) if wide else min(len(cells), 2 if len(metrics) > 1 or len(cells) == 4 else 3)
@@ -169,7 +187,7 @@ def _curve_grid(frame, curves, by, metrics, titles, path: Path, title: str, log_
             group = _rows(drawn, facet_by + hue_by, facet + hue)
             if len(group) and _draw(ax, group, curves, metric, colours[hue],
                                     condition_text(hue_by, hue) or condition_text(facet_by, facet),
-                                    (dashed or {}).get(metric)):
+                                    (dashed or {}).get(metric), styles[hue]):
                 counts.append(group["run_dir"].nunique())
         name = titles.get(metric, "")
         ax.set_title(f"{condition_text(facet_by, facet)}: {name}" if facet_by and name
