@@ -122,3 +122,39 @@ def test_one_sync_line_covers_every_offline_run(tmp_path):
     assert line.count("wandb sync") == 1
     assert line.startswith("wandb: 2 training runs are offline")
     assert f"wandb sync {tmp_path}/*/wandb/offline-run-*  |" in line
+
+
+def test_online_retagging_adds_every_experiment_a_record_serves():
+    """The public-API step of an online aggregate, against a stand-in API: a run trained
+    for fig2 and shared by fig3 learns the second tag; a run already complete is left."""
+    import pandas as pd
+
+    from brn_repro.dashboard import _retag
+
+    class Run:
+        def __init__(self, tags):
+            self.tags, self.updates = list(tags), 0
+
+        def update(self):
+            self.updates += 1
+
+    class Api:
+        def __init__(self):
+            self.runs = {"ent/proj/bn-pwb4x32-iid-s0-aaaa": Run(["fig2_small_batch"]),
+                         "ent/proj/bn-pwb4x32-noniid-s0-bbbb": Run(["fig3_noniid"])}
+
+        def run(self, path):
+            if path not in self.runs:
+                raise ValueError(f"no run {path}")
+            return self.runs[path]
+
+    runs = pd.DataFrame([
+        {"run_dir": "runs/quick/bn-pwb4x32-iid-s0-aaaa", "experiment": "fig2_small_batch"},
+        {"run_dir": "runs/quick/bn-pwb4x32-iid-s0-aaaa", "experiment": "fig3_noniid"},
+        {"run_dir": "runs/quick/bn-pwb4x32-noniid-s0-bbbb", "experiment": "fig3_noniid"},
+        {"run_dir": "runs/quick/never-synced-cccc", "experiment": "fig1_baseline"}])
+    api = Api()
+    assert _retag(api, "ent", "proj", runs) == 1
+    shared, alone = api.runs.values()
+    assert (shared.tags, shared.updates) == (["fig2_small_batch", "fig3_noniid"], 1)
+    assert (alone.tags, alone.updates) == (["fig3_noniid"], 0)
