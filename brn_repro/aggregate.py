@@ -214,6 +214,8 @@ def main() -> None:
     parser.add_argument("--out", default="results")
     parser.add_argument("--wall-seconds", type=float, default=None,
                         help="wall time of the reproduction, for the report")
+    parser.add_argument("--runs-trained", type=int, default=None,
+                        help="how many runs that reproduction trained, for the report")
     parser.add_argument("--source", choices=("local", "wandb"), default="local")
     parser.add_argument("--project", default="brn-repro")
     parser.add_argument("--entity", default=None)
@@ -224,7 +226,7 @@ def main() -> None:
     start = time.perf_counter()
     try:
         report = aggregate(args.runs, args.out, args.wall_seconds, args.source, args.project,
-                           args.entity, args.wandb)
+                           args.entity, args.wandb, runs_trained=args.runs_trained)
     except RecordError as err:  # a damaged metrics log: rerunning that run repairs it
         raise SystemExit(f"error: {err}; rerun that run's config to repair it") from None
     print(f"wrote {report} ({time.perf_counter() - start:.1f} s)")
