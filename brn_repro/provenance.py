@@ -12,14 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @functools.cache
 def git_commit(root: Path = ROOT) -> str | None:
-    """``<sha>``, ``<sha>+dirty`` when tracked files differ from it, or None outside a
-    git checkout (an installed package) or without git."""
+    """``<sha>``, ``<sha>+dirty`` when tracked files differ from it (results/ aside: the
+    outputs, which an aggregate rewrites), or None outside a git checkout (an installed
+    package) or without git."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                               check=True, timeout=30).stdout.strip()
     try:
         sha = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{sha}+dirty" if dirty else sha
