@@ -187,6 +187,11 @@ def test_two_condition_columns_read_as_colour_and_line_style():
     assert styles[("bn", "iid")] == styles[("brn", "iid")] == "-"
     assert styles[("bn", "noniid")] == styles[("brn", "noniid")] == "--"
     assert len({(colours[h], styles[h]) for h in hues}) == 4
+    # claim 4: lr schedule and weight decay change together: one line style per setting
+    settings = [(n, lr, wd) for n in ("bn", "moving_average") for lr, wd in (("constant", 0.0), ("step", 5e-4))]
+    colours, styles = line_styles(["norm.type", "train.lr_schedule", "optim.weight_decay"], settings)
+    assert len(set(colours.values())) == 2 and set(styles.values()) == {"-", "--"}
+    assert styles[("bn", "constant", 0.0)] == styles[("moving_average", "constant", 0.0)]
     # one column, or a second with many values: one colour per condition, solid
     many = [("brn", float(d)) for d in range(6)]
     colours, styles = line_styles(["norm.type", "norm.d_max"], many)

@@ -114,16 +114,17 @@ LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def line_styles(hue_by: list[str], hues: list[tuple]) -> tuple[dict[tuple, tuple], dict[tuple, str]]:
-    """(colour, line style) per condition. Two condition columns whose second has at most
-    four values (norm x sampler, norm x lr schedule) read best as colour = the first,
-    line style = the second (BN blue, BRN orange; i.i.d. solid, non-i.i.d. dashed);
-    otherwise one colour per condition, solid."""
-    seconds = sorted({h[1] for h in hues}, key=_sort_key) if len(hue_by) == 2 else []
+    """(colour, line style) per condition. Conditions whose columns after the first take
+    at most four values together (norm x sampler; norm x lr schedule and weight decay)
+    read best as colour = the first, line style = the rest (BN blue, BRN orange; i.i.d.
+    solid, non-i.i.d. dashed); otherwise one colour per condition, solid."""
+    # the columns after the first as one (lr schedule and weight decay change together)
+    seconds = sorted({h[1:] for h in hues}, key=lambda t: tuple(map(_sort_key, t))) if len(hue_by) > 1 else []
     if not 1 < len(seconds) <= len(LINE_STYLES) or any(ANY in h for h in hues):
         return palette(hues), dict.fromkeys(hues, "-")
     firsts = palette(sorted({h[:1] for h in hues}, key=lambda k: _sort_key(k[0])))
     return ({h: firsts[h[:1]] for h in hues},
-            {h: LINE_STYLES[seconds.index(h[1])] for h in hues})
+            {h: LINE_STYLES[seconds.index(h[1:])] for h in hues})
 
 
 def _draw(ax, runs: pd.DataFrame, curves: pd.DataFrame, metric: str, colour, text: str,
