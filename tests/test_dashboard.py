@@ -8,7 +8,7 @@ import pytest
 from test_aggregate import make_all_experiments
 from test_wandb_logger import offline_env, read_records  # noqa: F401 (fixture)
 
-from brn_repro.aggregate import aggregate, load_runs
+from brn_repro.aggregate import condition_columns, load_runs, summarize
 from brn_repro.claims import evaluate_claims
 from brn_repro.dashboard import (
     PanelSpec,
@@ -16,10 +16,23 @@ from brn_repro.dashboard import (
     build_workspace,
     experiment_panels,
     offline_sync_line,
+    publish,
 )
 from brn_repro.report import claims_table
 
 pytest.importorskip("wandb_workspaces")
+
+
+def matplotlib_png(path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [0, 1])
+    fig.savefig(path)
+    plt.close(fig)
 
 
 @pytest.fixture
@@ -94,7 +107,22 @@ def test_offline_aggregate_logs_results_as_an_artifact_and_says_what_it_would_sa
         offline_env, capsys):  # noqa: F811
     runs_root, out = offline_env / "runs", offline_env / "results"
     make_all_experiments(runs_root)
-    aggregate(runs_root, out, log_to_wandb=True)
+    # what aggregate(..., log_to_wandb=True) calls once results/ is written (figures aside:
+    # test_aggregate draws them; here a stand-in PNG keeps this test to seconds)
+    runs, curves = load_runs(runs_root)
+    summaries = {name: summarize(frame, condition_columns(frame, name) or ["norm.type"])
+                 for name, frame in runs.groupby("experiment")}
+    (out / "fig1_baseline").mkdir(parents=True)
+    for name, summary in summaries.items():
+        (out / name).mkdir(exist_ok=True)
+        summary.to_csv(out / name / "summary.csv", index=False)
+    runs.to_csv(out / "runs.csv", index=False)
+    (out / "REPORT.md").write_text("# report\n")
+    figure = out / "fig1_baseline" / "test_acc_vs_step.png"
+    matplotlib_png(figure)
+    claims = evaluate_claims(runs, curves)
+    print(publish(out, runs_root, runs, summaries, {"fig1_baseline": [figure]}, claims,
+                  claims_table(claims)))
     said = capsys.readouterr().out
     assert "wandb: aggregate run and artifact results-quick (offline)" in said
     assert "would save workspace 'brn-repro quick' (" in said and "report 'brn-repro: quick" in said
