@@ -30,6 +30,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -137,22 +138,50 @@ def convergence(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def figure(curves: pd.DataFrame, path: Path) -> None:
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
-    for row, pwb in enumerate(sorted(curves["per_worker_batch"].unique(), reverse=True)):
+    """Each pilot condition's moving-average error against one worker's batch noise (dashed),
+    mean over its seeds; one row per split, mean and std error side by side."""
+    from brn_repro.plots.labels import label, number_text, seeds_text
+
+    names = {"alpha": "α", "lr": "lr", "steps": "steps", "train_size": "images", "lr_schedule": "lr"}
+    varying = [k for k in names if k in curves and curves[k].astype(str).nunique() > 1] or ["alpha"]
+    keys = sorted({str(k if isinstance(k, tuple) else (k,)) for k, _ in curves.groupby(varying, dropna=False)})
+    colours = dict(zip(keys, sns.color_palette("colorblind", len(keys)), strict=True))
+    splits = sorted(curves["per_worker_batch"].unique(), reverse=True)
+    fig, axes = plt.subplots(len(splits), 2, figsize=(12, 3.6 * len(splits) + 0.9), sharex=True,
+                             squeeze=False, layout="constrained")
+    seeds = []
+    for row, pwb in enumerate(splits):
         for col, kind in enumerate(("mean", "std")):
             ax = axes[row, col]
             part = curves[curves["per_worker_batch"] == pwb]
-            for (alpha, lr, steps, size), group in part.groupby(["alpha", "lr", "steps", "train_size"], dropna=False):
+            for key, group in part.groupby(varying, dropna=False):
+                key = key if isinstance(key, tuple) else (key,)
+                seeds.append(group["seed"].nunique())
                 mean = group.groupby("step")[[f"ema_error/{kind}", f"batch_noise/{kind}"]].mean()
-                line, = ax.plot(mean.index, mean[f"ema_error/{kind}"], label=f"EMA, alpha {alpha}, lr {lr}, {steps} steps, {size} images")
-                ax.plot(mean.index, mean[f"batch_noise/{kind}"], "--", color=line.get_color(), alpha=0.6)
+                text = ", ".join(f"{names[k]} = {'all' if pd.isna(v) else number_text(v)}"
+                                 for k, v in zip(varying, key, strict=True))
+                ax.plot(mean.index, mean[f"ema_error/{kind}"], color=colours[str(key)], label=text)
+                ax.plot(mean.index, mean[f"batch_noise/{kind}"], "--", color=colours[str(key)], alpha=0.6)
             ax.set_yscale("log")
-            ax.set_title(f"BN, per-worker {pwb} (x {128 // pwb} workers): {kind} error")
-            ax.set_xlabel("step")
-            ax.legend(fontsize=8, title="dashed: one worker's batch", title_fontsize=8)
-    fig.tight_layout()
+            ax.set_title(f"BN, per-worker batch {pwb} (× {128 // pwb} workers)", fontsize=10)
+            ax.set_xlabel(label("step"))
+            ax.set_ylabel(label(f"ema_error/{kind}"))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7.5, title="solid: moving averages; dashed: one worker's batch",
+                      title_fontsize=7.5)
+    fig.suptitle("Pilot (BN only): the moving averages' error against one worker's batch noise\n"
+                 + seeds_text(seeds).replace("mean ± sd", "mean"), fontsize=11)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def replot(out: Path) -> None:
+    """The figure again from the stage's saved tables (no run records needed)."""
+    runs, curves = pd.read_csv(out / "pilot_runs.csv"), pd.read_csv(out / "pilot_curves.csv")
+    keys = [k for k in KEYS if k in runs]  # tables of older stages lack some keys
+    curves = curves.drop(columns=[k for k in (*KEYS, "seed") if k in curves]).merge(
+        runs[["run_dir", *keys, "seed"]], on="run_dir")
+    figure(curves, out / "ema_error_vs_batch_noise.png")
 
 
 def main() -> None:
@@ -162,7 +191,11 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="default: results/pilot/<stage>")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--analyse", action="store_true", help="only analyse existing runs")
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw the figure from <out>/pilot_{runs,curves}.csv")
     args = parser.parse_args()
+    if args.replot:
+        return replot(ROOT / (args.out or f"results/pilot/{args.stage}"))
     args.runs = args.runs or f"runs/pilot_{args.stage}"
     args.out = args.out or f"results/pilot/{args.stage}"
     if not args.analyse:
