@@ -1,5 +1,11 @@
+import os
+
 import pytest
 import torch
+
+# figures as PNG only (PDFs are a third of an aggregate's time); inherited by the
+# subprocesses the tests start. tests/test_plots.py checks the PDFs with its own setting.
+os.environ.setdefault("BRN_FIGURE_FORMATS", "png")
 
 
 @pytest.fixture(autouse=True)

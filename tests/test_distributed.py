@@ -216,6 +216,7 @@ def _torchrun(overrides, tmp_path):
     return result
 
 
+@pytest.mark.slow  # make test-slow; keeps make test under 15 minutes with the install
 def test_torchrun_run_stopped_and_resumed_equals_one_process(tmp_path, tiny_fashion_mnist):
     runs = tmp_path / "ddp"
     overrides = _overrides(tiny_fashion_mnist, runs, tmp_path)

@@ -130,7 +130,8 @@ def test_labels_are_readable_with_integers_as_integers(tmp_path, figures):
     assert labels.condition_text(["norm.relax_start"], (0.0,)) == "relaxation from step = 0"
 
 
-def test_each_figure_states_its_band_and_counts_diverged_runs(tmp_path, figures):
+def test_each_figure_states_its_band_and_counts_diverged_runs(tmp_path, figures, monkeypatch):
+    monkeypatch.setenv("BRN_FIGURE_FORMATS", "png,pdf")  # the default (conftest sets png)
     frame, curves = _frame(RD[:2], seeds=(0, 1, 2), diverged={(1, 2)})
     by = ["norm.r_max", "norm.d_max"]
     plots.curves_figure(frame, curves, by, "test_acc", tmp_path / "t.png", "t")

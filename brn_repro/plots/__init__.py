@@ -11,6 +11,7 @@ as PNG (embedded in the report) and PDF beside it.
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -38,11 +39,18 @@ MAX_LINES = 8  # conditions on one axis; more become small multiples
 DIVERGED_NOTE = "× = a diverged run, at the step it diverged"
 
 
+# The formats each figure is written in: BRN_FIGURE_FORMATS=png skips the PDFs (a third of
+# an aggregate's time; the test suite sets it).
+FIGURE_FORMATS_ENV = "BRN_FIGURE_FORMATS"
+
+
 def _save(fig, path: Path) -> Path:
     """``path`` (PNG) and the same figure as PDF beside it, each written atomically."""
+    formats = os.environ.get(FIGURE_FORMATS_ENV, "png,pdf").split(",")
     try:
         write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-        write_atomic(path.with_suffix(".pdf"), lambda tmp: fig.savefig(tmp, format="pdf"))
+        if "pdf" in formats:
+            write_atomic(path.with_suffix(".pdf"), lambda tmp: fig.savefig(tmp, format="pdf"))
     finally:
         plt.close(fig)
     return path
