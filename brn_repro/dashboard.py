@@ -216,7 +216,7 @@ def offline_sync_line(runs_root: Path) -> str | None:
         return None
     paths = " ".join(p for p, found in ((f"{runs_root}/*/wandb/offline-run-*", trained),
                                         (f"{runs_root}/wandb/offline-run-*", aggregate)) if found)
-    n = len({p.name.rsplit("-", 1)[-1] for p in trained})
+    n = len({p.parent.parent for p in trained})  # run records (a resumed run has several dirs)
     return (f"wandb: {n} training runs{' and the aggregate' if aggregate else ''} are offline; "
             f"upload them with: wandb sync {paths}  | view in the terminal: "
             f"wandb leet {sorted(trained)[0].parent if trained else runs_root / 'wandb'}")

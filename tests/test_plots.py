@@ -111,12 +111,17 @@ def test_split_blind_run_is_drawn_once(tmp_path, figures):
     assert plots.runs_once(frame, by)["run_dir"].is_unique
 
 
+def draw_step_figures(frame, curves, by, out):
+    """The three figures against the training step (t.png, c.png, e.png)."""
+    plots.curves_figure(frame, curves, by, "test_acc", out / "t.png", "t")
+    plots.brn_corrections_figure(frame, curves, by, out / "c.png", "t")
+    plots.ema_error_figure(frame, curves, by, out / "e.png", "t")
+
+
 def test_labels_are_readable_with_integers_as_integers(tmp_path, figures):
     frame, curves = _frame(SWEEP[:6])
     by = ["norm.type", "data.per_worker_batch"]
-    plots.curves_figure(frame, curves, by, "test_acc", tmp_path / "t.png", "t")
-    plots.brn_corrections_figure(frame, curves, by, tmp_path / "c.png", "t")
-    plots.ema_error_figure(frame, curves, by, tmp_path / "e.png", "t")
+    draw_step_figures(frame, curves, by, tmp_path)
     plots.batch_size_figure(frame, tmp_path / "b.png", "t")
     assert len(figures) == 4
     for fig in figures:
@@ -134,9 +139,7 @@ def test_each_figure_states_its_band_and_counts_diverged_runs(tmp_path, figures,
     monkeypatch.setenv("BRN_FIGURE_FORMATS", "png,pdf")  # the default (conftest sets png)
     frame, curves = _frame(RD[:2], seeds=(0, 1, 2), diverged={(1, 2)})
     by = ["norm.r_max", "norm.d_max"]
-    plots.curves_figure(frame, curves, by, "test_acc", tmp_path / "t.png", "t")
-    plots.brn_corrections_figure(frame, curves, by, tmp_path / "c.png", "t")
-    plots.ema_error_figure(frame, curves, by, tmp_path / "e.png", "t")
+    draw_step_figures(frame, curves, by, tmp_path)
     plots.heatmap_figure(frame, tmp_path / "h.png", "t")
     assert len(figures) == 4
     for fig in figures[:3]:
