@@ -18,13 +18,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from brn_repro.data.samplers import SAMPLER_NAMES
 from brn_repro.data.sources import NUM_CLASSES
-from brn_repro.norm import NORM_NAMES, build_norm
+from brn_repro.norm import build_norm, norm_names, norm_spec
 from brn_repro.norm.registry import NormFactory
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 LR_SCHEDULES = ("cosine", "step", "constant")
-# Norms whose statistics come from the (per-worker) batch: they take per_worker_batch.
-BATCH_NORMS = ("bn", "brn", "moving_average", "mabn")
 
 
 class ConfigError(ValueError):
@@ -262,8 +260,8 @@ def validate(config: dict[str, Any]) -> None:
             )
     check_probe_recipe(config)
     norm = config["norm"]
-    if norm["type"] not in NORM_NAMES:
-        raise ConfigError(f"norm.type={norm['type']!r} is not a normalization; use one of {NORM_NAMES}")
+    if norm["type"] not in norm_names():
+        raise ConfigError(f"norm.type={norm['type']!r} is not a normalization; use one of {norm_names()}")
     check_norm(config)
     if train["lr_schedule"] not in LR_SCHEDULES:
         raise ConfigError(
@@ -378,7 +376,7 @@ def validate_model(model: dict[str, Any]) -> None:
 
 def norm_options(config: dict[str, Any]) -> dict[str, Any]:
     options = {k: v for k, v in config["norm"].items() if k != "type"}
-    if config["norm"]["type"] in BATCH_NORMS:
+    if norm_spec(config["norm"]["type"]).per_worker:  # its statistics are each worker's
         options["per_worker_batch"] = norm_batch(config)
     return options
 

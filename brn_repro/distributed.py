@@ -40,9 +40,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from brn_repro.config import ConfigError
-
-# Buffers that are moving statistics (torch BN, SyncBN, BRN, moving-average norm).
-_STAT_BUFFERS = ("running_mean", "running_var", "running_std")
+from brn_repro.norm.registry import moving_statistics
 
 
 @dataclass(frozen=True)
@@ -159,8 +157,7 @@ class StatisticsAverager:
 
     def __init__(self, model: nn.Module, ctx: Context):
         self.ctx = ctx
-        self.buffers = [buffer for name, buffer in model.named_buffers()
-                        if name.rsplit(".", 1)[-1] in _STAT_BUFFERS and buffer.is_floating_point()]
+        self.buffers = moving_statistics(model)  # the norm table's moving_statistics
 
     @torch.no_grad()
     def __call__(self, loss: Tensor) -> Tensor:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from brn_repro.models import as_layout
 from brn_repro.norm import BatchRenorm1d, BatchRenorm2d, MovingAverageNorm1d, MovingAverageNorm2d
 from brn_repro.norm._grouped import batch_stats, layout_of, normalize
+from brn_repro.norm.registry import batch_statistics_layer
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -210,7 +211,7 @@ def minibatch_stats_probe(model: nn.Module) -> nn.Module:
     mean and variance (one group: the whole batch); the model itself is untouched."""
     probe = copy.deepcopy(model).eval()
     targets = [(name, m) for name, m in probe.named_modules()
-               if name and (isinstance(m, nn.modules.batchnorm._BatchNorm) or hasattr(m, "per_worker_batch"))]
+               if name and batch_statistics_layer(m)]
     for name, layer in targets:
         probe.set_submodule(name, _MinibatchNorm(layer))
     return probe

@@ -42,6 +42,7 @@ import yaml
 
 from brn_repro.lease import Lease, writer_tag
 from brn_repro.loggers import scrub_secrets
+from brn_repro.norm import norm_spec
 
 # Config keys that do not change a run's numbers, so they are not part of its identity.
 NON_IDENTITY_KEYS = (
@@ -94,12 +95,10 @@ def _drop_emptied(before: dict[str, Any], after: dict[str, Any]) -> None:
                 del after[key]
 
 
-SPLIT_BLIND_NORMS = ("gn", "ln", "in", "none", "frn", "evonorm_s0", "gn_ws")
-
-
 def split_blind(config: dict[str, Any]) -> bool:
-    """True when the split of the global batch into workers cannot change the run."""
-    return config["norm"]["type"] in SPLIT_BLIND_NORMS and config["sampler"]["type"] == "iid"
+    """True when the split of the global batch into workers cannot change the run: a
+    norm without batch statistics (the norm table's ``split_blind``) on i.i.d. data."""
+    return norm_spec(config["norm"]["type"]).split_blind and config["sampler"]["type"] == "iid"
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:

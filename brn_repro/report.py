@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from brn_repro.claims import VERDICT_RULES, Claim, stats
+from brn_repro.norm import NORM_NAMES, norm_spec
 from brn_repro.protocol import CLAIM_EXPERIMENTS, protocol_section
 from brn_repro.provenance import git_commit
 from brn_repro.records import write_atomic
@@ -70,7 +71,7 @@ def _claim_sections(claims: list[Claim], figures: dict[str, list[Path]], out: Pa
 
 # MABN paper (Yan et al. 2020, ResNet-50 ImageNet), top-1 error at normalization batch 2.
 MABN_PAPER_ERROR = {"bn": {2: 35.22}, "brn": {2: 30.29}, "mabn": {2: 23.67}}
-LATER_NORMS = ("bn", "brn", "gn", "mabn", "frn", "evonorm_s0", "gn_ws")
+LATER_NORMS = tuple(name for name in NORM_NAMES if norm_spec(name).later)
 
 
 def _batch_rows(runs: pd.DataFrame, experiment: str, norms: tuple[str, ...],

@@ -132,18 +132,32 @@ def as_schedule(value: Any, name: str = "value") -> Schedule:
         shape = spec.pop("shape", "linear")
         if shape not in _SHAPES:
             raise ValueError(
-                f"{name}.shape={shape!r} is not a schedule shape; use one of {sorted(_SHAPES)}"
+                f"{name}: shape={shape!r} is not a schedule shape; use one of {sorted(_SHAPES)}"
             )
         try:
             return _SHAPES[shape](**spec)
         except TypeError as err:
             raise ValueError(f"{name}: bad schedule fields {spec}: {err}") from None
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
     raise ValueError(f"{name}: expected a number or a schedule, got {value!r}")
 
 
-def schedule_bounds(schedule: Schedule, probe_steps: int = 0) -> tuple[float, float]:
-    """Smallest and largest value a schedule takes (used to validate limits up front)."""
+def ramp(shape: str, start: float, end: float, start_step: int, end_step: int | None,
+         name: str = "value") -> Schedule:
+    """A schedule from flat config keys (BRN's ``relax_start`` / ``r_max_end_step``, the
+    moving-average norm's ``momentum_start`` / ``momentum_end_step``): ``end`` throughout
+    when no end step is given, else the ``shape`` ramp start -> end, read by ``as_schedule``."""
+    if end_step is None:
+        return Constant(float(end))
+    return as_schedule({"shape": shape, "start": float(start), "end": float(end),
+                        "start_step": int(start_step), "end_step": int(end_step)}, name)
+
+
+def schedule_bounds(schedule: Schedule) -> tuple[float, float]:
+    """Smallest and largest value a schedule takes (used to validate limits up front);
+    a schedule without ``bounds`` is judged by its first two steps."""
     if hasattr(schedule, "bounds"):
         return schedule.bounds
-    values = [schedule(s) for s in range(0, max(probe_steps, 1) + 1)]
+    values = [schedule(0), schedule(1)]
     return (min(values), max(values))

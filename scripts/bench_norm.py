@@ -19,11 +19,10 @@ import torch
 from tqdm import tqdm
 
 from brn_repro.models import ResNetCifar
-from brn_repro.norm import build_norm, swap_conv
+from brn_repro.norm import NORM_NAMES, build_norm, norm_spec, swap_conv
 from brn_repro.records import write_csv
 
-NORMS = ("bn", "brn", "moving_average", "gn", "ln", "in", "syncbn", "none",
-         "mabn", "frn", "evonorm_s0", "gn_ws")
+NORMS = NORM_NAMES
 # The targets of the issue that asked for this benchmark (ratio to BN, same batch).
 TARGETS = {("brn", 128, 128): 1.05, ("brn", 4, 4): 1.15, ("bn", 128, 4): 1.15, ("brn", 128, 4): 1.15}
 
@@ -36,7 +35,7 @@ def configurations() -> list[tuple[str, int, int]]:
 
 def make_step(norm: str, batch: int, per_worker_batch: int, seed: int = 0):
     torch.manual_seed(seed)
-    options = {"per_worker_batch": per_worker_batch} if norm in ("bn", "brn") else {}
+    options = {"per_worker_batch": per_worker_batch} if norm_spec(norm).per_worker else {}
     if norm == "mabn":
         options.update(warmup_iters=0, r_warmup=0)  # timed in its steady state: SMAs and r
     if norm == "brn":

@@ -33,11 +33,11 @@ from brn_repro import distributed  # noqa: E402
 from brn_repro.config import apply_precision, build_lr_schedule, build_optimizer, norm_factory  # noqa: E402
 from brn_repro.data import TrainingData  # noqa: E402
 from brn_repro.models import build_model  # noqa: E402
-from brn_repro.norm import build_norm  # noqa: E402
+from brn_repro.norm import NORM_NAMES, build_norm, norm_spec  # noqa: E402
 from brn_repro.records import write_csv  # noqa: E402
 from brn_repro.train import compile_model, forward_backward, place  # noqa: E402
 
-BATCH_NORMS = ("bn", "brn", "moving_average", "mabn")
+BATCH_NORMS = tuple(name for name in NORM_NAMES if norm_spec(name).per_worker)
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 # Targets of issue 10 (ratios within one run).
 TARGETS = {"runner bn / bare loop": (">=", 1.35), "brn / bn at pwb 4": ("<=", 1.10),

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from brn_repro import plots
+from brn_repro.norm import norm_spec
 from brn_repro.plots import labels
-from brn_repro.records import SPLIT_BLIND_NORMS
 
 
 @pytest.fixture
@@ -43,11 +43,11 @@ def figures(monkeypatch):
 
 def _frame(conditions: list[dict], seeds=(0, 1), diverged: set = frozenset(), shared: str | None = None):
     """One run per condition and seed; ``shared``: a column whose values reuse one run where
-    the norm is split-blind (``records.SPLIT_BLIND_NORMS``). Curves at steps 10, 20, 30: accuracy = 50 + seed + index."""
+    the norm is split-blind (the norm table's ``split_blind``). Curves at steps 10, 20, 30: accuracy = 50 + seed + index."""
     rows, curves = [], []
     for condition, seed in itertools.product(range(len(conditions)), seeds):
         values = conditions[condition]
-        blind = values.get("norm.type") in SPLIT_BLIND_NORMS  # one run whatever ``shared`` says
+        blind = "norm.type" in values and norm_spec(values["norm.type"]).split_blind  # one run whatever ``shared`` says
         key = tuple((k, v) for k, v in values.items() if k != shared or not blind) + (("seed", seed),)
         run_dir = f"run-{abs(hash(key))}"
         bad = (condition, seed) in diverged

@@ -24,7 +24,20 @@ from brn_repro.norm._grouped import (
 )
 
 
-class _GroupedBatchNormMixin:
+class _GroupedBatchNorm:
+    """Mixin before a torch batchnorm class: adds ``per_worker_batch`` groups."""
+
+    def __init__(self, num_features: int, *args, per_worker_batch: int | None = None, **kwargs):
+        super().__init__(num_features, *args, **kwargs)
+        self.per_worker_batch = check_per_worker_batch(per_worker_batch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self._grouped_forward(x)
+        return super().forward(x) if out is None else out
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", per_worker_batch={self.per_worker_batch}"
+
     def _grouped_forward(self, x: Tensor) -> Tensor | None:
         """The per-worker-groups training forward, or None to use torch's own.
 
@@ -58,28 +71,9 @@ class _GroupedBatchNormMixin:
         return None
 
 
-class BatchNorm1d(_GroupedBatchNormMixin, nn.BatchNorm1d):
+class BatchNorm1d(_GroupedBatchNorm, nn.BatchNorm1d):
     """``torch.nn.BatchNorm1d`` plus ``per_worker_batch`` groups."""
 
-    def __init__(self, num_features: int, *args, per_worker_batch: int | None = None, **kwargs):
-        super().__init__(num_features, *args, **kwargs)
-        self.per_worker_batch = check_per_worker_batch(per_worker_batch)
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = self._grouped_forward(x)
-        return super().forward(x) if out is None else out
-
-
-class BatchNorm2d(_GroupedBatchNormMixin, nn.BatchNorm2d):
+class BatchNorm2d(_GroupedBatchNorm, nn.BatchNorm2d):
     """``torch.nn.BatchNorm2d`` plus ``per_worker_batch`` groups."""
-
-    def __init__(self, num_features: int, *args, per_worker_batch: int | None = None, **kwargs):
-        super().__init__(num_features, *args, **kwargs)
-        self.per_worker_batch = check_per_worker_batch(per_worker_batch)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self._grouped_forward(x)
-        return super().forward(x) if out is None else out
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", per_worker_batch={self.per_worker_batch}"

@@ -20,116 +20,31 @@ fused batchnorm kernels with per-step affine parameters (see ``_grouped``).
 (``brn_repro.schedules``; the paper relaxes them from 1 / 0 after 5k steps).
 The step is the ``step`` buffer, so a checkpoint restores the schedule. Under
 ``torch.compile`` the layer runs ``_grouped``'s plain-ops formulation and its
-schedules become tensor ops of that buffer (``StepCounter``).
+schedules become tensor ops of that buffer (``_common.StepCounter``).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from brn_repro.norm._grouped import (
-    check_input_dim,
-    check_per_worker_batch,
-    fused_kernels,
-    grouped_batch_norm,
-    moving_stats,
-    normalize,
-    num_groups,
-)
+from brn_repro.norm._common import MovingStdNorm, as_rate
+from brn_repro.norm._grouped import fused_kernels, grouped_batch_norm, moving_stats
 from brn_repro.schedules import Schedule, as_schedule, schedule_bounds
 
 
-def check_eps(eps: float) -> float:
-    if not eps > 0:
-        raise ValueError(f"eps={eps!r} must be > 0")
-    return float(eps)
-
-
-def check_momentum(momentum: Any, field: str = "momentum") -> Schedule:
-    schedule = as_schedule(momentum, field)
-    low, high = schedule_bounds(schedule)
-    if not (0 < low and high <= 1):
-        raise ValueError(f"{field}={momentum!r} must lie in (0, 1] (the moving-average rate alpha)")
-    return schedule
-
-
-class StepCounter(nn.Module):
-    """Mixin: a ``step`` buffer (saved in checkpoints) that schedules are evaluated at.
-
-    Eager, the step is read from a host-side mirror, so a GPU is never waited on;
-    the mirror re-reads the buffer only when the buffer's version shows that
-    something else moved it (a compiled step, ``load_state_dict``, ``set_step``).
-    Compiled, the step is the buffer itself and schedules are tensor ops of it: no
-    graph break, no recompilation, no host sync. Per-step Python state lives in a
-    plain dict, ``self._host``: assigning attributes on an ``nn.Module`` costs
-    microseconds that show at batch 1-4, and a dict is what the compiler can trace.
-    """
-
-    def _init_step(self) -> None:
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self._host: dict[str, Any] = {"step": 0, "version": self.step._version, "last": None}
-
-    def _advance_step(self) -> int | Tensor:
-        """This step's index (0 first), as an int eager or a 0-d tensor compiled."""
-        if torch.compiler.is_compiling():
-            step = self.step.clone()
-            self.step.add_(1)
-            return step
-        host = self._host
-        if host["version"] != self.step._version:
-            host["step"] = int(self.step)
-        step = host["step"]
-        self.step.add_(1)
-        host["step"], host["version"] = step + 1, self.step._version
-        return step
-
-    def set_step(self, step: int) -> None:
-        self.step.fill_(int(step))
-
-
-def as_rate(value: float | Tensor, like: Tensor) -> float | Tensor:
-    """A schedule's value as ``lerp_``'s weight for ``like`` (a tensor must match its dtype)."""
-    return value.to(like.dtype) if isinstance(value, Tensor) else value
-
-
-class _BatchRenorm(StepCounter):
-    _input_dims: tuple[int, ...] = ()
-
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | Schedule = 0.01,
-        r_max: float | Schedule = 3.0,
-        d_max: float | Schedule = 5.0,
-        per_worker_batch: int | None = None,
-        affine: bool = True,
-    ) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
+class _BatchRenorm(MovingStdNorm):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | Schedule = 0.01,
+                 r_max: float | Schedule = 3.0, d_max: float | Schedule = 5.0,
+                 per_worker_batch: int | None = None, affine: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, per_worker_batch, affine)
         self.r_max = as_schedule(r_max, "r_max")
         self.d_max = as_schedule(d_max, "d_max")
         if schedule_bounds(self.r_max)[0] < 1:
             raise ValueError(f"r_max={r_max!r} must be >= 1 (r_max = 1 is plain batchnorm)")
         if schedule_bounds(self.d_max)[0] < 0:
             raise ValueError(f"d_max={d_max!r} must be >= 0 (d_max = 0 is plain batchnorm)")
-        self.per_worker_batch = check_per_worker_batch(per_worker_batch)
-        self.affine = affine
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features))
-            self.bias = nn.Parameter(torch.zeros(num_features))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_std", torch.ones(num_features))
-        self._init_step()
         # self._host["last"]: raw (unclipped) r and d of the last training step, per
         # (group, channel), for the clip diagnostics computed at logging time.
 
@@ -139,13 +54,7 @@ class _BatchRenorm(StepCounter):
             f"d_max={self.d_max}, per_worker_batch={self.per_worker_batch}, affine={self.affine}"
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_input_dim(x, self._input_dims, type(self).__name__)
-        if not self.training:
-            # eps is already inside sigma (a moving average of sqrt(var + eps)).
-            return normalize(x, self.running_mean, self.running_std.square(), self.weight, self.bias)
-        groups = num_groups(x, self.per_worker_batch)
-        step = self._advance_step()
+    def _train_forward(self, x: Tensor, groups: int, step: int | Tensor) -> Tensor:
         limits = (self.r_max(step), self.d_max(step), self.momentum(step))
         return grouped_batch_norm(
             x, self.weight, self.bias, groups, self.eps, partial(self._renorm, groups, limits)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from brn_repro.norm._common import StepCounter, check_eps
 from brn_repro.norm._grouped import (
     check_input_dim,
     check_per_worker_batch,
@@ -44,7 +45,6 @@ from brn_repro.norm._grouped import (
     repeat_groups,
     to_groups,
 )
-from brn_repro.norm.batch_renorm import StepCounter, check_eps
 
 
 def _per_channel(t: Tensor, like: Tensor) -> Tensor:

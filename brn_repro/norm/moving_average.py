@@ -28,26 +28,21 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
+from brn_repro.norm._common import MovingStdNorm, as_rate
 from brn_repro.norm._grouped import (
     batch_stats,
-    check_input_dim,
-    check_per_worker_batch,
     fused_kernels,
     moving_stats,
     normalize,
-    num_groups,
     plain_batch_stats,
     to_groups,
 )
-from brn_repro.norm.batch_renorm import StepCounter, as_rate, check_eps, check_momentum
 from brn_repro.schedules import Schedule
 
 
-class _MovingAverageNorm(StepCounter):
-    _input_dims: tuple[int, ...] = ()
-
+class _MovingAverageNorm(MovingStdNorm):
     def __init__(
         self,
         num_features: int,
@@ -57,22 +52,8 @@ class _MovingAverageNorm(StepCounter):
         affine: bool = True,
         init_from_batch: bool = True,
     ) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
+        super().__init__(num_features, eps, momentum, per_worker_batch, affine)
         self.init_from_batch = bool(init_from_batch)
-        self.per_worker_batch = check_per_worker_batch(per_worker_batch)
-        self.affine = affine
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features))
-            self.bias = nn.Parameter(torch.zeros(num_features))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_std", torch.ones(num_features))
-        self._init_step()
 
     def extra_repr(self) -> str:
         return (
@@ -81,12 +62,7 @@ class _MovingAverageNorm(StepCounter):
             f"init_from_batch={self.init_from_batch}"
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_input_dim(x, self._input_dims, type(self).__name__)
-        if not self.training:
-            return normalize(x, self.running_mean, self.running_std.square(), self.weight, self.bias)
-        groups = num_groups(x, self.per_worker_batch)
-        step = self._advance_step()
+    def _train_forward(self, x: Tensor, groups: int, step: int | Tensor) -> Tensor:
         alpha = as_rate(self.momentum(step), self.running_mean)
         with torch.no_grad():
             if fused_kernels():
@@ -105,6 +81,11 @@ class _MovingAverageNorm(StepCounter):
             self.running_std.lerp_(batch_std, alpha)
         return y
 
+    @torch.no_grad()
+    def load_batchnorm_state(self, bn: torch.nn.modules.batchnorm._BatchNorm) -> None:
+        super().load_batchnorm_state(bn)
+        if bn.running_mean is not None:  # pretrained statistics beat one batch's
+            self.init_from_batch = False
 
     def _start_averages(self, first: bool | Tensor, batch_mean: Tensor, batch_std: Tensor) -> None:
         """At step 0, set the averages to the batch's statistics: over all processes'

@@ -1,93 +1,89 @@
-"""Build any normalization by name, and swap it into any model.
+"""The norm table: one ``NormSpec`` per name, and ``build_norm`` that reads it.
 
 ``build_norm(name, **options)`` returns a factory ``num_features -> nn.Module``:
 the ``norm_layer`` argument torchvision's ResNets take, and what every model in
-``brn_repro.models`` takes. ``swap_norm(model, factory)`` replaces every
-batchnorm of an existing model (torchvision's Inception-v3, a pretrained net).
+``brn_repro.models`` takes. Every other module asks the table rather than keeping
+its own list: the config check and ``per_worker_batch`` (``config``), the run
+identity (``records.split_blind``), the report's extended sweep, the benchmark,
+the moving statistics all-reduced across processes (``distributed``) and the
+probe's batch-statistics layers (``evaluate``).
 
-Names and the options each takes (anything else is an error):
-
-- ``bn``: torch's BatchNorm (+ ``per_worker_batch`` groups). eps, momentum, affine, per_worker_batch
-- ``brn``: Batch Renorm (Ioffe 2017). eps, momentum, affine, per_worker_batch, r_max, d_max,
-  and for the paper's relaxation: relax_start, r_max_end_step, d_max_end_step, shape
-- ``moving_average``: normalize with moving averages in training. eps, momentum, affine,
-  per_worker_batch, init_from_batch, and for a momentum schedule: momentum_start,
-  momentum_end_step, shape
-- ``gn``: GroupNorm (Wu & He 2018). num_groups, eps, affine
-- ``ln``: LayerNorm over (C, H, W), as GroupNorm with one group. eps, affine
-- ``in``: InstanceNorm. eps, affine
-- ``syncbn``: batchnorm over the whole global batch across processes (``SyncBatchNorm``,
-  all-reduced statistics on gloo or NCCL). eps, momentum, affine
-- ``none``: identity
-
-Later answers to the same question (issue: "why not normalize with moving averages?"):
-
-- ``mabn``: Moving Average Batch Normalization (Yan et al. 2020), with weight-centralized
-  convolutions. eps, momentum (a decay, 0.98), buffer_size, warmup_iters, r_warmup, r_max,
-  per_worker_batch
-- ``frn``: Filter Response Normalization + TLU (Singh & Krishnan 2020), timm's. eps
-- ``evonorm_s0``: EvoNorm-S0 (Liu et al. 2020), timm's. num_groups, eps
-- ``gn_ws``: GroupNorm with weight-standardized convolutions (Qiao et al. 2019; timm's
-  StdConv2d). num_groups, eps, affine
-
-A factory whose layer needs other convolutions says so in ``factory.conv``
-(``"centered"`` or ``"standardized"``); ``brn_repro.models.build_model`` and
-``swap_conv`` replace the model's ``nn.Conv2d`` accordingly.
+Adding a norm: its layer file, one ``NormSpec`` in ``TABLE`` below (or
+``register_norm`` from outside the package) and its ``conf/norm/<name>.yaml``.
+The names, their options and facts are the entries below (anything else is an error).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
+from brn_repro.norm._common import check_eps, check_momentum
 from brn_repro.norm.batch_norm import BatchNorm1d, BatchNorm2d
-from brn_repro.norm.batch_renorm import BatchRenorm1d, BatchRenorm2d, check_eps, check_momentum
-from brn_repro.norm.mabn import CenteredConv2d, MABN2d
+from brn_repro.norm.batch_renorm import BatchRenorm1d, BatchRenorm2d
+from brn_repro.norm.convert import CONV_KINDS, NormFactory, swap_conv, swap_norm
+from brn_repro.norm.mabn import MABN2d
 from brn_repro.norm.moving_average import MovingAverageNorm1d, MovingAverageNorm2d
 from brn_repro.norm.sync_batch_norm import SyncBatchNorm
-from brn_repro.schedules import Constant, Cosine, Linear, Schedule, as_schedule
+from brn_repro.schedules import as_schedule, ramp
 
-NormFactory = Callable[[int], nn.Module]
+__all__ = ["NORM_NAMES", "TABLE", "NormFactory", "NormSpec", "batch_statistics_layer", "build_norm",
+           "moving_statistics", "norm_diagnostics", "norm_names", "norm_spec", "register_norm",
+           "swap_conv", "swap_norm"]
 
-_COMMON = {"eps", "affine"}
-_OPTIONS: dict[str, set[str]] = {
-    "bn": _COMMON | {"momentum", "per_worker_batch", "dim"},
-    "brn": _COMMON
-    | {"momentum", "per_worker_batch", "dim", "r_max", "d_max", "relax_start",
-       "r_max_end_step", "d_max_end_step", "shape"},
-    "moving_average": _COMMON
-    | {"momentum", "per_worker_batch", "dim", "momentum_start", "momentum_end_step", "shape",
-       "init_from_batch"},
-    "gn": _COMMON | {"num_groups"},
-    "ln": set(_COMMON),
-    "in": set(_COMMON),
-    "syncbn": _COMMON | {"momentum"},
-    "none": set(),
-    "mabn": {"eps", "momentum", "buffer_size", "warmup_iters", "r_warmup", "r_max", "per_worker_batch",
-             "dim"},
-    "frn": {"eps"},
-    "evonorm_s0": {"eps", "num_groups"},
-    "gn_ws": _COMMON | {"num_groups"},
-}
-NORM_NAMES = tuple(_OPTIONS)
-_SHAPES = {"linear": Linear, "cosine": Cosine}
+Builder = Callable[[dict[str, Any], int], NormFactory]
 
 
-def _ramp(shape: str, start: float, end: float, start_step: int, end_step: int | None,
-          field: str) -> Schedule:
-    """A constant when no end step is given, else the ``shape`` ramp start -> end."""
-    if end_step is None:
-        return Constant(float(end))
-    if shape not in _SHAPES:
-        raise ValueError(f"norm.shape={shape!r} is not a ramp shape; use one of {sorted(_SHAPES)}")
-    try:
-        return _SHAPES[shape](float(start), float(end), int(start_step), int(end_step))
-    except ValueError as err:
-        raise ValueError(f"norm.{field}: {err}") from None
+@dataclass(frozen=True)
+class NormSpec:
+    """Everything the harness knows about one normalization.
+
+    ``build(options, dim)`` makes the factory from the checked options (None values
+    dropped, ``eps`` checked, ``dim`` taken out: 2 for (N, C, H, W), 1 for (N, C[, L])).
+    ``options``: the keys ``norm.*`` it accepts; taking ``per_worker_batch`` is what makes
+    it ``per_worker``. ``batch_statistics``: training normalizes with statistics of the
+    batch. ``moving_statistics``: its buffers that are moving averages of those, the same
+    on every process (all-reduced by ``brn_repro.distributed``). ``layers``: the classes it
+    builds that hold batch or moving statistics, by which a built model's layers are
+    found. ``conv``: the convolution it pairs with (``convert.CONV_KINDS``) or None.
+    ``later``: one of the post-2017 answers' comparison, the norms of the
+    ``batch_size_sweep_extended`` experiment and its report table.
+    """
+
+    name: str
+    build: Builder
+    options: frozenset[str]
+    description: str
+    batch_statistics: bool = False
+    moving_statistics: tuple[str, ...] = ()
+    layers: tuple[type[nn.Module], ...] = ()
+    conv: str | None = None
+    later: bool = False
+
+    def __post_init__(self) -> None:
+        if self.per_worker and not self.batch_statistics:
+            raise ValueError(f"norm {self.name}: per_worker_batch makes sense only with batch statistics")
+        if (self.batch_statistics or self.moving_statistics) and not self.layers:
+            raise ValueError(f"norm {self.name}: give the layer classes that hold its statistics (layers=)")
+        if self.conv is not None and self.conv not in CONV_KINDS:
+            raise ValueError(f"norm {self.name}: conv={self.conv!r}; use one of {CONV_KINDS} or None")
+
+    @property
+    def per_worker(self) -> bool:
+        """Sees the per-worker split: its statistics are each worker's (``per_worker_batch``)."""
+        return "per_worker_batch" in self.options
+
+    @property
+    def split_blind(self) -> bool:
+        """The split of the global batch into workers cannot change its run on i.i.d. data,
+        so a run's identity holds only the global batch (``records.split_blind``). Every
+        batch-statistics norm keeps the split in its identity, syncbn included."""
+        return not self.batch_statistics
 
 
 def _limits(options: dict[str, Any]) -> None:
@@ -102,19 +98,17 @@ def _limits(options: dict[str, Any]) -> None:
         if isinstance(value, int | float) and value < first:
             raise ValueError(f"norm.{key}={value} must be >= {first:g} "
                              f"({key} = {first:g} is plain batchnorm)")
-        if key in options and isinstance(options[key], int | float) and end_step is not None:
-            options[key] = _ramp(shape, first, options[key], start, end_step, f"{key}_end_step")
-        elif key in options and not isinstance(options[key], int | float):
-            options[key] = as_schedule(options[key], f"norm.{key}")
+        if isinstance(value, int | float) and end_step is not None:
+            options[key] = ramp(shape, first, value, start, end_step, f"norm.{key}_end_step")
+        elif key in options and not isinstance(value, int | float):
+            options[key] = as_schedule(value, f"norm.{key}")
 
 
-def _momentum(options: dict[str, Any]) -> None:
-    shape = options.pop("shape", "linear")
-    first = options.pop("momentum_start", None)
-    end_step = options.pop("momentum_end_step", None)
-    if first is not None and end_step is not None:
-        end = options.get("momentum", 0.01)
-        options["momentum"] = _ramp(shape, first, end, 0, end_step, "momentum_end_step")
+def _positive_groups(options: dict[str, Any]) -> int:
+    groups = options.pop("num_groups", 32)
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"norm.num_groups={groups!r} must be a positive integer")
+    return groups
 
 
 def _gn_groups(num_features: int, num_groups: int) -> int:
@@ -123,145 +117,168 @@ def _gn_groups(num_features: int, num_groups: int) -> int:
     return math.gcd(int(num_features), int(num_groups))
 
 
+def _feature_maps(name: str, dim: int) -> None:
+    if dim != 2:
+        raise ValueError(f"norm={name} is for (N, C, H, W) feature maps, not dim={dim}")
+
+
+def _bn(options: dict[str, Any], dim: int) -> NormFactory:
+    if "momentum" in options:
+        check_momentum(options["momentum"], "norm.momentum")
+    if options.get("per_worker_batch") is None:
+        # No groups: torch's own layer, so "bn" is the plain baseline everywhere.
+        options.pop("per_worker_batch", None)
+        return partial(nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d, **options)
+    return partial(BatchNorm2d if dim == 2 else BatchNorm1d, **options)
+
+
+def _brn(options: dict[str, Any], dim: int) -> NormFactory:
+    _limits(options)
+    return partial(BatchRenorm2d if dim == 2 else BatchRenorm1d, **options)
+
+
+def _moving_average(options: dict[str, Any], dim: int) -> NormFactory:
+    shape = options.pop("shape", "linear")
+    first = options.pop("momentum_start", None)
+    end_step = options.pop("momentum_end_step", None)
+    if first is not None and end_step is not None:
+        options["momentum"] = ramp(shape, first, options.get("momentum", 0.01), 0, end_step,
+                                   "norm.momentum_end_step")
+    return partial(MovingAverageNorm2d if dim == 2 else MovingAverageNorm1d, **options)
+
+
+def _gn(options: dict[str, Any], dim: int) -> NormFactory:
+    groups = _positive_groups(options)
+    return lambda c: nn.GroupNorm(_gn_groups(c, groups), c, **options)
+
+
+def _in(options: dict[str, Any], dim: int) -> NormFactory:
+    eps, affine = options.get("eps", 1e-5), options.get("affine", True)
+    return lambda c: nn.InstanceNorm2d(c, eps=eps, affine=affine)
+
+
+def _mabn(options: dict[str, Any], dim: int) -> NormFactory:
+    _feature_maps("mabn", dim)
+    return partial(MABN2d, **options)
+
+
+def _frn(options: dict[str, Any], dim: int) -> NormFactory:
+    from timm.layers import FilterResponseNormTlu2d  # timm is slow to import: only when asked for
+
+    eps = options.get("eps", 1e-5)
+    return lambda c: FilterResponseNormTlu2d(c, eps=eps)
+
+
+def _evonorm_s0(options: dict[str, Any], dim: int) -> NormFactory:
+    from timm.layers import EvoNorm2dS0
+
+    eps, groups = options.get("eps", 1e-5), _positive_groups(options)
+    return lambda c: EvoNorm2dS0(c, groups=_gn_groups(c, groups), eps=eps)
+
+
+_COMMON = frozenset({"eps", "affine"})
+_BATCH = _COMMON | {"momentum", "per_worker_batch", "dim"}
+_RUNNING = ("running_mean", "running_var")  # a torch batchnorm's moving statistics
+_MOVING_STD = ("running_mean", "running_std")
+
+TABLE: dict[str, NormSpec] = {spec.name: spec for spec in (
+    NormSpec("bn", _bn, _BATCH, "torch's BatchNorm (+ per_worker_batch groups)",
+             batch_statistics=True, moving_statistics=_RUNNING,
+             layers=(nn.modules.batchnorm._BatchNorm,), later=True),
+    NormSpec("brn", _brn, _BATCH | {"r_max", "d_max", "relax_start", "r_max_end_step",
+                                    "d_max_end_step", "shape"},
+             "Batch Renorm (Ioffe 2017); relax_start, *_end_step, shape: the paper's relaxation",
+             batch_statistics=True, moving_statistics=_MOVING_STD, layers=(BatchRenorm1d, BatchRenorm2d),
+             later=True),
+    NormSpec("moving_average", _moving_average,
+             _BATCH | {"momentum_start", "momentum_end_step", "shape", "init_from_batch"},
+             "normalize with the moving averages in training (Ioffe 2017 section 2's naive idea)",
+             batch_statistics=True, moving_statistics=_MOVING_STD,
+             layers=(MovingAverageNorm1d, MovingAverageNorm2d)),
+    NormSpec("gn", _gn, _COMMON | {"num_groups"}, "GroupNorm (Wu & He 2018)", later=True),
+    NormSpec("ln", lambda options, dim: lambda c: nn.GroupNorm(1, c, **options), _COMMON,
+             "LayerNorm over (C, H, W), as GroupNorm with one group"),
+    NormSpec("in", _in, _COMMON, "InstanceNorm"),
+    # Statistics of the whole global batch, all-reduced across processes: no per-worker
+    # groups (no per_worker_batch). Its statistics do not depend on the split, but as a
+    # batch-statistics norm it is not split-blind: its run names its split, beside the
+    # BN run at that split it is the large-batch reference for.
+    NormSpec("syncbn", lambda options, dim: partial(SyncBatchNorm, **options), _COMMON | {"momentum"},
+             "batchnorm over the whole global batch across processes (SyncBatchNorm, gloo or NCCL)",
+             batch_statistics=True, moving_statistics=_RUNNING, layers=(SyncBatchNorm,)),
+    NormSpec("none", lambda options, dim: lambda c: nn.Identity(), frozenset(), "identity"),
+    NormSpec("mabn", _mabn, frozenset({"eps", "momentum", "buffer_size", "warmup_iters", "r_warmup",
+                                       "r_max", "per_worker_batch", "dim"}),
+             "Moving Average Batch Normalization (Yan et al. 2020); momentum is a decay (0.98)",
+             batch_statistics=True, moving_statistics=("running_var",), layers=(MABN2d,),
+             conv="centered", later=True),
+    NormSpec("frn", _frn, frozenset({"eps"}),
+             "Filter Response Normalization + TLU (Singh & Krishnan 2020), timm's", later=True),
+    NormSpec("evonorm_s0", _evonorm_s0, frozenset({"eps", "num_groups"}),
+             "EvoNorm-S0 (Liu et al. 2020), timm's", later=True),
+    NormSpec("gn_ws", _gn, _COMMON | {"num_groups"},
+             "GroupNorm with weight-standardized convolutions (Qiao et al. 2019; timm's StdConv2d)",
+             conv="standardized", later=True),
+)}
+NORM_NAMES = tuple(TABLE)  # the built-in names; ``norm_names()`` includes registered ones
+
+
+def register_norm(spec: NormSpec) -> NormSpec:
+    """Add a norm to the table (from outside the package: a plug-in or a test)."""
+    if spec.name in TABLE:
+        raise ValueError(f"norm={spec.name!r} is already in the table; choose another name")
+    TABLE[spec.name] = spec
+    return spec
+
+
+def norm_names() -> tuple[str, ...]:
+    return tuple(TABLE)
+
+
+def norm_spec(name: str) -> NormSpec:
+    if name not in TABLE:
+        raise ValueError(f"norm={name!r} is not a normalization; use one of {', '.join(TABLE)}")
+    return TABLE[name]
+
+
 def build_norm(name: str, **options: Any) -> NormFactory:
-    """A factory ``num_features -> nn.Module`` for the normalization ``name``."""
-    if name not in _OPTIONS:
-        raise ValueError(f"norm={name!r} is not a normalization; use one of {', '.join(NORM_NAMES)}")
-    unknown = sorted(set(options) - _OPTIONS[name])
+    """A factory ``num_features -> nn.Module`` for the normalization ``name``; a norm
+    that pairs with other convolutions says so in ``factory.conv``, which
+    ``brn_repro.models.build_model`` and ``swap_norm`` act on."""
+    spec = norm_spec(name)
+    unknown = sorted(set(options) - spec.options)
     if unknown:
-        raise ValueError(
-            f"norm.{unknown[0]} is not an option of norm={name}; it takes {sorted(_OPTIONS[name])}"
-        )
+        raise ValueError(f"norm.{unknown[0]} is not an option of norm={name}; it takes {sorted(spec.options)}")
     options = {k: v for k, v in options.items() if v is not None or k == "per_worker_batch"}
     if "eps" in options:
         check_eps(options["eps"])
     dim = options.pop("dim", 2)
     if dim not in (1, 2):
         raise ValueError(f"norm.dim={dim!r} must be 1 (N, C[, L] input) or 2 (N, C, H, W input)")
-    if name == "bn":
-        if "momentum" in options:
-            check_momentum(options["momentum"], "norm.momentum")
-        if options.get("per_worker_batch") is None:
-            # No groups: torch's own layer, so "bn" is the plain baseline everywhere.
-            options.pop("per_worker_batch", None)
-            return partial(nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d, **options)
-        return partial(BatchNorm2d if dim == 2 else BatchNorm1d, **options)
-    if name == "brn":
-        _limits(options)
-        return partial(BatchRenorm2d if dim == 2 else BatchRenorm1d, **options)
-    if name == "moving_average":
-        _momentum(options)
-        return partial(MovingAverageNorm2d if dim == 2 else MovingAverageNorm1d, **options)
-    if name == "gn":
-        groups = options.pop("num_groups", 32)
-        if not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"norm.num_groups={groups!r} must be a positive integer")
-        return lambda c: nn.GroupNorm(_gn_groups(c, groups), c, **options)
-    if name == "ln":
-        return lambda c: nn.GroupNorm(1, c, **options)
-    if name == "in":
-        eps, affine = options.get("eps", 1e-5), options.get("affine", True)
-        return lambda c: nn.InstanceNorm2d(c, eps=eps, affine=affine)
-    if name == "syncbn":
-        return partial(SyncBatchNorm, **options)
-    if name in ("mabn", "frn", "evonorm_s0", "gn_ws"):
-        return _later_norm(name, dim, options)
-    return lambda c: nn.Identity()
+    factory = spec.build(options, dim)
+    if spec.conv is not None:
+        factory = partial(factory)
+        factory.conv = spec.conv
+    return factory
 
 
-def _later_norm(name: str, dim: int, options: dict[str, Any]) -> NormFactory:
-    """The post-2017 answers; FRN and EvoNorm come from timm rather than being rewritten."""
-    if dim != 2:
-        raise ValueError(f"norm={name} is for (N, C, H, W) feature maps, not dim={dim}")
-    if name == "mabn":
-        factory = partial(MABN2d, **options)
-        factory.conv = "centered"
-        return factory
-    from timm.layers import EvoNorm2dS0, FilterResponseNormTlu2d
-
-    eps = options.get("eps", 1e-5)
-    groups = options.get("num_groups", 32)
-    if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"norm.num_groups={groups!r} must be a positive integer")
-    if name == "frn":
-        return lambda c: FilterResponseNormTlu2d(c, eps=eps)
-    if name == "evonorm_s0":
-        return lambda c: EvoNorm2dS0(c, groups=_gn_groups(c, groups), eps=eps)
-    affine = options.get("affine", True)
-
-    def gn_ws(c: int) -> nn.Module:
-        return nn.GroupNorm(_gn_groups(c, groups), c, eps=eps, affine=affine)
-
-    gn_ws.conv = "standardized"
-    return gn_ws
+def _specs_of(module: nn.Module) -> list[NormSpec]:
+    return [spec for spec in TABLE.values() if spec.layers and isinstance(module, spec.layers)]
 
 
-def swap_conv(model: nn.Module, kind: str | None) -> nn.Module:
-    """Replace every ``nn.Conv2d`` of ``model`` (in place, weights kept) with the
-    convolution a norm pairs with: ``centered`` (MABN's weight centralization) or
-    ``standardized`` (weight standardization, timm's StdConv2d); None leaves it."""
-    if kind is None:
-        return model
-    if kind == "centered":
-        new_class = CenteredConv2d
-    elif kind == "standardized":
-        from timm.layers import StdConv2d
-
-        new_class = StdConv2d
-    else:
-        raise ValueError(f"conv={kind!r}: use centered or standardized")
-    targets = [(name, m) for name, m in model.named_modules()
-               if type(m) is nn.Conv2d and name]  # exact type: already-swapped ones stay
-    for name, old in targets:
-        new = new_class(old.in_channels, old.out_channels, old.kernel_size, stride=old.stride,
-                        padding=old.padding, dilation=old.dilation, groups=old.groups,
-                        bias=old.bias is not None)
-        new.load_state_dict(old.state_dict())
-        model.set_submodule(name, new.to(old.weight.device))
-    return model
+def batch_statistics_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is a layer that normalizes with batch statistics in training."""
+    return any(spec.batch_statistics for spec in _specs_of(module))
 
 
-def swap_norm(model: nn.Module, factory: NormFactory) -> nn.Module:
-    """Replace every batchnorm in ``model`` (in place) with ``factory(num_features)``,
-    and its convolutions with the kind the norm pairs with (``factory.conv``).
-
-    Affine parameters are copied where the new layer has them, and running
-    statistics are carried over (as a moving std for BRN / moving-average norm),
-    so a pretrained model keeps its inference behaviour under BRN.
-    """
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and name
-    ]
-    for name, old in targets:
-        new = factory(old.num_features)
-        _carry_state(old, new)
-        model.set_submodule(name, new)
-    if isinstance(model, nn.modules.batchnorm._BatchNorm):
-        raise ValueError("swap_norm needs a model that contains norm layers, not a norm layer")
-    return swap_conv(model, getattr(factory, "conv", None))  # MABN, GN+WS: their convolutions
-
-
-def _carry_state(old: nn.Module, new: nn.Module) -> None:
-    import torch
-
-    with torch.no_grad():
-        for attr in ("weight", "bias"):
-            src, dst = getattr(old, attr, None), getattr(new, attr, None)
-            if src is not None and dst is not None and src.shape == dst.shape:
-                dst.copy_(src)
-        if getattr(old, "running_mean", None) is None:
-            return
-        if getattr(new, "running_mean", None) is not None:
-            new.running_mean.copy_(old.running_mean)
-        if getattr(new, "running_var", None) is not None:
-            new.running_var.copy_(old.running_var)
-        if getattr(new, "running_std", None) is not None:
-            new.running_std.copy_((old.running_var + old.eps).sqrt())
-        if getattr(new, "init_from_batch", False):  # pretrained statistics beat one batch's
-            new.init_from_batch = False
-        new.to(old.weight.device if old.weight is not None else old.running_mean.device)
+def moving_statistics(model: nn.Module) -> list[Tensor]:
+    """Every moving-statistics buffer of ``model``'s norm layers, in module order."""
+    found = []
+    for module in model.modules():
+        names = {n for spec in _specs_of(module) for n in spec.moving_statistics}
+        found += [b for n, b in module.named_buffers(recurse=False)
+                  if n in names and b.is_floating_point()]
+    return found
 
 
 def norm_diagnostics(model: nn.Module) -> dict[str, float]:

@@ -3,7 +3,7 @@
 Every figure is drawn from runs that happened and says what its band is (``mean ± sd
 over n seeds``); diverged runs are drawn as an ``x`` at the step they diverged and
 counted in the legend, never left out. A run that serves several conditions (a
-split-blind norm's: ``records.SPLIT_BLIND_NORMS``, whose run does not depend on the
+split-blind norm's: ``records.split_blind``, whose run does not depend on the
 per-worker batch) is drawn once. More conditions than ``MAX_LINES`` are drawn as small
 multiples, one panel per value of the first condition column. Each figure is written
 as PNG (embedded in the report) and PDF beside it.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# A shared run (a split-blind norm's, ``records.SPLIT_BLIND_NORMS``) stands for every
+# A shared run (a split-blind norm's, ``records.split_blind``) stands for every
 # value of the condition columns its conditions differ in; it is drawn once, as this.
 ANY = "any"
 

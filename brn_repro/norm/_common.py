@@ -1,0 +1,126 @@
+"""Plumbing the norm layers share: option checks, the step buffer that schedules are
+evaluated at, the base of the two layers that keep a moving mean and a moving standard
+deviation (Batch Renorm, the moving-average norm), and the default way a layer takes
+over a torch batchnorm's state (``brn_repro.norm.convert.swap_norm``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from brn_repro.norm._grouped import check_input_dim, check_per_worker_batch, normalize, num_groups
+from brn_repro.schedules import Schedule, as_schedule, schedule_bounds
+
+
+def check_eps(eps: float) -> float:
+    if not eps > 0:
+        raise ValueError(f"eps={eps!r} must be > 0")
+    return float(eps)
+
+
+def check_momentum(momentum: Any, field: str = "momentum") -> Schedule:
+    schedule = as_schedule(momentum, field)
+    low, high = schedule_bounds(schedule)
+    if not (0 < low and high <= 1):
+        raise ValueError(f"{field}={momentum!r} must lie in (0, 1] (the moving-average rate alpha)")
+    return schedule
+
+
+def as_rate(value: float | Tensor, like: Tensor) -> float | Tensor:
+    """A schedule's value as ``lerp_``'s weight for ``like`` (a tensor must match its dtype)."""
+    return value.to(like.dtype) if isinstance(value, Tensor) else value
+
+
+@torch.no_grad()
+def copy_batchnorm_state(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """What any layer takes from a torch batchnorm: the affine parameters where it has
+    them at the same shape, and the running mean and variance where it keeps them."""
+    for attr in ("weight", "bias"):
+        src, dst = getattr(bn, attr, None), getattr(layer, attr, None)
+        if src is not None and dst is not None and src.shape == dst.shape:
+            dst.copy_(src)
+    if bn.running_mean is None:
+        return
+    for attr in ("running_mean", "running_var"):
+        dst = getattr(layer, attr, None)
+        if dst is not None:
+            dst.copy_(getattr(bn, attr))
+
+
+class StepCounter(nn.Module):
+    """Mixin: a ``step`` buffer (saved in checkpoints) that schedules are evaluated at.
+
+    Eager, the step is read from a host-side mirror, so a GPU is never waited on;
+    the mirror re-reads the buffer only when the buffer's version shows that
+    something else moved it (a compiled step, ``load_state_dict``).
+    Compiled, the step is the buffer itself and schedules are tensor ops of it: no
+    graph break, no recompilation, no host sync. Per-step Python state lives in a
+    plain dict, ``self._host``: assigning attributes on an ``nn.Module`` costs
+    microseconds that show at batch 1-4, and a dict is what the compiler can trace.
+    """
+
+    def _init_step(self) -> None:
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._host: dict[str, Any] = {"step": 0, "version": self.step._version, "last": None}
+
+    def _advance_step(self) -> int | Tensor:
+        """This step's index (0 first), as an int eager or a 0-d tensor compiled."""
+        if torch.compiler.is_compiling():
+            step = self.step.clone()
+            self.step.add_(1)
+            return step
+        host = self._host
+        if host["version"] != self.step._version:
+            host["step"] = int(self.step)
+        step = host["step"]
+        self.step.add_(1)
+        host["step"], host["version"] = step + 1, self.step._version
+        return step
+
+
+class MovingStdNorm(StepCounter):
+    """Base of the layers that keep a moving mean ``running_mean`` and a moving
+    *standard deviation* ``running_std`` (eps inside, Ioffe 2017 Algorithm 1's sigma),
+    with optional affine gamma / beta and per-worker groups. Inference is batchnorm's,
+    ``gamma * (x - mu) / sigma + beta``; a subclass writes the training forward,
+    ``_train_forward(x, groups, step)``, and its ``_input_dims``."""
+
+    _input_dims: tuple[int, ...] = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | Schedule = 0.01,
+                 per_worker_batch: int | None = None, affine: bool = True) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = check_eps(eps)
+        self.momentum = check_momentum(momentum)
+        self.per_worker_batch = check_per_worker_batch(per_worker_batch)
+        self.affine = affine
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_std", torch.ones(num_features))
+        self._init_step()
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input_dim(x, self._input_dims, type(self).__name__)
+        if not self.training:
+            # eps is already inside sigma (a moving average of sqrt(var + eps)).
+            return normalize(x, self.running_mean, self.running_std.square(), self.weight, self.bias)
+        return self._train_forward(x, num_groups(x, self.per_worker_batch), self._advance_step())
+
+    def _train_forward(self, x: Tensor, groups: int, step: int | Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def load_batchnorm_state(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        """Take a trained batchnorm's parameters and statistics, its variance as the
+        moving std sqrt(var + eps), so the model keeps its inference outputs."""
+        copy_batchnorm_state(self, bn)
+        if bn.running_var is not None:
+            self.running_std.copy_((bn.running_var + bn.eps).sqrt())
