@@ -227,6 +227,13 @@ def register_norm(spec: NormSpec) -> NormSpec:
     """Add a norm to the table (from outside the package: a plug-in or a test)."""
     if spec.name in TABLE:
         raise ValueError(f"norm={spec.name!r} is already in the table; choose another name")
+    for other in TABLE.values():  # a built layer is traced back to its entries by class
+        shared = [c.__name__ for c in spec.layers
+                  if issubclass(c, other.layers or ()) or any(issubclass(o, c) for o in other.layers)]
+        if shared and (spec.batch_statistics, spec.moving_statistics) != (other.batch_statistics,
+                                                                           other.moving_statistics):
+            raise ValueError(f"norm {spec.name}: its layers {', '.join(shared)} are norm={other.name}'s, "
+                             "whose statistics differ; give it a layer class of its own")
     TABLE[spec.name] = spec
     return spec
 
