@@ -51,8 +51,9 @@ class NormSpec:
     on every process (all-reduced by ``brn_repro.distributed``). ``layers``: the classes it
     builds that hold batch or moving statistics, by which a built model's layers are
     found. ``conv``: the convolution it pairs with (``convert.CONV_KINDS``) or None.
-    ``later``: one of the post-2017 answers' comparison, the norms of the
-    ``batch_size_sweep_extended`` experiment and its report table.
+    ``later``: in the comparison of the post-2017 answers (MABN, FRN, EvoNorm-S0, GN + WS
+    beside BN, BRN and GN): the rows of the report's ``batch_size_sweep_extended`` table.
+    ``description``: one line for a reader of the table.
     """
 
     name: str
