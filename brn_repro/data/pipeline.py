@@ -23,10 +23,7 @@ from torch import Tensor
 
 from brn_repro.data.imagefolder import ImageFolderSplits
 from brn_repro.data.loader import (
-    NONIID_TEST_SEED,
-    TRAIN_SUBSET_SEED,
     InMemoryBatches,
-    augment,
     balanced_subset_indices,
     fixed_subset_indices,
     noniid_test_indices,
@@ -34,8 +31,7 @@ from brn_repro.data.loader import (
 from brn_repro.data.samplers import build_sampler
 from brn_repro.data.sources import DatasetTensors, build_dataset
 
-__all__ = ["NONIID_TEST_SEED", "TRAIN_SUBSET_SEED", "InMemoryTrainingData", "StreamingTrainingData", "TrainingData",
-           "augment", "load_dataset"]
+__all__ = ["InMemoryTrainingData", "StreamingTrainingData", "TrainingData", "load_dataset"]
 
 # ``build_dataset``, cached per process: a sweep's runs in one worker read the files once.
 load_dataset = lru_cache(maxsize=2)(build_dataset)
