@@ -41,7 +41,8 @@ from brn_repro.records import write_atomic  # noqa: E402
 
 SETTINGS = [  # one home for the pilot's numbers; every evaluation on the whole test set,
     # so the last quarter's gain compares like with like
-    "profile=quick", "norm=bn", "data.global_batch=128", "data.workers='${div:${data.global_batch},${data.per_worker_batch}}'",
+    "profile=quick", "norm=bn", "data.global_batch=128",
+    "data.workers='${div:${data.global_batch},${data.per_worker_batch}}'",
     "train.compile=true", "train.eval_test_size=null",
 ]  # (stage crossing overrides eval_test_size: it reads the averages, not the accuracy)
 # Stage 1 (alpha, relax_start): both splits, three rates. Stage 2 (run length): per-worker
@@ -133,8 +134,8 @@ def convergence(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
         first = run.loc[run["step"] == start, "test_acc"].iloc[0]
         last = run.loc[run["step"] == run["step"].max(), "test_acc"].iloc[0]
         meta = runs[runs["run_dir"] == run_dir].iloc[0]
-        rows.append({**{key: meta[key] for key in KEYS}, "seed": meta["seed"], "test_acc_at_3/4": first, "test_acc_end": last,
-                     "gain_last_quarter": round(last - first, 2)})
+        rows.append({**{key: meta[key] for key in KEYS}, "seed": meta["seed"], "test_acc_at_3/4": first,
+                     "test_acc_end": last, "gain_last_quarter": round(last - first, 2)})
     return pd.DataFrame(rows).sort_values([*KEYS, "seed"])
 
 
