@@ -4,8 +4,7 @@ import typing
 
 import torch
 
-from brn_repro.data import TrainingData
-from brn_repro.data.pipeline import InMemoryTrainingData, StreamingTrainingData
+from brn_repro.data import InMemoryTrainingData, StreamingTrainingData, TrainingData
 from tests.test_data import write_pngs
 from tests.test_train import make_config
 
