@@ -37,10 +37,12 @@ sys.path.insert(0, str(ROOT))
 
 from brn_repro.aggregate import load_runs  # noqa: E402
 from brn_repro.protocol import below_from  # noqa: E402
+from brn_repro.records import write_atomic  # noqa: E402
 
 SETTINGS = [  # one home for the pilot's numbers; every evaluation on the whole test set,
     # so the last quarter's gain compares like with like
-    "profile=quick", "norm=bn", "data.global_batch=128", "data.workers='${div:${data.global_batch},${data.per_worker_batch}}'",
+    "profile=quick", "norm=bn", "data.global_batch=128",
+    "data.workers='${div:${data.global_batch},${data.per_worker_batch}}'",
     "train.compile=true", "train.eval_test_size=null",
 ]  # (stage crossing overrides eval_test_size: it reads the averages, not the accuracy)
 # Stage 1 (alpha, relax_start): both splits, three rates. Stage 2 (run length): per-worker
@@ -132,8 +134,8 @@ def convergence(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
         first = run.loc[run["step"] == start, "test_acc"].iloc[0]
         last = run.loc[run["step"] == run["step"].max(), "test_acc"].iloc[0]
         meta = runs[runs["run_dir"] == run_dir].iloc[0]
-        rows.append({**{key: meta[key] for key in KEYS}, "seed": meta["seed"], "test_acc_at_3/4": first, "test_acc_end": last,
-                     "gain_last_quarter": round(last - first, 2)})
+        rows.append({**{key: meta[key] for key in KEYS}, "seed": meta["seed"], "test_acc_at_3/4": first,
+                     "test_acc_end": last, "gain_last_quarter": round(last - first, 2)})
     return pd.DataFrame(rows).sort_values([*KEYS, "seed"])
 
 
@@ -171,7 +173,7 @@ def figure(curves: pd.DataFrame, path: Path) -> None:
                       title_fontsize=7.5)
     fig.suptitle("Pilot (BN only): the moving averages' error against one worker's batch noise\n"
                  + seeds_text(seeds).replace("mean ± sd", "mean"), fontsize=11)
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -215,12 +217,10 @@ def main() -> None:
         runs[["run_dir", *KEYS, "seed"]], on="run_dir")
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(out / "pilot_runs.csv", index=False)
-    curves.to_csv(out / "pilot_curves.csv", index=False)
-    table = crossing(curves)
-    table.to_csv(out / "crossing.csv", index=False)
-    conv = convergence(runs, curves)
-    conv.to_csv(out / "convergence.csv", index=False)
+    table, conv = crossing(curves), convergence(runs, curves)
+    for frame, name in ((runs, "pilot_runs.csv"), (curves, "pilot_curves.csv"), (table, "crossing.csv"),
+                        (conv, "convergence.csv")):
+        write_atomic(out / name, lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
     figure(curves, out / "ema_error_vs_batch_noise.png")
     pd.set_option("display.width", 200)
     print(table.to_string(index=False))

@@ -345,6 +345,13 @@ BAD_INPUT = [
     (["paths.runs=FILE/runs"], "is a file, not a directory; point paths.runs at a directory"),
     (["dataset.root=MISSING"], "does not hold Fashion-MNIST"),
     (["paths.lock_timeout=-1"], "paths.lock_timeout=-1 must be a finite number"),
+    (["norm=brn", "norm.r_max=0.5"], "r_max=0.5"),
+    (["norm=brn", "norm.d_max=-1"], "d_max=-1"),
+    (["sampler=noniid", "sampler.labels_per_batch=3"], "data.per_worker_batch=4"),
+    (["data.per_worker_batch=0"], "data.per_worker_batch=0"),
+    (["model=inception_v3", "~model.width"], "model=inception_v3 needs images of at least 75x75"),
+    (["norm.type=batchnorm"], "norm.type='batchnorm'"),
+    (["optim.name=lbfgs"], "optim.name='lbfgs'"),
 ]
 
 

@@ -15,6 +15,18 @@ from brn_repro.norm import (
 )
 
 
+def assert_same_step(layer, x, y, x_ref, y_ref, weight_ref, bias_ref):
+    """``layer``'s output ``y`` of ``x`` equals the reference's, and so do the gradients
+    of the input, the scale and the shift for one random upstream gradient."""
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(layer.weight.grad, weight_ref.grad)
+    torch.testing.assert_close(layer.bias.grad, bias_ref.grad)
+
+
 @pytest.mark.parametrize("shape,b", [((12, 3, 4, 4), 4), ((8, 2, 3, 3), 1), ((12, 5), 3), ((6, 2, 5), 2)])
 def test_brn_groups_equal_each_group_alone(shape, b):
     eps, alpha = 1e-3, 0.1
@@ -39,14 +51,7 @@ def test_brn_groups_equal_each_group_alone(shape, b):
         outs.append(out)
         mus.append(mu_b)
         sigmas.append(sigma_b)
-    y_ref = torch.cat(outs)
-    torch.testing.assert_close(y, y_ref)
-    g = torch.randn_like(y)
-    y.backward(g)
-    y_ref.backward(g)
-    torch.testing.assert_close(x.grad, x_ref.grad)
-    torch.testing.assert_close(layer.weight.grad, gamma.grad)
-    torch.testing.assert_close(layer.bias.grad, beta.grad)
+    assert_same_step(layer, x, y, x_ref, torch.cat(outs), gamma, beta)
     # moving statistics: updated with the mean over groups
     torch.testing.assert_close(layer.running_mean, mu + alpha * (torch.stack(mus).mean(0) - mu))
     torch.testing.assert_close(layer.running_std, sigma + alpha * (torch.stack(sigmas).mean(0) - sigma))
@@ -65,13 +70,7 @@ def test_bn_groups_equal_torch_batchnorm_per_group(cls, shape, b):
     bias = layer.bias.detach().clone().requires_grad_()
     y = layer(x)
     y_ref = torch.cat([F.batch_norm(c, None, None, w, bias, True, 0.0, layer.eps) for c in x_ref.split(b)])
-    torch.testing.assert_close(y, y_ref)
-    g = torch.randn_like(y)
-    y.backward(g)
-    y_ref.backward(g)
-    torch.testing.assert_close(x.grad, x_ref.grad)
-    torch.testing.assert_close(layer.weight.grad, w.grad)
-    torch.testing.assert_close(layer.bias.grad, bias.grad)
+    assert_same_step(layer, x, y, x_ref, y_ref, w, bias)
     dims = (0,) + tuple(range(2, x.dim()))
     means = torch.stack([c.mean(dims) for c in x_ref.detach().split(b)]).mean(0)
     vars_ = torch.stack([c.var(dims, unbiased=True) for c in x_ref.detach().split(b)]).mean(0)

@@ -56,6 +56,15 @@ def test_closed_forms_are_right():
     assert quantile_df2(0.975) == pytest.approx(4.302653, abs=1e-6)  # tables
 
 
+def assert_reported(result, ci: tuple[float, float], verdict: str, line: str) -> None:
+    """The CI's bounds (to 1e-5: the t quantiles come from tables), the verdict, and the
+    report's one line."""
+    assert result.ci_low == pytest.approx(ci[0], abs=1e-5)
+    assert result.ci_high == pytest.approx(ci[1], abs=1e-5)
+    assert result.verdict == verdict
+    assert result.text() == line
+
+
 def test_superiority_one_to_five():
     result = superiority([1, 2, 3, 4, 5])
     se = math.sqrt(2.5) / math.sqrt(5)  # sd 1.5811388
@@ -63,11 +72,10 @@ def test_superiority_one_to_five():
     assert result.t == pytest.approx(3 / se) == pytest.approx(4.2426407)
     assert result.p == pytest.approx(sf_df4(3 / se), rel=1e-9)
     assert result.p == pytest.approx(0.006618, abs=5e-7)  # one-sided, not 0.0132 (two-sided)
-    assert result.ci_low == pytest.approx(3 - T975_DF4 * se, abs=1e-5)
-    assert result.ci_high == pytest.approx(3 + T975_DF4 * se, abs=1e-5)
-    assert result.significant and result.verdict == "significant"
-    assert result.text() == ("+3.00 points [95% CI +1.04, +4.96], t(4) = 4.24, "
-                             "one-sided p = 0.0066, n = 5 paired seeds (0 diverged)")
+    assert result.significant
+    assert_reported(result, (3 - T975_DF4 * se, 3 + T975_DF4 * se), "significant",
+                    "+3.00 points [95% CI +1.04, +4.96], t(4) = 4.24, one-sided p = 0.0066, "
+                    "n = 5 paired seeds (0 diverged)")
 
 
 def test_superiority_is_one_sided():
@@ -97,11 +105,9 @@ def test_tost_equivalent():
     assert result.p_upper == pytest.approx(sf_df4((1 - 0.08) / se), rel=1e-6)
     assert result.p == pytest.approx(result.p_upper)  # the nearer bound decides
     assert result.ci_level == pytest.approx(0.90)
-    assert result.ci_low == pytest.approx(0.08 - T95_DF4 * se, abs=1e-5)
-    assert result.ci_high == pytest.approx(0.08 + T95_DF4 * se, abs=1e-5)
-    assert result.equivalent and result.verdict == "equivalent"
-    assert result.text() == ("+0.08 points [90% CI -0.10, +0.26], TOST ±1: p = 0.0002, "
-                             "n = 5 paired seeds (0 diverged)")
+    assert result.equivalent
+    assert_reported(result, (0.08 - T95_DF4 * se, 0.08 + T95_DF4 * se), "equivalent",
+                    "+0.08 points [90% CI -0.10, +0.26], TOST ±1: p = 0.0002, n = 5 paired seeds (0 diverged)")
 
 
 def test_tost_not_equivalent_though_the_mean_is_inside_the_margin():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from brn_repro.models.classifier import PooledClassifier
 from brn_repro.norm.registry import NormFactory, build_norm
 
 
@@ -32,7 +33,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class ResNetCifar(nn.Module):
+class ResNetCifar(PooledClassifier):
     def __init__(
         self,
         depth: int = 20,
@@ -59,11 +60,7 @@ class ResNetCifar(nn.Module):
                 layers.append(BasicBlock(in_planes, planes, stride, norm_layer))
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.add_head(in_planes, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.pool(self.layers(self.stem(x))).flatten(1))
+    def body(self, x: Tensor) -> Tensor:
+        return self.layers(self.stem(x))

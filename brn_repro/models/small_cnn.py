@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from brn_repro.models.classifier import PooledClassifier
 from brn_repro.norm.registry import NormFactory, build_norm
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(PooledClassifier):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32,
                  norm_layer: NormFactory | None = None):
         super().__init__()
@@ -27,11 +28,7 @@ class SmallCNN(nn.Module):
                        nn.ReLU(inplace=True)]
             channels = out
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.add_head(channels, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.pool(self.features(x)).flatten(1))
+    def body(self, x: Tensor) -> Tensor:
+        return self.features(x)
