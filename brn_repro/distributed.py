@@ -24,7 +24,9 @@ batch over K processes so that the numbers do not change:
   process with virtual workers to float64 rounding (``train.precision=float64``: 1e-15
   after 20 steps); in float32 the two are as far apart as any two roundings.
 - ``syncbn`` normalizes over the whole global batch across processes instead.
-- Only rank 0 writes run records, checkpoints and W&B; every process reads the
+- Only rank 0 writes run records, checkpoints and W&B, and prints (``Context.say``):
+  the record and the logger are built knowing the rank and do nothing elsewhere
+  (``RunRecord(main=...)``, ``build_logger(main=...)``); every process reads the
   checkpoint to resume. Evaluation is sharded over processes and all-reduced.
 """
 
@@ -33,7 +35,7 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 import torch.distributed as dist
@@ -58,6 +60,11 @@ class Context:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+    def say(self, message: str, file: TextIO | None = None) -> None:
+        """Print ``message`` from rank 0 only: one process speaks for the run."""
+        if self.is_main:
+            print(message, file=file)
 
 
 SINGLE_PROCESS = Context()
@@ -140,7 +147,7 @@ def local_slice(global_batch: int, ctx: Context) -> slice:
 
 def wrap(model: nn.Module, ctx: Context, device: torch.device) -> nn.Module:
     """DDP around ``model`` when there are several processes. ``broadcast_buffers``
-    is off: rank 0's moving statistics are not everyone's (see ``StatisticsAverager``)."""
+    is off: rank 0's moving statistics are not everyone's (see ``MovingStatistics``)."""
     if not ctx.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -149,18 +156,22 @@ def wrap(model: nn.Module, ctx: Context, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
-class StatisticsAverager:
-    """Mean over processes of every moving-statistics buffer and of the loss, in one
-    all-reduce; call it after the backward pass (it rewrites the buffers in place, and
-    a layer's backward may have saved them) and before the next forward, which uses
-    them. One process: returns the loss as is."""
+class MovingStatistics:
+    """The model's norms' moving statistics, kept equal on every process: ``sync``
+    replaces them by their mean over processes (= one process with all the workers,
+    see the module's docstring). Call it after the backward pass (it rewrites the
+    buffers in place, and a layer's backward may have saved them) and before the next
+    forward, which uses them. One process: nothing to synchronize."""
 
     def __init__(self, model: nn.Module, ctx: Context):
         self.ctx = ctx
         self.buffers = moving_statistics(model)  # the norm table's moving_statistics
 
     @torch.no_grad()
-    def __call__(self, loss: Tensor) -> Tensor:
+    def sync(self, loss: Tensor) -> Tensor:
+        """All-reduce the moving statistics to their mean over processes; returns
+        ``loss``'s mean over processes (the global batch's loss), carried in the same
+        all-reduce so a step costs one collective, not two."""
         if not self.ctx.enabled:
             return loss.detach()
         parts = [b.reshape(-1) for b in self.buffers] + [loss.detach().reshape(1)]

@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import astuple, dataclass
 
 import torch
 from torch import Tensor, nn
@@ -40,10 +41,38 @@ def _to_model(model: nn.Module) -> Callable[[Tensor], Tensor]:
     return lambda x: as_layout(x.to(first.device, first.dtype, non_blocking=True), layout)
 
 
+@dataclass(frozen=True)
+class Counts:
+    """What an evaluation counts: sums, so the shards of a multi-process evaluation
+    add up (``sum_over_processes``)."""
+
+    correct: float = 0.0
+    total: float = 0.0
+    loss_sum: float = 0.0  # summed cross-entropy (0 where the loss is not counted)
+
+    @property
+    def accuracy(self) -> float:
+        """In %."""
+        return 100.0 * self.correct / max(self.total, 1)
+
+    @property
+    def loss(self) -> float:
+        """Mean cross-entropy."""
+        return self.loss_sum / max(self.total, 1)
+
+
+def sum_over_processes(counts: Mapping[str, Counts], all_reduce_sum: Callable[[list[float]], list[float]]
+                       ) -> dict[str, Counts]:
+    """``counts`` summed over processes in one all-reduce (``all_reduce_sum`` sums a
+    list of floats over processes, e.g. ``distributed.all_reduce_sum``)."""
+    width = len(astuple(Counts()))
+    flat = all_reduce_sum([value for c in counts.values() for value in astuple(c)])
+    return {name: Counts(*flat[i * width:(i + 1) * width]) for i, name in enumerate(counts)}
+
+
 @torch.inference_mode()
-def accuracy_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> list[float]:
-    """[correct, total, summed cross-entropy] of ``model`` in eval mode: sums, so the
-    shards of a multi-process evaluation add up (``brn_repro.distributed``)."""
+def accuracy_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> Counts:
+    """Correct, total and summed cross-entropy of ``model`` in eval mode."""
     was_training = model.training
     model.eval()
     device, to_model = _device(model), _to_model(model)
@@ -58,18 +87,13 @@ def accuracy_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) 
         correct += (logits.argmax(1) == y).sum()
         total += y.numel()
     model.train(was_training)
-    return [float(correct.item()), float(total), loss_sum.item()]
+    return Counts(float(correct.item()), float(total), loss_sum.item())
 
 
 def accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, float]:
     """(accuracy in %, mean cross-entropy) of ``model`` in eval mode."""
-    return percent(accuracy_counts(model, batches))
-
-
-def percent(counts: list[float]) -> tuple[float, float]:
-    """(accuracy in %, mean loss) from ``[correct, total, loss sum]``."""
-    correct, total, loss_sum = counts
-    return 100.0 * correct / max(total, 1), loss_sum / max(total, 1)
+    counts = accuracy_counts(model, batches)
+    return counts.accuracy, counts.loss
 
 
 def _moving_estimates(layer: nn.Module) -> tuple[Tensor, Tensor] | None:
@@ -218,8 +242,8 @@ def minibatch_stats_probe(model: nn.Module) -> nn.Module:
 
 
 @torch.inference_mode()
-def minibatch_stats_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> list[float]:
-    """[correct, total, 0] with every norm layer using the statistics of the test batch itself."""
+def minibatch_stats_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> Counts:
+    """Correct and total (no loss) with every norm layer using the statistics of the test batch itself."""
     probe = minibatch_stats_probe(model)
     device, to_model = _device(probe), _to_model(probe)
     correct, total = torch.zeros((), dtype=torch.long, device=device), 0
@@ -227,12 +251,12 @@ def minibatch_stats_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Ten
         y = y.to(device, non_blocking=True)
         correct += (probe(to_model(x)).argmax(1) == y).sum()
         total += y.numel()
-    return [float(correct.item()), float(total), 0.0]
+    return Counts(float(correct.item()), float(total))
 
 
 def minibatch_stats_accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> float:
     """Accuracy (%) with every norm layer using the statistics of the test batch itself."""
-    return percent(minibatch_stats_counts(model, batches))[0]
+    return minibatch_stats_counts(model, batches).accuracy
 
 
 class WeightEMA:

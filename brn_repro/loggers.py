@@ -7,6 +7,9 @@ service. Two kinds exist:
 * ``none`` -- :class:`NullLogger`, does nothing (the local record is enough).
 * ``wandb`` -- :class:`WandbLogger`, one Weights & Biases run per training run.
 
+Only rank 0 of a multi-process run mirrors it: elsewhere ``build_logger`` gives the
+:class:`NullLogger` (and ``progress_bar`` a silent bar).
+
 ``wandb`` is imported lazily inside :class:`WandbLogger` so that ``kind=none``
 (and the test suite for everything else) never pays for, or depends on, wandb.
 
@@ -26,11 +29,15 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
+from tqdm import tqdm
+
 __all__ = [
     "RunLogger",
     "NullLogger",
     "WandbLogger",
+    "LOGGERS",
     "build_logger",
+    "progress_bar",
     "wandb_run_id",
     "flatten_config",
     "scrub_secrets",
@@ -40,7 +47,6 @@ __all__ = [
     "offline_hint",
 ]
 
-LOGGER_KINDS = ("none", "wandb")
 WANDB_MODES = ("auto", "online", "offline", "disabled", "shared")
 # Older spellings wandb still accepts in WANDB_MODE; mapped so the hint logic sees one name.
 _WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}
@@ -66,7 +72,11 @@ class RunLogger(Protocol):
 
 
 class NullLogger:
-    """Discards everything: used when the local run record is the only output wanted."""
+    """Discards everything: used when the local run record is the only output wanted,
+    and on every process but rank 0. Takes any logger's options and ignores them."""
+
+    def __init__(self, **options: Any) -> None:
+        pass
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         pass
@@ -222,6 +232,12 @@ def resolve_wandb_mode(
 # ---------------------------------------------------------------------------- wandb
 
 
+# The runner's own progress bar and record say what happened; keep wandb's console
+# wrapping and system sampling out of a CPU training loop. Git stays on: the run page
+# shows the commit (the config's ``git_commit`` holds it too).
+RUNNER_SETTINGS = {"quiet": True, "console": "off", "x_disable_stats": True, "save_code": False}
+
+
 # Metrics whose W&B summary is their best and their last value (``test_acc.max``,
 # ``test_acc.last``): the runs table then sorts by either.
 BEST_AND_LAST = ("test_acc", "train_acc", "minibatch_stats_acc")
@@ -271,7 +287,7 @@ class WandbLogger:
         entity: str | None = None,
         mode: str = "auto",
         tags: list[str] | None = None,
-        settings: Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = RUNNER_SETTINGS,
     ) -> None:
         import wandb
 
@@ -351,17 +367,19 @@ class WandbLogger:
         self._run.finish(exit_code=exit_code)
 
 
-# The runner's own progress bar and record say what happened; keep wandb's console
-# wrapping and system sampling out of a CPU training loop. Git stays on: the run page
-# shows the commit (the config's ``git_commit`` holds it too).
-RUNNER_SETTINGS = {"quiet": True, "console": "off", "x_disable_stats": True, "save_code": False}
+# ``logger.kind`` -> the logger; ``conf/logger/<kind>.yaml`` holds its keyword arguments.
+LOGGERS: dict[str, type[RunLogger]] = {"none": NullLogger, "wandb": WandbLogger}
+LOGGER_KINDS = tuple(LOGGERS)
 
 
-def build_logger(kind: str, **options: Any) -> RunLogger:
-    """The logger named by ``conf/logger/<kind>.yaml``: ``none``, or ``wandb`` with
-    :class:`WandbLogger`'s keyword arguments."""
-    if kind == "none":
-        return NullLogger()
-    if kind == "wandb":
-        return WandbLogger(**options, settings=RUNNER_SETTINGS)
-    raise ValueError(f"unknown logger kind {kind!r}; expected one of {LOGGER_KINDS}")
+def build_logger(kind: str, *, main: bool = True, **options: Any) -> RunLogger:
+    """The logger named ``kind``, built with ``options``; on any process but rank 0
+    (``main=False``) a :class:`NullLogger`: one process mirrors the run."""
+    if kind not in LOGGERS:
+        raise ValueError(f"unknown logger kind {kind!r}; expected one of {LOGGER_KINDS}")
+    return LOGGERS[kind](**options) if main else NullLogger()
+
+
+def progress_bar(*, main: bool = True, show: bool = True, **options: Any) -> tqdm:
+    """The terminal's progress bar (``tqdm`` with ``options``): rank 0's, when ``show``."""
+    return tqdm(disable=not (show and main), dynamic_ncols=True, **options)

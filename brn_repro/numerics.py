@@ -87,7 +87,7 @@ def layer_step(layer: nn.Module, x: Tensor, upstream: Tensor) -> dict[str, Tenso
 def per_worker_step(layer: nn.Module, x: Tensor, upstream: Tensor, workers: int) -> dict[str, Tensor]:
     """A copy of ``layer`` per worker, each on its own part of the batch (one group
     each): what one process per worker computes. Parameter gradients are summed and
-    moving statistics averaged, as DDP and ``distributed.StatisticsAverager`` do."""
+    moving statistics averaged, as DDP and ``distributed.MovingStatistics`` do."""
     size = len(x) // workers
     parts = [layer_step(copy.deepcopy(layer), x[i * size:(i + 1) * size], upstream[i * size:(i + 1) * size])
              for i in range(workers)]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -249,11 +250,23 @@ def summary_problem(summary: dict[str, Any]) -> str | None:
     return f"status {status!r} is neither completed nor diverged"
 
 
-class RunRecord:
-    """The files of one run. Only this class writes into the run directory."""
+def _rank_zero(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A method rank 0 alone carries out (a write, the writability check, ``resume``);
+    on the other processes it does nothing and returns None."""
+    @functools.wraps(method)
+    def on_rank_zero(self: RunRecord, *args: Any, **kwargs: Any) -> Any:
+        return method(self, *args, **kwargs) if self.main else None
+    return on_rank_zero
 
-    def __init__(self, root: str | Path, config: dict[str, Any]):
+
+class RunRecord:
+    """The files of one run. Only this class writes into the run directory, and only
+    on rank 0 (``main``): on the other processes of a multi-process run its writes,
+    its lock and ``resume`` do nothing, and reads read what rank 0 wrote."""
+
+    def __init__(self, root: str | Path, config: dict[str, Any], *, main: bool = True):
         self.config = config
+        self.main = main
         self.root = Path(root)
         self.dir = self.root / run_dir_name(config)
         self.config_path = self.dir / "config.yaml"
@@ -266,7 +279,7 @@ class RunRecord:
     # --- state -----------------------------------------------------------------
     def summary(self) -> dict[str, Any] | None:
         summary = read_summary(self.summary_path)
-        if summary is None and self.summary_path.is_file() and not self._said_damaged:
+        if summary is None and self.main and self.summary_path.is_file() and not self._said_damaged:
             self._said_damaged = True
             print(f"note: {self.summary_path} is damaged or incomplete; finishing the run again",
                   file=sys.stderr)
@@ -288,6 +301,7 @@ class RunRecord:
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.exists()
 
+    @_rank_zero
     def check_writable(self) -> None:
         """Before any data is loaded: ``paths.runs`` is, or can become, a writable directory."""
         existing = next(p for p in (self.root.absolute(), *self.root.absolute().parents) if p.exists())
@@ -302,7 +316,11 @@ class RunRecord:
     def lock(self) -> Iterator[bool]:
         """Hold the run's lock (``brn_repro.lease``); yields False after waiting for
         another live process that held it (its summary is then the result).
-        Temporary files of writers killed mid-write are removed once it is held."""
+        Temporary files of writers killed mid-write are removed once it is held.
+        Off rank 0 it holds nothing: rank 0 holds it for every process."""
+        if not self.main:
+            yield True
+            return
         paths = self.config.get("paths") or {}
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -323,6 +341,7 @@ class RunRecord:
             self._lease.check()
 
     # --- resuming --------------------------------------------------------------
+    @_rank_zero
     def resume(self) -> dict[str, Any] | None:
         """The checkpoint to go on from, with metrics cut back to it; or None, and
         the record started afresh: no checkpoint, or damaged files (said in one line)."""
@@ -344,6 +363,7 @@ class RunRecord:
         return [s for s in range(1, upto + 1) if s % train["eval_every"] == 0 or s == train["steps"]]
 
     # --- writing ---------------------------------------------------------------
+    @_rank_zero
     def start(self) -> None:
         """A fresh record: the config, and no metrics or checkpoint of an earlier try."""
         with writing(self.dir):
@@ -352,6 +372,7 @@ class RunRecord:
             self.checkpoint_path.unlink(missing_ok=True)
         write_atomic(self.config_path, yaml.safe_dump(public_config(self.config), sort_keys=False))
 
+    @_rank_zero
     def log_metrics(self, row: dict[str, Any]) -> None:
         self._check_lease()
         line = (json.dumps(row) + "\n").encode()
@@ -367,6 +388,7 @@ class RunRecord:
             finally:
                 os.close(fd)
 
+    @_rank_zero
     def truncate_metrics(self, after_step: int) -> None:
         """On resume, drop rows logged after the checkpoint: they will be logged again."""
         kept = [r for r in self.read_metrics() if r["step"] <= after_step]
@@ -378,12 +400,14 @@ class RunRecord:
     def read_metrics(self) -> list[dict[str, Any]]:
         return read_metrics_file(self.metrics_path)
 
+    @_rank_zero
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._check_lease()
         if (problem := summary_problem(summary)) is not None:
             raise RecordError(f"refusing to write {self.summary_path}: {problem}")
         write_atomic(self.summary_path, json.dumps(summary, indent=2) + "\n")
 
+    @_rank_zero
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         self._check_lease()
         write_atomic(self.checkpoint_path, lambda tmp: torch.save(state, tmp))

@@ -32,10 +32,11 @@ sys.path.insert(0, str(ROOT))
 from brn_repro import distributed  # noqa: E402
 from brn_repro.config import apply_precision, build_lr_schedule, build_optimizer, norm_factory  # noqa: E402
 from brn_repro.data import TrainingData  # noqa: E402
+from brn_repro.loop import FirstNonFinite  # noqa: E402
 from brn_repro.models import build_model  # noqa: E402
 from brn_repro.norm import NORM_NAMES, build_norm, norm_spec  # noqa: E402
 from brn_repro.records import write_csv  # noqa: E402
-from brn_repro.train import compile_model, forward_backward, place  # noqa: E402
+from brn_repro.train import DIVERGENCE_SYNC_EVERY, compile_model, forward_backward, place  # noqa: E402
 
 BATCH_NORMS = tuple(name for name in NORM_NAMES if norm_spec(name).per_worker)
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -62,19 +63,16 @@ def runner_step(config: dict, layout: torch.memory_format, device: torch.device,
     model.to(device, dtype, memory_format=layout).train()
     optimizer = build_optimizer(config, model.parameters())
     scheduler = build_lr_schedule(config, optimizer)
-    average = distributed.StatisticsAverager(model, distributed.SINGLE_PROCESS)
+    moving_statistics = distributed.MovingStatistics(model, distributed.SINGLE_PROCESS)
     net = compile_model(model) if compiled else model
-    first_bad = torch.zeros((), dtype=torch.long, device=device)
+    # as the runner: the divergence flag read every step on a CPU, every 50 on a GPU
+    divergence = FirstNonFinite(DIVERGENCE_SYNC_EVERY.get(device.type, 50), device)
     counter = [0]
 
     def step() -> None:
-        nonlocal first_bad
         counter[0] += 1
         x, y = place(data.train_batch(), device, dtype, layout)
-        loss = forward_backward(net, x, y, optimizer, average)
-        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), counter[0], first_bad)
-        if device.type == "cpu":  # as the runner: every step on a CPU, every 50 on a GPU
-            int(first_bad)
+        divergence.check(forward_backward(net, x, y, optimizer, moving_statistics), counter[0])
         optimizer.step()
         scheduler.step()
 

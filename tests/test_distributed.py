@@ -62,14 +62,14 @@ def _train(name: str, ctx: distributed.Context, workers: int) -> dict[str, torch
     torch.manual_seed(0)
     model = SmallCNN(num_classes=10, in_channels=1, width=4, norm_layer=build_norm(name, **NORMS[name]))
     net = distributed.wrap(model, ctx, distributed.CPU)
-    average = distributed.StatisticsAverager(model, ctx)
+    moving_statistics = distributed.MovingStatistics(model, ctx)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
     local = distributed.local_slice(workers * PER_WORKER, ctx)
     for x, y in zip(*_batches(workers), strict=True):
         loss = F.cross_entropy(net(x[local]), y[local])
         optimizer.zero_grad()
         loss.backward()
-        average(loss)  # as the runner: after backward, before the next forward
+        moving_statistics.sync(loss)  # as the runner: after backward, before the next forward
         optimizer.step()
     # MABN's per-worker SMA histories are each process's own workers' by design.
     return {k: v.detach().clone() for k, v in model.state_dict().items() if "buffer_" not in k}
@@ -102,6 +102,12 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     results["syncbn_layer"] = _syncbn_forward_backward(ctx)
     torch.save(results, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def test_only_rank_0_speaks(capsys):
+    distributed.Context(rank=1, world_size=2).say("from rank 1")
+    distributed.Context(rank=0, world_size=2).say("from rank 0")
+    assert capsys.readouterr().out == "from rank 0\n"
 
 
 def _free_port() -> int:

@@ -237,6 +237,26 @@ def test_a_summary_without_its_numbers_is_never_written(tmp_path, tiny_fashion_m
     assert not record.summary_path.exists()
 
 
+def test_off_rank_0_a_record_writes_nothing(tmp_path, tiny_fashion_mnist, capsys):
+    """Rank 0 writes for every process: elsewhere the record's writes, lock and resume do
+    nothing, and it reads what rank 0 wrote."""
+    record = stopped_at_10(tmp_path, tiny_fashion_mnist)  # a checkpoint rank 0 resumes from
+    before = {p.name: p.read_bytes() for p in record.dir.iterdir()}
+    other = RunRecord(tmp_path, record.config, main=False)
+    capsys.readouterr()
+    with other.lock() as held:
+        assert held and other.resume() is None
+        other.start()
+        other.log_metrics({"step": 15, "loss": 1.0})
+        other.truncate_metrics(0)
+        other.save_checkpoint({"step": 15})
+        other.write_summary({"status": "diverged", "diverged_step": 15})
+        assert {p.name: p.read_bytes() for p in record.dir.iterdir()} == before  # no run.lock either
+    assert [r["step"] for r in other.read_metrics()] == [5, 10]
+    assert other.load_checkpoint()["step"] == 10
+    assert capsys.readouterr().out == ""
+
+
 # --- full disk, unwritable paths -------------------------------------------------------
 
 

@@ -131,6 +131,41 @@ def test_a_deferred_divergence_check_records_the_same_step(tmp_path, tiny_fashio
     assert deferred["steps_done"] == every_step["steps_done"]
 
 
+def test_every_end_of_a_run_has_one_summary_shape(tmp_path, tiny_fashion_mnist):
+    """Completed, diverged and stopped (train.stop_at_step) runs return the same keys;
+    what does not apply to an end is None."""
+    completed = run(make_config(tmp_path / "c", tiny_fashion_mnist, "train.steps=20"))
+    stopped = run(make_config(tmp_path / "s", tiny_fashion_mnist, "train.steps=20", "train.stop_at_step=10"))
+    diverged = run(make_config(tmp_path / "d", tiny_fashion_mnist, "norm=none", "optim.lr=1e12",
+                               "optim.weight_decay=0", "train.lr_schedule=constant"))
+    assert completed.keys() == stopped.keys() == diverged.keys()
+    assert completed["status"] == "completed" and completed["diverged_step"] is None
+    assert (stopped["status"], stopped["steps_done"], stopped["diverged_step"]) == ("stopped", 10, None)
+    assert stopped["test_acc"] is stopped["train_acc"] is stopped["minibatch_stats_acc"] is None
+    assert diverged["status"] == "diverged" and diverged["test_acc"] is None
+    assert not (Path(stopped["run_dir"]) / "summary.json").exists()  # stopped: returned, not written
+
+
+def test_sharded_evaluation_counts_add_up_to_the_whole():
+    """Two processes' counts, summed in one all-reduce, give the accuracy and mean loss of
+    the whole batch, computed here directly."""
+    from brn_repro.evaluate import Counts, accuracy_counts, sum_over_processes
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.randn(40, 1, 4, 4), torch.randint(0, 3, (40,))
+    shards = [{"test": accuracy_counts(model, [(x[:25], y[:25])]), "probe": Counts(3.0, 5.0)},
+              {"test": accuracy_counts(model, [(x[25:], y[25:])]), "probe": Counts(1.0, 5.0)}]
+    sent = []  # what the second process puts into the all-reduce
+    sum_over_processes(shards[1], lambda flat: sent.append(flat) or flat)
+    got = sum_over_processes(shards[0], lambda flat: [a + b for a, b in zip(flat, sent[0], strict=True)])
+    with torch.no_grad():
+        logits = model(x)
+    assert got["test"].total == 40
+    assert got["test"].accuracy == 100.0 * (logits.argmax(1) == y).sum().item() / 40
+    assert got["test"].loss == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+    assert (got["probe"].accuracy, got["probe"].loss) == (40.0, 0.0)
+
+
 def test_sampler_and_norm_groups_follow_the_config(tmp_path, tiny_fashion_mnist):
     from brn_repro.config import norm_options
 

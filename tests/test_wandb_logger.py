@@ -157,12 +157,14 @@ def test_is_secret_key(key, secret):
     assert is_secret_key(key) is secret
 
 
-def test_null_logger_does_not_import_wandb(tmp_path):
+@pytest.mark.parametrize("kind,main", [("none", True), ("wandb", False)])
+def test_null_logger_does_not_import_wandb(tmp_path, kind, main):
+    """``logger=none``, and any logger off rank 0 (``main=False``): the NullLogger."""
     code = (
         "import sys\n"
         "from pathlib import Path\n"
         "from brn_repro.loggers import NullLogger, build_logger\n"
-        f"logger = build_logger('none', config={{'a': 1}}, run_dir=Path({str(tmp_path)!r}),"
+        f"logger = build_logger({kind!r}, main={main}, config={{'a': 1}}, run_dir=Path({str(tmp_path)!r}),"
         " run_name='r', group=None)\n"
         "assert isinstance(logger, NullLogger)\n"
         "logger.log({'loss': 1.0}, step=0); logger.summary({'status': 'ok'}); logger.finish()\n"
