@@ -106,7 +106,7 @@ def test_a_norm_added_as_one_entry_is_built_checked_named_and_averaged(throwaway
 
     # across processes: its moving statistic is averaged, its counter is not
     model = nn.Sequential(nn.Conv2d(1, 3, 1), build_norm("rms")(3), nn.BatchNorm2d(3))
-    averaged = distributed.StatisticsAverager(model, distributed.Context()).buffers
+    averaged = distributed.MovingStatistics(model, distributed.Context()).buffers
     assert [id(b) for b in averaged] == [id(model[1].running_ms), id(model[2].running_mean),
                                          id(model[2].running_var)]
     # the evaluation probe replaces it with a minibatch-statistics norm
