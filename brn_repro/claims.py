@@ -184,8 +184,8 @@ def _n_diverged(result) -> int:
 def claim_1(runs: pd.DataFrame, chance: float) -> Claim:
     claim = Claim("1", "At normal batch sizes BRN matches or slightly beats BN.",
                   "per-worker 32, i.i.d.: BN 78.3%, BRN 78.5%")
-    bn = _select(runs, deciding("1"), norm__type="bn")
-    brn = _select(runs, deciding("1"), norm__type="brn")
+    experiment = deciding("1")
+    bn, brn = _select(runs, experiment, norm__type="bn"), _select(runs, experiment, norm__type="brn")
     claim.ours = f"BN {stats(bn).text()}, BRN {stats(brn).text()}"
     eq, why = _compare("equivalence", {"BRN": brn, "BN": bn}, chance)
     if eq is None:
