@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from brn_repro.experiments import described
 from brn_repro.loggers import flatten_config
 from brn_repro.records import (
     MEMBERSHIP_FILE,
@@ -31,20 +32,6 @@ from brn_repro.records import (
     write_atomic,
 )
 
-# The columns that tell one condition of an experiment from another (seed aside).
-CONDITIONS: dict[str, list[str]] = {
-    "fig1_baseline": ["norm.type"],
-    "fig2_small_batch": ["norm.type", "data.per_worker_batch"],
-    "fig3_noniid": ["norm.type", "sampler.type"],
-    "batch_size_sweep": ["norm.type", "data.per_worker_batch"],
-    "batch_size_sweep_extended": ["norm.type", "data.per_worker_batch"],
-    "rd_schedule_ablation": ["norm.r_max", "norm.d_max"],
-    "relaxation_length": ["norm.relax_start", "norm.r_max_end_step", "norm.d_max_end_step"],
-    # claim 4's primary (constant lr, no weight decay) and the profile's setting
-    "moving_average_question": ["norm.type", "train.lr_schedule", "optim.weight_decay"],
-    "moving_average_schedules": ["norm.type", "norm.momentum", "norm.momentum_start"],
-    "fig3_controls": ["norm.type", "sampler.type", "data.per_worker_batch"],
-}
 SUMMARY_FIELDS = ("status", "test_acc", "train_acc", "minibatch_stats_acc", "best_test_acc",
                   "steps_done", "diverged_step", "wall_seconds", "images_per_second")
 METRICS = ("test_acc", "train_acc", "minibatch_stats_acc")
@@ -104,8 +91,10 @@ def load_wandb_runs(project: str, entity: str | None = None) -> pd.DataFrame:
 
 
 def condition_columns(frame: pd.DataFrame, experiment: str) -> list[str]:
-    if experiment in CONDITIONS:
-        return [c for c in CONDITIONS[experiment] if c in frame.columns]
+    """The columns that tell ``experiment``'s conditions apart: its description's, or for
+    a run outside the table (``experiment=adhoc``) every column that varies but the seed."""
+    if description := described(experiment):
+        return [c for c in description.conditions if c in frame.columns]
     skip = {"seed", "run_dir", *SUMMARY_FIELDS}
     return [c for c in frame.columns if c not in skip and frame[c].astype(str).nunique() > 1]
 

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from brn_repro.experiments import deciding, supporting
 from brn_repro.stats import (
     FINISHED,
     chance_level,
@@ -183,8 +184,8 @@ def _n_diverged(result) -> int:
 def claim_1(runs: pd.DataFrame, chance: float) -> Claim:
     claim = Claim("1", "At normal batch sizes BRN matches or slightly beats BN.",
                   "per-worker 32, i.i.d.: BN 78.3%, BRN 78.5%")
-    bn = _select(runs, "fig1_baseline", norm__type="bn")
-    brn = _select(runs, "fig1_baseline", norm__type="brn")
+    experiment = deciding("1")
+    bn, brn = _select(runs, experiment, norm__type="bn"), _select(runs, experiment, norm__type="brn")
     claim.ours = f"BN {stats(bn).text()}, BRN {stats(brn).text()}"
     eq, why = _compare("equivalence", {"BRN": brn, "BN": bn}, chance)
     if eq is None:
@@ -206,12 +207,13 @@ def claim_1(runs: pd.DataFrame, chance: float) -> Claim:
 def claim_2(runs: pd.DataFrame, chance: float) -> Claim:
     claim = Claim("2", "With small normalization batches BRN ends higher than BN, yet below "
                   "normalizing over 32.", "microbatches of 4: BN 74.2%, BRN 76.5%; both below 78.3/78.5")
-    fig2 = runs[runs["experiment"] == "fig2_small_batch"]
+    experiment = deciding("2")
+    fig2 = runs[runs["experiment"] == experiment]
     if fig2.empty:
         return claim
 
     def at(norm: str, b: int) -> pd.DataFrame:
-        return _select(runs, "fig2_small_batch", norm__type=norm, data__per_worker_batch=b)
+        return _select(runs, experiment, norm__type=norm, data__per_worker_batch=b)
 
     bn4, brn4 = at("bn", 4), at("brn", 4)
     claim.ours = f"b=4: BRN {stats(brn4).text()}, BN {stats(bn4).text()}"
@@ -233,8 +235,9 @@ def claim_2(runs: pd.DataFrame, chance: float) -> Claim:
         claim.rows.append(_row(f"BRN > BN at per-worker batch {b}", "-",
                                *_compare("superiority", {"BRN": at("brn", b), "BN": at("bn", b)},
                                          chance)))
-    bn32 = _select(runs, "fig1_baseline", norm__type="bn", data__per_worker_batch=32)
-    claim.rows.append(_row("BRN at 4 below BN at 32 (fig1_baseline)", "76.5 < 78.3",
+    (at_32,) = supporting("2")  # claim 1's runs: BN at per-worker 32
+    bn32 = _select(runs, at_32, norm__type="bn", data__per_worker_batch=32)
+    claim.rows.append(_row(f"BRN at 4 below BN at 32 ({at_32})", "76.5 < 78.3",
                            *_compare("superiority", {"BN at 32": bn32, "BRN at 4": brn4}, chance)))
     return claim
 
@@ -246,7 +249,7 @@ def claim_3(runs: pd.DataFrame, chance: float) -> Claim:
                   "BN on split halves 77.4%")
 
     def pick(norm: str, sampler: str) -> pd.DataFrame:
-        return _select(runs, "fig3_noniid", norm__type=norm, sampler__type=sampler)
+        return _select(runs, deciding("3"), norm__type=norm, sampler__type=sampler)
 
     four = {"BN iid": pick("bn", "iid"), "BN non-iid": pick("bn", "noniid"),
             "BRN iid": pick("brn", "iid"), "BRN non-iid": pick("brn", "noniid")}
@@ -285,8 +288,9 @@ def claim_3(runs: pd.DataFrame, chance: float) -> Claim:
                                "(probe)", "76.5 vs 67.0",
                                *_compare("superiority", {"probe": bn_non, "inference": inference},
                                          chance, metric="minibatch_stats_acc")))
-    split = _select(runs, "fig3_controls", norm__type="bn", sampler__type="noniid_split")
-    split_size = _select(runs, "fig3_controls", norm__type="bn", sampler__type="iid")
+    (controls,) = supporting("3")
+    split = _select(runs, controls, norm__type="bn", sampler__type="noniid_split")
+    split_size = _select(runs, controls, norm__type="bn", sampler__type="iid")
     seeds = set(split["seed"]) if "seed" in split else set()
     at_seeds = bn_non[bn_non["seed"].isin(seeds)] if "seed" in bn_non else bn_non
     claim.rows.append(_row("BN on split groups > BN non-i.i.d. (control)", "77.4 vs 67.0",
@@ -295,7 +299,7 @@ def claim_3(runs: pd.DataFrame, chance: float) -> Claim:
     claim.rows.append(_row("BN on split groups equivalent to i.i.d. BN over groups of that size (TOST)",
                            "77.4 vs 78.3 (groups of 32)",
                            *_compare("equivalence", {"BN split": split, "BN iid": split_size}, chance)))
-    gn_non = _select(runs, "fig3_controls", norm__type="gn", sampler__type="noniid")
+    gn_non = _select(runs, controls, norm__type="gn", sampler__type="noniid")
     if not gn_non.empty:
         at_seeds = bn_non[bn_non["seed"].isin(set(gn_non["seed"]))]
         claim.rows.append(_row("GN non-i.i.d. > BN non-i.i.d.", "-",
@@ -333,7 +337,7 @@ def claim_4(runs: pd.DataFrame, curves: pd.DataFrame | None) -> Claim:
     the paper warns of); the profile's own lr schedule and weight decay are secondary."""
     claim = Claim("4", "Normalizing with moving averages in training (no BRN correction) blows up.",
                   "'has been observed to lead to the model blowing up' (section 2); no number")
-    exp = runs[runs["experiment"] == "moving_average_question"]
+    exp = runs[runs["experiment"] == deciding("4")]
     needed = ("norm.type", "train.lr_schedule", "optim.weight_decay")
     if exp.empty or not all(c in exp.columns for c in needed):
         return claim

@@ -14,6 +14,9 @@ From the same aggregate that writes results/, three things go to the W&B project
   workspace's panels share one run set; a report's grids each have their own, so the
   claims' runs are separated there).
 
+An experiment's panels are the W&B counterparts of its figures in results/, as its
+description lists them (``brn_repro.experiments``).
+
 Online (credentials), all three are saved. Offline, the aggregate run and its artifact go
 to an offline run that ``wandb sync`` uploads with the training runs; the workspace and
 report are built and validated the same way, and the command says what it would save.
@@ -28,8 +31,9 @@ from typing import Any
 
 import pandas as pd
 
+from brn_repro.experiments import claim_experiments
+from brn_repro.experiments import figures as figures_of
 from brn_repro.loggers import resolve_wandb_mode, wandb_run_id
-from brn_repro.protocol import CLAIM_EXPERIMENTS
 
 # Runs of a profile are grouped by these, in order, in the workspace and the report.
 GROUP_BY = ("norm.type", "data.per_worker_batch", "sampler.type")
@@ -53,21 +57,29 @@ class PanelSpec:
     log_x: bool = False
 
 
-def experiment_panels(frame: pd.DataFrame) -> list[PanelSpec]:
-    """The charts one experiment's runs call for (``frame``: its rows of runs.csv)."""
-    panels = [PanelSpec("test accuracy (%)", ("test_acc",))]
-    batches = pd.to_numeric(frame.get("data.per_worker_batch", pd.Series(dtype=float)), errors="coerce")
-    if batches.nunique() > 1:
-        panels.append(PanelSpec("final test accuracy (%) vs per-worker batch", ("test_acc.last",),
-                                kind="scatter", x="data.per_worker_batch", log_x=True))
-    if (frame.get("norm.type", pd.Series(dtype=str)) == "brn").any():
-        panels.append(PanelSpec("BRN: fraction of r, d clipped",
-                                ("norm/mean/r_clip_frac", "norm/mean/d_clip_frac")))
-    if (frame.get("norm.type", pd.Series(dtype=str)) == "moving_average").any():
-        panels.append(PanelSpec("weight norm", ("weight_norm",)))
-        panels.append(PanelSpec("training loss", ("loss",)))
-    panels.append(PanelSpec("moving averages' error (relative)", ("ema_error/mean",)))
-    return panels
+# A figure's chart (plots.FIGURES names the figures), in the order a section shows them;
+# the r_max x d_max heatmap has no W&B chart.
+PANELS = {
+    "test_acc_vs_step": PanelSpec("test accuracy (%)", ("test_acc",)),
+    "train_acc_vs_step": PanelSpec("train accuracy (%), inference mode", ("train_acc",)),
+    "acc_vs_per_worker_batch": PanelSpec("final test accuracy (%) vs per-worker batch",
+                                         ("test_acc.last",), kind="scatter",
+                                         x="data.per_worker_batch", log_x=True),
+    "brn_corrections": PanelSpec("BRN: fraction of r, d clipped",
+                                 ("norm/mean/r_clip_frac", "norm/mean/d_clip_frac")),
+    "weight_norm_vs_step": PanelSpec("weight norm", ("weight_norm",)),
+    "loss_vs_step": PanelSpec("training loss", ("loss",)),
+    "ema_error_vs_step": PanelSpec("moving averages' error (relative)", ("ema_error/mean",)),
+}
+
+
+def experiment_panels(experiment: str, frame: pd.DataFrame) -> list[PanelSpec]:
+    """The charts of ``experiment``'s figures (``frame``: its rows of runs.csv); BRN's
+    only where it has BRN runs, as in results/."""
+    wanted = set(figures_of(experiment))
+    if not (frame.get("norm.type", pd.Series(dtype=str)) == "brn").any():
+        wanted.discard("brn_corrections")
+    return [panel for name, panel in PANELS.items() if name in wanted]
 
 
 def _require_workspaces():
@@ -113,9 +125,9 @@ def build_report(entity: str, project: str, profile: str, claims: list, verdict_
                   "protocol, the tests and every number)."),
         wr.MarkdownBlock(text="\n".join(verdict_table)),
     ]
-    claim_experiments = dict(CLAIM_EXPERIMENTS)
+    deciding = claim_experiments()
     for claim in claims:
-        experiment = claim_experiments.get(claim.key)
+        experiment = deciding.get(claim.key)
         blocks += [wr.H2(text=f"Claim {claim.key}: {claim.verdict}"),
                    wr.MarkdownBlock(text=f"{claim.text}\n\n{claim.primary}")]
         if experiment in experiments:
@@ -180,7 +192,7 @@ def publish(out: Path, runs_root: Path, runs: pd.DataFrame, summaries: dict[str,
     where = f"{entity or '<default entity>'}/{project}"
     lines.append(f"wandb: aggregate run and artifact results-{profile} ({mode}) -> {where}")
 
-    experiments = {name: experiment_panels(runs[runs["experiment"] == name])
+    experiments = {name: experiment_panels(name, runs[runs["experiment"] == name])
                    for name in sorted(summaries)}
     try:
         target = entity or (wandb.Api().default_entity if mode == "online" else None) or OFFLINE_ENTITY

@@ -2,9 +2,9 @@
 configs (the numbers' one home is conf/profile/<profile>.yaml), and the checks the
 protocol must pass, measured on the runs themselves.
 
-The converged reference: BN at per-worker 32, i.i.d. (fig1_baseline), must gain under
-``CONVERGED_GAIN`` points of test accuracy over the last quarter of its run (mean over
-seeds); otherwise every verdict would measure training speed, not the claims.
+The converged reference: BN at per-worker 32, i.i.d. (claim 1's experiment, fig1_baseline),
+must gain under ``CONVERGED_GAIN`` points of test accuracy over the last quarter of its run
+(mean over seeds); otherwise every verdict would measure training speed, not the claims.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from brn_repro.experiments import claim_experiments, deciding
+
 CONVERGED_GAIN = 0.5  # test-accuracy points over the last quarter of the run
-# The experiment that decides each claim (claims.py reads the same ones).
-CLAIM_EXPERIMENTS = (("1", "fig1_baseline"), ("2", "fig2_small_batch"), ("3", "fig3_noniid"),
-                     ("4", "moving_average_question"))
 
 
 class Convergence(NamedTuple):
@@ -38,11 +37,11 @@ class Convergence(NamedTuple):
 
 
 def converged_reference(runs: pd.DataFrame, curves: pd.DataFrame | None) -> Convergence | None:
-    """Over BN's completed fig1_baseline runs: the last evaluation's test accuracy minus
-    that of the first evaluation at or after 3/4 of the run."""
+    """Over BN's completed runs of claim 1 (per-worker 32, i.i.d.): the last evaluation's
+    test accuracy minus that of the first evaluation at or after 3/4 of the run."""
     if curves is None or curves.empty or "experiment" not in runs:
         return None
-    bn = runs[(runs["experiment"] == "fig1_baseline") & (runs["norm.type"] == "bn")
+    bn = runs[(runs["experiment"] == deciding("1")) & (runs["norm.type"] == "bn")
               & (runs["status"] == "completed")]
     gains, start, end = {}, None, None
     for _, run in bn.iterrows():
@@ -102,7 +101,7 @@ def _claim_rows(runs: pd.DataFrame, curves: pd.DataFrame | None) -> list[str]:
     lines = ["| claim | experiment | conditions (norm, sampler, workers x per-worker, seeds) | "
              "BRN relaxation: start -> d_max end / r_max end (reached at the last step) | "
              "BN's averages below one worker's batch noise |", "|---|---|---|---|---|"]
-    for claim, experiment in CLAIM_EXPERIMENTS:
+    for claim, experiment in claim_experiments().items():
         frame = runs[runs["experiment"] == experiment]
         if frame.empty:
             lines.append(f"| {claim} | {experiment} | not run | - | - |")
@@ -136,9 +135,10 @@ def protocol_section(runs: pd.DataFrame, curves: pd.DataFrame | None) -> list[st
     if missing := [c for c in needed if c not in runs]:
         return ["## Protocol", "", f"The runs' configs lack {', '.join(missing)}: no protocol to "
                 "read back (records older than the protocol, or a partial source such as W&B).", ""]
-    # The profile's setting: fig1's (claim 4's constant-lr conditions differ on purpose).
-    fig1 = runs[runs["experiment"] == "fig1_baseline"]
-    ref = (fig1 if len(fig1) else runs).iloc[0]
+    # The profile's setting: claim 1's (claim 4's constant-lr conditions differ on purpose).
+    reference = deciding("1")
+    setting = runs[runs["experiment"] == reference]
+    ref = (setting if len(setting) else runs).iloc[0]
     steps, batch = int(ref["train.steps"]), int(ref["data.workers"] * ref["data.per_worker_batch"])
     train_images = ref.get("data.train_size")
     if pd.isna(train_images):
@@ -160,8 +160,8 @@ def protocol_section(runs: pd.DataFrame, curves: pd.DataFrame | None) -> list[st
         + ("on the whole test set." if pd.isna(ref.get("train.eval_test_size")) else
            f"on a fixed subset of {int(ref['train.eval_test_size'])} test images, the last "
            "evaluation on the whole test set."),
-        "- **Converged reference** (BN, per-worker 32, i.i.d., fig1_baseline): "
-        + (check.text() if check else "no fig1_baseline BN curves in this aggregate") + ".",
+        f"- **Converged reference** (BN, per-worker 32, i.i.d., {reference}): "
+        + (check.text() if check else f"no {reference} BN curves in this aggregate") + ".",
         f"- **Moving averages**: alpha = {alpha:g} for every norm (time constant "
         f"{1 / alpha:.0f} steps). Each step's update averages the statistics of all workers "
         "of the global batch (the paper: 50 workers, or 400 microbatches).",

@@ -11,8 +11,9 @@ import pandas as pd
 import torch
 
 from brn_repro.claims import VERDICT_RULES, Claim, stats
+from brn_repro.experiments import EXPERIMENTS, claim_experiments
 from brn_repro.norm import NORM_NAMES, norm_spec
-from brn_repro.protocol import CLAIM_EXPERIMENTS, protocol_section
+from brn_repro.protocol import protocol_section
 from brn_repro.provenance import git_commit
 from brn_repro.records import write_atomic
 
@@ -43,19 +44,14 @@ def claims_table(claims: list[Claim]) -> list[str]:
     return lines
 
 
-# Each claim's primary figure, in its experiment's folder.
-CLAIM_FIGURES = {"1": "test_acc_vs_step.png", "2": "test_acc_vs_step.png", "3": "test_acc_vs_step.png",
-                 "4": "weight_norm_vs_step.png"}
-
-
 def _claim_sections(claims: list[Claim], figures: dict[str, list[Path]], out: Path) -> list[str]:
     lines = []
-    experiments = dict(CLAIM_EXPERIMENTS)
+    experiments = claim_experiments()
     for c in claims:
         lines += [f"### Claim {c.key}: {c.verdict}", "", c.text, ""]
         experiment = experiments.get(c.key)
-        for fig in figures.get(experiment, []):
-            if fig.name == CLAIM_FIGURES.get(c.key):
+        for fig in figures.get(experiment, []):  # the claim's figure, from its experiment's folder
+            if fig.stem == EXPERIMENTS[experiment].claim_figure:
                 lines += [f"![claim {c.key}: {experiment}]({fig.relative_to(out).as_posix()})", ""]
         if c.detail:
             lines += [c.detail, ""]

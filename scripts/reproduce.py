@@ -1,7 +1,9 @@
 """`make reproduce`: run the paper's experiments as Hydra sweeps, then aggregate.
 
-For each experiment this expands its sweep (conf/experiment/<name>.yaml,
-``hydra.sweeper.params``) with the chosen profile, skips it when every run is
+The experiments are the configs in conf/experiment/, each with its description in
+brn_repro.experiments: by default those some claim reads (``make reproduce``), with
+``--full`` every one (``make reproduce-full``). For each experiment this expands its sweep
+(conf/experiment/<name>.yaml, ``hydra.sweeper.params``) with the chosen profile, skips it when every run is
 already recorded, and otherwise launches it as a Hydra multirun on the joblib
 launcher while a progress bar counts finished runs across the whole
 reproduction. Interrupted, it resumes: finished runs are skipped by the runner,
@@ -27,20 +29,24 @@ from tqdm import tqdm
 
 from brn_repro.config import resolve  # (and registers the config resolvers)
 from brn_repro.dashboard import offline_sync_line
+from brn_repro.experiments import reproduction
 from brn_repro.records import MEMBERSHIP_FILE, RunRecord, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-# What the four claims need (`make reproduce`, within 45 minutes on 2 CPU cores).
-EXPERIMENTS = ("fig1_baseline", "fig2_small_batch", "fig3_noniid", "moving_average_question",
-               "fig3_controls")
-# Sweeps that decide no claim (`make reproduce-full` adds them).
-FULL = ("batch_size_sweep", "rd_schedule_ablation", "relaxation_length", "moving_average_schedules",
-        "batch_size_sweep_extended")
+CONF = ROOT / "conf"
 
 
-def expand(experiment: str, base: list[str]) -> list[dict]:
+def planned(experiments: list[str] | None, full: bool, conf: Path = CONF) -> list[str]:
+    """The experiments to run: ``experiments`` (default: those some claim reads, within
+    45 minutes on 2 CPU cores), and with ``full`` every other configured one."""
+    default = reproduction(conf_dir=conf)
+    extra = [name for name in reproduction(full=True, conf_dir=conf) if name not in default]
+    return (experiments or default) + (extra if full else [])
+
+
+def expand(experiment: str, base: list[str], conf: Path = CONF) -> list[dict]:
     """Every resolved run config of one experiment's sweep."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         head = compose("config", overrides=[f"experiment={experiment}", *base],
                        return_hydra_config=True)
         params = OmegaConf.to_container(head.hydra.sweeper.params) or {}
@@ -54,18 +60,18 @@ def expand(experiment: str, base: list[str]) -> list[dict]:
     return configs
 
 
-def expand_cached(experiment: str, base: list[str], cache_dir: Path) -> list[dict]:
+def expand_cached(experiment: str, base: list[str], cache_dir: Path, conf: Path = CONF) -> list[dict]:
     """``expand``, remembered: composing a sweep costs ~0.4 s per run, so a second call
     (everything recorded, only re-aggregating) reuses the plan while conf/ and the
     overrides are unchanged (the key hashes conf/ and the config resolvers)."""
     digest = hashlib.sha256(json.dumps([experiment, base]).encode())
-    # conf/ and the resolvers the configs use
-    for path in [*sorted((ROOT / "conf").rglob("*.yaml")), ROOT / "brn_repro" / "config.py"]:
-        digest.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())
+    for path in sorted(conf.rglob("*.yaml")):
+        digest.update(path.relative_to(conf.parent).as_posix().encode() + path.read_bytes())
+    digest.update((ROOT / "brn_repro" / "config.py").read_bytes())  # the resolvers the configs use
     cache = cache_dir / "plans" / f"{experiment}-{digest.hexdigest()[:16]}.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    configs = expand(experiment, base)
+    configs = expand(experiment, base, conf)
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(cache, json.dumps(configs))
     return configs
@@ -84,9 +90,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--runs", default=None, help="run records root (default runs/<profile>)")
     parser.add_argument("--out", default="results")
-    parser.add_argument("--experiments", default=" ".join(EXPERIMENTS))
+    parser.add_argument("--experiments", default=None,
+                        help="space-separated names (default: those some claim reads)")
     parser.add_argument("--full", action="store_true",
-                        help=f"also run the sweeps that decide no claim: {', '.join(FULL)}")
+                        help="also run the sweeps no claim reads (batch sizes, r/d schedules, "
+                             "later norms; brn_repro.experiments lists them)")
     parser.add_argument("--launcher", default="local", help="hydra/launcher: local (joblib) or slurm")
     parser.add_argument("--started-at", type=float, default=None,
                         help="epoch seconds when `make reproduce` began (install included)")
@@ -99,7 +107,10 @@ def main() -> None:
     start = time.time() if args.started_at is None else args.started_at
     base = [f"profile={args.profile}", f"paths.runs={runs}", f"train.threads={args.threads}",
             *(["logger=wandb"] if args.wandb else []), *args.overrides]
-    names = args.experiments.split() + (list(FULL) if args.full else [])
+    try:
+        names = planned(args.experiments.split() if args.experiments else None, args.full)
+    except ValueError as err:  # an experiment config without a description, or the reverse
+        sys.exit(f"error: {err}")
     plan = {name: expand_cached(name, base, Path(runs)) for name in names}
     records = {name: [RunRecord(runs, c) for c in configs] for name, configs in plan.items()}
     every = list({r.dir: r for rs in records.values() for r in rs}.values())  # shared runs once

@@ -43,7 +43,7 @@ def aggregated(tmp_path):
 
 
 def panels_of(runs):
-    return {name: experiment_panels(runs[runs["experiment"] == name])
+    return {name: experiment_panels(name, runs[runs["experiment"] == name])
             for name in sorted(runs["experiment"].unique())}
 
 
@@ -59,6 +59,9 @@ def test_each_experiment_gets_the_panels_its_runs_call_for(aggregated):
     assert curve in panels["fig2_small_batch"] and curve not in panels["fig1_baseline"]
     assert "weight norm" in titles["moving_average_question"]
     assert "weight norm" not in titles["fig2_small_batch"]
+    # the charts of the figures the experiment's description lists (brn_repro.experiments)
+    assert "train accuracy (%), inference mode" in titles["fig3_noniid"]
+    assert "train accuracy (%), inference mode" not in titles["fig1_baseline"]
 
 
 def test_workspace_validates_offline_with_one_section_per_experiment(aggregated):

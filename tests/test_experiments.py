@@ -11,9 +11,7 @@ from omegaconf import OmegaConf
 
 import brn_repro.config  # noqa: F401  (resolvers)
 from brn_repro.config import validate
-from brn_repro.protocol import CLAIM_EXPERIMENTS as CLAIMS
-
-CLAIM_EXPERIMENTS = dict(CLAIMS)
+from brn_repro.experiments import EXPERIMENTS as DESCRIPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -29,7 +27,7 @@ def test_every_experiment_composes_with_every_profile(experiment, profile):
         params = OmegaConf.to_container(head.hydra.sweeper.params)
         # the claims' experiments: 5 paired seeds (issue 11); controls and sweeps: 3
         seeds = len(str(params["seed"]).split(","))
-        assert seeds == (5 if experiment in CLAIM_EXPERIMENTS.values() else 3)
+        assert seeds == (5 if DESCRIPTIONS[experiment].decides else 3)
         # seeds change no other key: one seed per condition keeps this test to seconds
         axes = [[f"{k}={v}" for v in str(values).split(",")][:1 if k == "seed" else None]
                 for k, values in params.items()]
@@ -84,9 +82,15 @@ def condition_axes(experiment):
 
 
 def set_keys(path):
-    """Dotted keys a config file sets, with its defaults-list overrides as ``/group``."""
+    """Dotted keys a config file sets, with its defaults-list overrides as ``/group`` and
+    the keys of the files it includes (``shared/...``, beside it)."""
     raw = OmegaConf.to_container(OmegaConf.load(path))
-    keys = {f"/{next(iter(d)).split()[-1].lstrip('/')}" for d in raw.pop("defaults", [])}
+    keys = set()
+    for entry in raw.pop("defaults", []):
+        if isinstance(entry, str):
+            keys |= set_keys(Path(path).parent / f"{entry}.yaml")
+        else:
+            keys.add(f"/{next(iter(entry)).split()[-1].lstrip('/')}")
     raw.pop("hydra", None)
 
     def walk(node, prefix):

@@ -23,15 +23,22 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from brn_repro import experiments  # noqa: E402
 from brn_repro.plots.labels import (  # noqa: E402
     ANY,
     condition_text,
-    experiment_title,
     label,
     number_text,
     seeds_text,
     short,
     value_text,
+)
+from brn_repro.plots.style import (  # noqa: E402
+    contrast,  # noqa: F401 (tests read it here)
+    line_styles,
+    palette,
+    sort_key,
+    text_colour,
 )
 from brn_repro.records import write_atomic  # noqa: E402
 
@@ -56,8 +63,11 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _sort_key(value):
-    return (1, 0.0, "") if value == ANY else (0, value, "") if isinstance(value, int | float) else (0, 0.0, str(value))
+def _finish(fig, path: Path, title: str, note: str, width: int = 100) -> Path:
+    """Saved under its title and, wrapped to ``width`` characters below it, the note that
+    says what the band is and what is not drawn (diverged, not run yet)."""
+    fig.suptitle(f"{title}\n" + "\n".join(textwrap.wrap(note, width)), fontsize=11)
+    return _save(fig, path)
 
 
 def runs_once(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -75,7 +85,7 @@ def runs_once(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 def conditions(frame: pd.DataFrame, columns: list[str]) -> list[tuple]:
     keys = {tuple(row) for row in frame[columns].itertuples(index=False)} if columns else {()}
-    return sorted(keys, key=lambda key: [_sort_key(v) for v in key])
+    return sorted(keys, key=lambda key: [sort_key(v) for v in key])
 
 
 def _same(value) -> str:
@@ -87,20 +97,6 @@ def _rows(frame: pd.DataFrame, columns: list[str], key: tuple) -> pd.DataFrame:
     for column, value in zip(columns, key, strict=True):
         mask &= frame[column].map(_same).to_numpy(dtype=object) == _same(value)
     return frame[mask]
-
-
-def palette(levels: list[tuple]) -> dict[tuple, tuple]:
-    """One distinct colour per level: ordered (viridis) where the levels are one number
-    each, else qualitative (colourblind-safe up to 10, evenly spaced hues beyond)."""
-    shown = [key for key in levels if ANY not in key]
-    numeric = shown and all(len(k) == 1 and isinstance(k[0], int | float) for k in shown)
-    if numeric:
-        colours = sns.color_palette("viridis", len(shown) + 1)[:len(shown)]  # no pale yellow end
-    else:
-        colours = sns.color_palette("colorblind" if len(shown) <= 10 else "husl", len(shown))
-    table = dict(zip(shown, colours, strict=True))
-    table.update({key: (0.3, 0.3, 0.3) for key in levels if ANY in key})
-    return table
 
 
 def _layout(frame: pd.DataFrame, by: list[str]) -> tuple[list[str], list[str]]:
@@ -116,23 +112,6 @@ def _legend_title(columns: list[str]) -> str | None:
     if len(columns) == 1 and (columns[0] == "norm.type" or len(short(columns[0])) <= 4):
         return label(columns[0]).split(" (")[0]
     return None
-
-
-LINE_STYLES = ("-", "--", ":", "-.")
-
-
-def line_styles(hue_by: list[str], hues: list[tuple]) -> tuple[dict[tuple, tuple], dict[tuple, str]]:
-    """(colour, line style) per condition. Conditions whose columns after the first take
-    at most four values together (norm x sampler; norm x lr schedule and weight decay)
-    read best as colour = the first, line style = the rest (BN blue, BRN orange; i.i.d.
-    solid, non-i.i.d. dashed); otherwise one colour per condition, solid."""
-    # the columns after the first as one (lr schedule and weight decay change together)
-    seconds = sorted({h[1:] for h in hues}, key=lambda t: tuple(map(_sort_key, t))) if len(hue_by) > 1 else []
-    if not 1 < len(seconds) <= len(LINE_STYLES) or any(ANY in h for h in hues):
-        return palette(hues), dict.fromkeys(hues, "-")
-    firsts = palette(sorted({h[:1] for h in hues}, key=lambda k: _sort_key(k[0])))
-    return ({h: firsts[h[:1]] for h in hues},
-            {h: LINE_STYLES[seconds.index(h[1:])] for h in hues})
 
 
 def _draw(ax, runs: pd.DataFrame, curves: pd.DataFrame, metric: str, colour, text: str,
@@ -219,8 +198,7 @@ def _curve_grid(frame, curves, by, metrics, titles, path: Path, title: str, log_
     note = seeds_text(counts) + "; " + DIVERGED_NOTE
     if missing:
         note += f"; {missing} condition{'s' * (missing > 1)} without curves (not run yet)"
-    fig.suptitle(f"{title}\n" + "\n".join(textwrap.wrap(note, int(width * 13))), fontsize=11)
-    return _save(fig, path)
+    return _finish(fig, path, title, note, int(width * 13))
 
 
 def curves_figure(frame: pd.DataFrame, curves: pd.DataFrame, by: list[str], metric: str,
@@ -242,7 +220,7 @@ def brn_corrections_figure(frame: pd.DataFrame, curves: pd.DataFrame, by: list[s
     large they are. Clipping alone cannot tell "r and d rarely needed" (small |r - 1|)
     from "the limits are still tight" (large values pressed against them)."""
     keys = [f"norm/mean/{key}" for key, _ in BRN_CORRECTIONS]
-    if curves.empty or not all(key in curves.columns for key in keys):
+    if frame.empty or curves.empty or not all(key in curves.columns for key in keys):
         return None
     titles = {f"norm/mean/{key}": name for key, name in BRN_CORRECTIONS}
     return _curve_grid(frame, curves, by, keys, titles, path, title)
@@ -317,23 +295,7 @@ def batch_size_figure(frame: pd.DataFrame, path: Path, title: str) -> Path | Non
     note = seeds_text(counts) + " (error bars; completed runs)" + "; × at 0 = a diverged run"
     if not_run:
         note += f"; not run yet: {', '.join(not_run)}"
-    fig.suptitle(f"{title}\n" + "\n".join(textwrap.wrap(note, 100)), fontsize=11)
-    return _save(fig, path)
-
-
-def contrast(a, b) -> float:
-    """WCAG contrast ratio of two RGB colours (1 to 21)."""
-    def lum(c):
-        c = np.asarray(matplotlib.colors.to_rgb(c))
-        c = np.where(c <= 0.03928, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-        return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
-    hi, lo = sorted((lum(a), lum(b)), reverse=True)
-    return (hi + 0.05) / (lo + 0.05)
-
-
-def text_colour(background) -> str:
-    """Black or white, whichever reads better on ``background``."""
-    return max(("black", "white"), key=lambda c: contrast(c, background))
+    return _finish(fig, path, title, note)
 
 
 def heatmap_figure(frame: pd.DataFrame, path: Path, title: str) -> Path | None:
@@ -378,35 +340,39 @@ def heatmap_figure(frame: pd.DataFrame, path: Path, title: str) -> Path | None:
     ax.set_xlabel(label("norm.d_max"))
     ax.set_ylabel(label("norm.r_max"))
     ax.tick_params(rotation=0)
-    fig.suptitle(f"{title}\n{seeds_text(counts)} per cell (completed runs)", fontsize=11)
-    return _save(fig, path)
+    return _finish(fig, path, title, f"{seeds_text(counts)} per cell (completed runs)")
+
+
+# Each figure an experiment can get, by its file's stem (brn_repro.experiments lists which
+# ones each gets), in the order the report shows them: (frame, its curves, condition
+# columns, path, the experiment's title) -> the figure, or None where its runs lack the data.
+FIGURES = {
+    "test_acc_vs_step": lambda frame, curves, by, path, name: curves_figure(
+        frame, curves, by, "test_acc", path, f"{name}: test accuracy (inference mode)"),
+    "train_acc_vs_step": lambda frame, curves, by, path, name: curves_figure(
+        frame, curves, by, "train_acc", path, f"{name}: train accuracy (inference mode)"),
+    "acc_vs_per_worker_batch": lambda frame, curves, by, path, name: batch_size_figure(
+        frame, path, f"{name}: final test accuracy against the per-worker batch"),
+    "rmax_dmax_heatmap": lambda frame, curves, by, path, name: heatmap_figure(
+        frame, path, f"{name}: final test accuracy (%)"),
+    "brn_corrections": lambda frame, curves, by, path, name: brn_corrections_figure(
+        frame[frame["norm.type"] == "brn"], curves, by, path,
+        f"{name}: BRN's r and d (how often clipped, how large)"),
+    "loss_vs_step": lambda frame, curves, by, path, name: curves_figure(
+        frame, curves, by, "loss", path, f"{name}: training loss", log_y=True),
+    "weight_norm_vs_step": lambda frame, curves, by, path, name: curves_figure(
+        frame, curves, by, "weight_norm", path, f"{name}: global weight norm", log_y=True),
+    "ema_error_vs_step": lambda frame, curves, by, path, name: ema_error_figure(
+        frame, curves, by, path, f"{name}: moving averages against the population statistics"),
+}
 
 
 def experiment_figures(experiment: str, frame: pd.DataFrame, curves: pd.DataFrame,
                        by: list[str], out: Path) -> list[Path]:
-    run_dirs = set(frame["run_dir"])
-    mine = curves[curves["run_dir"].isin(run_dirs)] if not curves.empty else curves
-    name = experiment_title(experiment)
-    figures = [curves_figure(frame, mine, by, "test_acc", out / "test_acc_vs_step.png",
-                             f"{name}: test accuracy (inference mode)")]
-    if experiment == "fig3_noniid":
-        figures.append(curves_figure(frame, mine, by, "train_acc", out / "train_acc_vs_step.png",
-                                     f"{name}: train accuracy (inference mode)"))
-    if experiment in ("batch_size_sweep", "batch_size_sweep_extended", "fig2_small_batch"):
-        figures.append(batch_size_figure(frame, out / "acc_vs_per_worker_batch.png",
-                                         f"{name}: final test accuracy against the per-worker batch"))
-    if experiment == "rd_schedule_ablation":
-        figures.append(heatmap_figure(frame, out / "rmax_dmax_heatmap.png",
-                                      f"{name}: final test accuracy (%)"))
-    brn = frame[frame["norm.type"] == "brn"]
-    if len(brn) and not mine.empty:
-        figures.append(brn_corrections_figure(brn, mine, by, out / "brn_corrections.png",
-                                              f"{name}: BRN's r and d (how often clipped, how large)"))
-    if experiment == "moving_average_question":
-        figures.append(curves_figure(frame, mine, by, "loss", out / "loss_vs_step.png",
-                                     f"{name}: training loss", log_y=True))
-        figures.append(curves_figure(frame, mine, by, "weight_norm", out / "weight_norm_vs_step.png",
-                                     f"{name}: global weight norm", log_y=True))
-    figures.append(ema_error_figure(frame, mine, by, out / "ema_error_vs_step.png",
-                                    f"{name}: moving averages against the population statistics"))
-    return [f for f in figures if f is not None]
+    """The figures ``experiment``'s description lists (``experiments.figures``) that its
+    runs have data for, written under ``out``."""
+    mine = curves[curves["run_dir"].isin(set(frame["run_dir"]))] if not curves.empty else curves
+    name, wanted = experiments.title(experiment), experiments.figures(experiment)
+    drawn = [draw(frame, mine, by, out / f"{stem}.png", name)
+             for stem, draw in FIGURES.items() if stem in wanted]
+    return [f for f in drawn if f is not None]

@@ -49,18 +49,6 @@ VALUES: dict[str, str] = {
     "iid": "i.i.d.", "noniid": "non-i.i.d.", "noniid_split": "non-i.i.d. split",
     "constant": "constant lr", "step": "step lr", "cosine": "cosine lr",
 }
-EXPERIMENTS: dict[str, str] = {
-    "fig1_baseline": "Fig. 1 baseline (per-worker batch 32)",
-    "fig2_small_batch": "Fig. 2 small per-worker batch",
-    "fig3_noniid": "Fig. 3 non-i.i.d. minibatches",
-    "fig3_controls": "Fig. 3 controls",
-    "batch_size_sweep": "Batch-size sweep",
-    "batch_size_sweep_extended": "Batch-size sweep with later norms",
-    "rd_schedule_ablation": "rₘₐₓ × dₘₐₓ ablation",
-    "relaxation_length": "Relaxation length",
-    "moving_average_question": "Moving averages in training (claim 4)",
-    "moving_average_schedules": "Moving-average rates",
-}
 
 
 def _plain(name: str) -> str:
@@ -74,10 +62,6 @@ def label(name: str) -> str:
 
 def short(name: str) -> str:
     return LABELS[name][1] if name in LABELS else _plain(name)
-
-
-def experiment_title(experiment: str) -> str:
-    return EXPERIMENTS.get(experiment, experiment.replace("_", " "))
 
 
 def number_text(value: Any) -> str:

@@ -1,0 +1,141 @@
+"""One description per experiment: what its runs are compared by, which claim it serves,
+which figures it gets. The reproduction driver (scripts/reproduce.py), aggregation, the
+figures, the claims, the report and the W&B dashboard all read this table.
+
+What a run *is* lives in its config, ``conf/experiment/<name>.yaml`` (the sweep, and how
+to run it, in its header); how the runs are *read* lives here. The two are kept apart on
+purpose: a key added to the config would enter every run's identity
+(``records.run_dir_name``) and move recorded results. Adding an experiment is one config
+and one ``Experiment`` in ``EXPERIMENTS``; ``check_described`` (run by the driver and the
+tests) says which one is missing.
+
+The claims are the paper's (Ioffe 2017, PAPER.md), numbered as ``brn_repro.claims`` numbers
+them: 1 (Fig 1), 2 (Fig 2), 3 (Fig 3), 4 (section 2's moving averages in training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+# Figures every experiment gets (plots.FIGURES names the file stems); BRN's corrections
+# only where it has BRN runs, the moving averages' error where its norms keep them.
+COMMON_FIGURES = ("test_acc_vs_step", "brn_corrections", "ema_error_vs_step")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """How one experiment's runs are read.
+
+    ``conditions``: the config columns that tell one condition from another (seed aside);
+    the summary, the figures' lines and the paired comparisons group by them.
+    ``decides``: the claim whose primary comparison its runs decide (5 paired seeds).
+    ``supports``: claims whose secondary rows also read its runs.
+    ``figures``: figures beyond ``COMMON_FIGURES`` (plots.FIGURES names).
+    ``claim_figure``: the figure shown beside the claim it decides in REPORT.md.
+    """
+
+    name: str
+    title: str
+    conditions: tuple[str, ...]
+    decides: str | None = None
+    supports: tuple[str, ...] = ()
+    figures: tuple[str, ...] = ()
+    claim_figure: str = "test_acc_vs_step"
+
+    @property
+    def in_default_reproduction(self) -> bool:
+        """``make reproduce`` runs what some claim reads; ``make reproduce-full`` adds the rest."""
+        return self.decides is not None or bool(self.supports)
+
+    @property
+    def all_figures(self) -> tuple[str, ...]:
+        return COMMON_FIGURES + self.figures
+
+
+# In the order the driver runs them (fig3_noniid's i.i.d. runs are fig2's records).
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
+    Experiment("fig1_baseline", "Fig. 1 baseline (per-worker batch 32)", ("norm.type",),
+               decides="1", supports=("2",)),
+    Experiment("fig2_small_batch", "Fig. 2 small per-worker batch",
+               ("norm.type", "data.per_worker_batch"), decides="2",
+               figures=("acc_vs_per_worker_batch",)),
+    Experiment("fig3_noniid", "Fig. 3 non-i.i.d. minibatches", ("norm.type", "sampler.type"),
+               decides="3", figures=("train_acc_vs_step",)),
+    # claim 4's primary (constant lr, no weight decay) and the profile's setting
+    Experiment("moving_average_question", "Moving averages in training (claim 4)",
+               ("norm.type", "train.lr_schedule", "optim.weight_decay"), decides="4",
+               figures=("loss_vs_step", "weight_norm_vs_step"), claim_figure="weight_norm_vs_step"),
+    Experiment("fig3_controls", "Fig. 3 controls",
+               ("norm.type", "sampler.type", "data.per_worker_batch"), supports=("3",)),
+    Experiment("batch_size_sweep", "Batch-size sweep", ("norm.type", "data.per_worker_batch"),
+               figures=("acc_vs_per_worker_batch",)),
+    Experiment("rd_schedule_ablation", "rₘₐₓ × dₘₐₓ ablation", ("norm.r_max", "norm.d_max"),
+               figures=("rmax_dmax_heatmap",)),
+    Experiment("relaxation_length", "Relaxation length",
+               ("norm.relax_start", "norm.r_max_end_step", "norm.d_max_end_step")),
+    Experiment("moving_average_schedules", "Moving-average rates",
+               ("norm.type", "norm.momentum", "norm.momentum_start")),
+    Experiment("batch_size_sweep_extended", "Batch-size sweep with later norms",
+               ("norm.type", "data.per_worker_batch"), figures=("acc_vs_per_worker_batch",)),
+)}
+
+
+def described(name: str) -> Experiment | None:
+    """The description of ``name``; None for a run outside the table (``experiment=adhoc``)."""
+    return EXPERIMENTS.get(name)
+
+
+def title(name: str) -> str:
+    return EXPERIMENTS[name].title if name in EXPERIMENTS else name.replace("_", " ")
+
+
+def figures(name: str) -> tuple[str, ...]:
+    return EXPERIMENTS[name].all_figures if name in EXPERIMENTS else COMMON_FIGURES
+
+
+def deciding(claim: str) -> str:
+    """The experiment whose runs decide ``claim``'s primary comparison."""
+    (name,) = [e.name for e in EXPERIMENTS.values() if e.decides == claim]
+    return name
+
+
+def supporting(claim: str) -> list[str]:
+    """The experiments, beside the deciding one, that ``claim``'s secondary rows read."""
+    return [e.name for e in EXPERIMENTS.values() if claim in e.supports]
+
+
+def claim_experiments() -> dict[str, str]:
+    """Claim -> the experiment deciding it, in claim order."""
+    return {e.decides: e.name for e in sorted(EXPERIMENTS.values(), key=lambda e: e.decides or "")
+            if e.decides is not None}
+
+
+def configured(conf_dir: Path = CONF_DIR) -> list[str]:
+    """The experiments that have a config: conf/experiment/<name>.yaml (the group's options;
+    shared/ and conditions/ are not experiments)."""
+    return sorted(p.stem for p in (Path(conf_dir) / "experiment").glob("*.yaml"))
+
+
+def check_described(conf_dir: Path = CONF_DIR) -> None:
+    """ValueError naming each experiment config without a description and each description
+    without a config: adding an experiment takes both."""
+    configs, table = set(configured(conf_dir)), set(EXPERIMENTS)
+    problems = []
+    if missing := sorted(configs - table):
+        problems.append(f"{', '.join(f'conf/experiment/{n}.yaml' for n in missing)}: no "
+                        "description; add an Experiment to brn_repro.experiments.EXPERIMENTS")
+    if orphans := sorted(table - configs):
+        problems.append(f"{', '.join(orphans)} in brn_repro.experiments.EXPERIMENTS: no config; "
+                        "add conf/experiment/<name>.yaml or remove the description")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def reproduction(full: bool = False, conf_dir: Path = CONF_DIR) -> list[str]:
+    """The experiments ``make reproduce`` runs (those some claim reads), in the table's
+    order; with ``full`` (``make reproduce-full``) every configured one."""
+    check_described(conf_dir)
+    return [name for name, e in EXPERIMENTS.items() if full or e.in_default_reproduction]
