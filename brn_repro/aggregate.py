@@ -123,7 +123,7 @@ def summarize(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 RUNS_CSV, CURVES_CSV = "runs.csv", "curves.csv"
 # runs.csv leads with what a reader looks for; every other config column follows, so the
 # claims and figures can be recomputed from the two tables alone.
-RUN_COLUMNS = ("experiment", "norm.type", "data.per_worker_batch", "data.workers", "sampler.type", "seed",
+RUN_COLUMNS = ("experiment", "norm.name", "data.per_worker_batch", "data.workers", "sampler.name", "seed",
                "status", "steps_done", "test_acc", "train_acc", "minibatch_stats_acc",
                "ema_error/mean", "ema_error/std", "wall_seconds")
 
@@ -180,7 +180,7 @@ def aggregate(runs_root: str | Path, out: str | Path, wall_seconds: float | None
                          "(python -m brn_repro.train -m experiment=fig1_baseline profile=quick)")
     summaries, figures = {}, {}
     for experiment, frame in runs.groupby("experiment", sort=True):
-        by = condition_columns(frame, experiment) or ["norm.type"]
+        by = condition_columns(frame, experiment) or ["norm.name"]
         summary = summarize(frame, by)
         (out / experiment).mkdir(parents=True, exist_ok=True)
         write_atomic_csv(summary, out / experiment / "summary.csv")

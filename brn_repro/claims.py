@@ -338,13 +338,13 @@ def claim_4(runs: pd.DataFrame, curves: pd.DataFrame | None) -> Claim:
     claim = Claim("4", "Normalizing with moving averages in training (no BRN correction) blows up.",
                   "'has been observed to lead to the model blowing up' (section 2); no number")
     exp = runs[runs["experiment"] == deciding("4")]
-    needed = ("norm.type", "train.lr_schedule", "optim.weight_decay")
+    needed = ("norm.name", "train.lr_schedule", "optim.weight_decay")
     if exp.empty or not all(c in exp.columns for c in needed):
         return claim
-    ma_all = exp[exp["norm.type"] == "moving_average"]
+    ma_all = exp[exp["norm.name"] == "moving_average"]
     rows = []
     for (schedule, decay), group in exp.groupby(["train.lr_schedule", "optim.weight_decay"]):
-        ma, bn = group[group["norm.type"] == "moving_average"], group[group["norm.type"] == "bn"]
+        ma, bn = group[group["norm.name"] == "moving_average"], group[group["norm.name"] == "bn"]
         if not ma.empty:
             primary = schedule == "constant" and float(decay) == 0.0
             rows.append(_setting(_setting_label(schedule, float(decay)), ma, bn, curves, primary))
@@ -364,8 +364,8 @@ def claim_4(runs: pd.DataFrame, curves: pd.DataFrame | None) -> Claim:
     primary_runs = exp[(exp["train.lr_schedule"] == "constant") & (exp["optim.weight_decay"] == 0)]
     claim.ours = (f"{diverged} of {total} moving-average runs diverged; at constant lr without "
                   f"weight decay: moving averages "
-                  f"{stats(primary_runs[primary_runs['norm.type'] == 'moving_average']).text()}, "
-                  f"BN {stats(primary_runs[primary_runs['norm.type'] == 'bn']).text()}")
+                  f"{stats(primary_runs[primary_runs['norm.name'] == 'moving_average']).text()}, "
+                  f"BN {stats(primary_runs[primary_runs['norm.name'] == 'bn']).text()}")
     return claim
 
 

@@ -181,7 +181,7 @@ def norm_batch(config: dict[str, Any]) -> int:
     the label structure the control exists to remove."""
     pwb = config["data"]["per_worker_batch"]
     sampler = config["sampler"]
-    return pwb // sampler["images_per_label"] if sampler["type"] == "noniid_split" else pwb
+    return pwb // sampler["images_per_label"] if sampler["name"] == "noniid_split" else pwb
 
 
 def check_probe_recipe(config: dict[str, Any]) -> None:
@@ -195,23 +195,23 @@ def check_probe_recipe(config: dict[str, Any]) -> None:
     if not train.get("minibatch_stats_eval"):
         return
     labels, images = train.get("minibatch_eval_labels", 25), train.get("minibatch_eval_images", 2)
-    if sampler["type"] != "iid":
+    if sampler["name"] != "iid":
         if images != sampler["images_per_label"]:
             raise ConfigError(
                 f"train.minibatch_eval_images={images} must equal sampler.images_per_label="
                 f"{sampler['images_per_label']} (the probe keeps the training images per label); "
-                f"set noniid_recipe.eval_images={sampler['images_per_label']}")
+                f"set recipe.noniid.eval_images={sampler['images_per_label']}")
         if labels <= sampler["labels_per_batch"]:
             raise ConfigError(
                 f"train.minibatch_eval_labels={labels} must exceed sampler.labels_per_batch="
                 f"{sampler['labels_per_batch']} (the probe's test batches hold more labels than a "
-                f"training group); set noniid_recipe.eval_labels to at least {sampler['labels_per_batch'] + 1}")
+                f"training group); set recipe.noniid.eval_labels to at least {sampler['labels_per_batch'] + 1}")
     classes = NUM_CLASSES.get(config["dataset"]["name"])
     if classes is not None and labels > classes:
         raise ConfigError(
             f"train.minibatch_eval_labels={labels} exceeds the {classes} classes of "
             f"dataset {config['dataset']['name']} (a probe batch holds distinct labels); "
-            f"set noniid_recipe.eval_labels to at most {classes}")
+            f"set recipe.noniid.eval_labels to at most {classes}")
 
 
 def validate(config: dict[str, Any]) -> None:
@@ -242,9 +242,9 @@ def validate(config: dict[str, Any]) -> None:
     paths = config.get("paths") or {}
     _number(paths.get("lock_timeout"), "paths.lock_timeout", 0, allow_none=True)
     _number(paths.get("lock_stale"), "paths.lock_stale", 0, allow_none=True)
-    if sampler["type"] not in SAMPLER_NAMES:
-        raise ConfigError(f"sampler.type={sampler['type']!r} is not a sampler; use one of {SAMPLER_NAMES}")
-    if sampler["type"] != "iid":
+    if sampler["name"] not in SAMPLER_NAMES:
+        raise ConfigError(f"sampler.name={sampler['name']!r} is not a sampler; use one of {SAMPLER_NAMES}")
+    if sampler["name"] != "iid":
         labels, images = sampler["labels_per_batch"], sampler["images_per_label"]
         _positive_int(labels, "sampler.labels_per_batch")
         _positive_int(images, "sampler.images_per_label")
@@ -253,15 +253,15 @@ def validate(config: dict[str, Any]) -> None:
                 f"data.per_worker_batch={data['per_worker_batch']} must equal sampler.labels_per_batch"
                 f" x sampler.images_per_label = {labels} x {images} = {labels * images}"
             )
-        if sampler["type"] == "noniid_split" and images < 2:
+        if sampler["name"] == "noniid_split" and images < 2:
             raise ConfigError(
                 f"sampler.images_per_label={images} must be at least 2 for noniid_split "
                 "(it normalizes one group per image of each label); use sampler=noniid"
             )
     check_probe_recipe(config)
     norm = config["norm"]
-    if norm["type"] not in norm_names():
-        raise ConfigError(f"norm.type={norm['type']!r} is not a normalization; use one of {norm_names()}")
+    if norm["name"] not in norm_names():
+        raise ConfigError(f"norm.name={norm['name']!r} is not a normalization; use one of {norm_names()}")
     check_norm(config)
     if train["lr_schedule"] not in LR_SCHEDULES:
         raise ConfigError(
@@ -280,8 +280,8 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"train.stop_at_step={stop!r} must be a step between 1 and train.steps-1 "
                           f"({train['steps'] - 1}), or null")
     _number(train.get("ema_decay"), "train.ema_decay", 0, 1, open_high=True, allow_none=True)
-    if config["logger"]["kind"] not in ("wandb", "none"):
-        raise ConfigError(f"logger.kind={config['logger']['kind']!r} must be wandb or none")
+    if config["logger"]["name"] not in ("wandb", "none"):
+        raise ConfigError(f"logger.name={config['logger']['kind']!r} must be wandb or none")
     if train.get("channels_last", "auto") not in ("auto", True, False):
         raise ConfigError(f"train.channels_last={train['channels_last']!r} must be auto, true or false")
     if train.get("compile", "auto") not in ("auto", True, False):
@@ -324,7 +324,7 @@ def memory_format(config: dict[str, Any], device: torch.device, compiled: bool =
     it changes rounding, not the computation)."""
     choice = config["train"].get("channels_last", "auto")
     if choice == "auto":
-        norm, mode = config["norm"]["type"], "compiled" if compiled else "eager"
+        norm, mode = config["norm"]["name"], "compiled" if compiled else "eager"
         choice = (norm in CHANNELS_LAST_FASTER.get((config["model"]["name"], device.type, mode), ())
                   and (compiled or norm not in ("bn", "brn") or norm_batch(config) >= CL_MIN_PER_WORKER))
     return torch.channels_last if choice else torch.contiguous_format
@@ -375,8 +375,8 @@ def validate_model(model: dict[str, Any]) -> None:
 
 
 def norm_options(config: dict[str, Any]) -> dict[str, Any]:
-    options = {k: v for k, v in config["norm"].items() if k != "type"}
-    if norm_spec(config["norm"]["type"]).per_worker:  # its statistics are each worker's
+    options = {k: v for k, v in config["norm"].items() if k != "name"}
+    if norm_spec(config["norm"]["name"]).per_worker:  # its statistics are each worker's
         options["per_worker_batch"] = norm_batch(config)
     return options
 
@@ -388,7 +388,7 @@ def _norm_error(err: ValueError) -> ConfigError:
 
 def norm_factory(config: dict[str, Any]) -> NormFactory:
     try:
-        return build_norm(config["norm"]["type"], **norm_options(config))
+        return build_norm(config["norm"]["name"], **norm_options(config))
     except ValueError as err:
         raise _norm_error(err) from None
 
@@ -405,7 +405,7 @@ def check_norm(config: dict[str, Any]) -> None:
 def relaxation_warning(config: dict[str, Any]) -> str | None:
     """BRN whose limits never leave 1 / 0 within the run is plain batchnorm: say so."""
     norm, steps = config["norm"], config["train"]["steps"]
-    if norm["type"] == "brn" and norm.get("r_max_end_step") is not None:
+    if norm["name"] == "brn" and norm.get("r_max_end_step") is not None:
         start = norm.get("relax_start") or 0
         if start >= steps:
             return (

@@ -36,14 +36,14 @@ from brn_repro.experiments import figures as figures_of
 from brn_repro.loggers import resolve_wandb_mode, wandb_run_id
 
 # Runs of a profile are grouped by these, in order, in the workspace and the report.
-GROUP_BY = ("norm.type", "data.per_worker_batch", "sampler.type")
+GROUP_BY = ("norm.name", "data.per_worker_batch", "sampler.name")
 OFFLINE_ENTITY = "your-entity"  # offline, objects are validated against a stand-in entity
 
 
 def _config_key(key: str) -> str:
     """The backend name of a config key as WandbLogger logs it (flat and dotted: the value
-    sits under ``<key>.value``; wandb_workspaces would otherwise read ``norm.type`` as
-    the nested ``norm.value.type``)."""
+    sits under ``<key>.value``; wandb_workspaces would otherwise read ``norm.name`` as
+    the nested ``norm.value.name``)."""
     return f"{key}.value"
 
 
@@ -77,7 +77,7 @@ def experiment_panels(experiment: str, frame: pd.DataFrame) -> list[PanelSpec]:
     """The charts of ``experiment``'s figures (``frame``: its rows of runs.csv); BRN's
     only where it has BRN runs, as in results/."""
     wanted = set(figures_of(experiment))
-    if not (frame.get("norm.type", pd.Series(dtype=str)) == "brn").any():
+    if not (frame.get("norm.name", pd.Series(dtype=str)) == "brn").any():
         wanted.discard("brn_corrections")
     return [panel for name, panel in PANELS.items() if name in wanted]
 

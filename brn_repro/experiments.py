@@ -57,29 +57,29 @@ class Experiment:
 
 # In the order the driver runs them (fig3_noniid's i.i.d. runs are fig2's records).
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
-    Experiment("fig1_baseline", "Fig. 1 baseline (per-worker batch 32)", ("norm.type",),
+    Experiment("fig1_baseline", "Fig. 1 baseline (per-worker batch 32)", ("norm.name",),
                decides="1", supports=("2",)),
     Experiment("fig2_small_batch", "Fig. 2 small per-worker batch",
-               ("norm.type", "data.per_worker_batch"), decides="2",
+               ("norm.name", "data.per_worker_batch"), decides="2",
                figures=("acc_vs_per_worker_batch",)),
-    Experiment("fig3_noniid", "Fig. 3 non-i.i.d. minibatches", ("norm.type", "sampler.type"),
+    Experiment("fig3_noniid", "Fig. 3 non-i.i.d. minibatches", ("norm.name", "sampler.name"),
                decides="3", figures=("train_acc_vs_step",)),
     # claim 4's primary (constant lr, no weight decay) and the profile's setting
     Experiment("moving_average_question", "Moving averages in training (claim 4)",
-               ("norm.type", "train.lr_schedule", "optim.weight_decay"), decides="4",
+               ("norm.name", "train.lr_schedule", "optim.weight_decay"), decides="4",
                figures=("loss_vs_step", "weight_norm_vs_step"), claim_figure="weight_norm_vs_step"),
     Experiment("fig3_controls", "Fig. 3 controls",
-               ("norm.type", "sampler.type", "data.per_worker_batch"), supports=("3",)),
-    Experiment("batch_size_sweep", "Batch-size sweep", ("norm.type", "data.per_worker_batch"),
+               ("norm.name", "sampler.name", "data.per_worker_batch"), supports=("3",)),
+    Experiment("batch_size_sweep", "Batch-size sweep", ("norm.name", "data.per_worker_batch"),
                figures=("acc_vs_per_worker_batch",)),
     Experiment("rd_schedule_ablation", "rₘₐₓ × dₘₐₓ ablation", ("norm.r_max", "norm.d_max"),
                figures=("rmax_dmax_heatmap",)),
     Experiment("relaxation_length", "Relaxation length",
                ("norm.relax_start", "norm.r_max_end_step", "norm.d_max_end_step")),
     Experiment("moving_average_schedules", "Moving-average rates",
-               ("norm.type", "norm.momentum", "norm.momentum_start")),
+               ("norm.name", "norm.momentum", "norm.momentum_start")),
     Experiment("batch_size_sweep_extended", "Batch-size sweep with later norms",
-               ("norm.type", "data.per_worker_batch"), figures=("acc_vs_per_worker_batch",)),
+               ("norm.name", "data.per_worker_batch"), figures=("acc_vs_per_worker_batch",)),
 )}
 
 

@@ -138,7 +138,7 @@ def scrub_secrets(tree: Any) -> Any:
 
 
 def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten a nested config into dotted keys (``norm.type``, ``optim.lr``), secrets dropped.
+    """Flatten a nested config into dotted keys (``norm.name``, ``optim.lr``), secrets dropped.
 
     W&B can group and filter runs only by top-level config keys, so the nested
     Hydra config is logged flat. Lists stay as values (``train.step_milestones``
@@ -367,7 +367,7 @@ class WandbLogger:
         self._run.finish(exit_code=exit_code)
 
 
-# ``logger.kind`` -> the logger; ``conf/logger/<kind>.yaml`` holds its keyword arguments.
+# ``logger.name`` -> the logger; ``conf/logger/<kind>.yaml`` holds its keyword arguments.
 LOGGERS: dict[str, type[RunLogger]] = {"none": NullLogger, "wandb": WandbLogger}
 LOGGER_KINDS = tuple(LOGGERS)
 

@@ -41,7 +41,7 @@ def converged_reference(runs: pd.DataFrame, curves: pd.DataFrame | None) -> Conv
     test accuracy minus that of the first evaluation at or after 3/4 of the run."""
     if curves is None or curves.empty or "experiment" not in runs:
         return None
-    bn = runs[(runs["experiment"] == deciding("1")) & (runs["norm.type"] == "bn")
+    bn = runs[(runs["experiment"] == deciding("1")) & (runs["norm.name"] == "bn")
               & (runs["status"] == "completed")]
     gains, start, end = {}, None, None
     for _, run in bn.iterrows():
@@ -107,7 +107,7 @@ def _claim_rows(runs: pd.DataFrame, curves: pd.DataFrame | None) -> list[str]:
             lines.append(f"| {claim} | {experiment} | not run | - | - |")
             continue
         conditions, relaxation = [], "-"
-        keys = ["norm.type", "sampler.type", "data.workers", "data.per_worker_batch"]
+        keys = ["norm.name", "sampler.name", "data.workers", "data.per_worker_batch"]
         for (norm, sampler, workers, pwb), group in frame.groupby(keys, sort=False):
             conditions.append(f"{norm} {sampler} {workers} x {pwb} ({group['seed'].nunique()})")
             if norm == "brn":
@@ -115,8 +115,8 @@ def _claim_rows(runs: pd.DataFrame, curves: pd.DataFrame | None) -> list[str]:
                 steps = int(c["train.steps"])
                 relaxation = (f"{int(c['norm.relax_start'])} -> {int(c['norm.d_max_end_step'])} / "
                               f"{int(c['norm.r_max_end_step'])} ({_reached(c, steps)})")
-        bn = frame[(frame["norm.type"] == "bn") & (frame["sampler.type"] == "iid")]
-        brn = frame[(frame["norm.type"] == "brn") & (frame["sampler.type"] == "iid")]
+        bn = frame[(frame["norm.name"] == "bn") & (frame["sampler.name"] == "iid")]
+        brn = frame[(frame["norm.name"] == "brn") & (frame["sampler.name"] == "iid")]
         if len(brn):  # BN at the split where BRN reads the averages
             bn = bn[bn["data.per_worker_batch"].isin(brn["data.per_worker_batch"])]
         lines.append(f"| {claim} | {experiment} | {'; '.join(conditions)} | {relaxation} | "
@@ -129,7 +129,7 @@ def protocol_section(runs: pd.DataFrame, curves: pd.DataFrame | None) -> list[st
 
     needed = ("train.steps", "data.workers", "data.per_worker_batch", "dataset.name", "model.name",
               "optim.name", "optim.lr", "optim.weight_decay", "train.lr_schedule", "train.eval_every",
-              "norm_momentum")
+              "recipe.norm_momentum")
     if runs.empty:
         return []
     if missing := [c for c in needed if c not in runs]:
@@ -144,7 +144,7 @@ def protocol_section(runs: pd.DataFrame, curves: pd.DataFrame | None) -> list[st
     if pd.isna(train_images):
         train_images = TRAIN_IMAGES.get(ref["dataset.name"])
     epochs = f"{steps * batch / train_images:.1f} epochs of" if train_images else "of"
-    alpha = float(ref["norm_momentum"])
+    alpha = float(ref["recipe.norm_momentum"])
     check = converged_reference(runs, curves)
     return [
         "## Protocol", "",

@@ -47,7 +47,7 @@ from brn_repro.norm import norm_spec
 
 # Config keys that do not change a run's numbers, so they are not part of its identity.
 NON_IDENTITY_KEYS = (
-    "experiment", "git_commit", "logger", "paths", "profile_name", "norm_momentum", "schedule", "noniid_recipe", "dataset.root", "dataset.download", "dataset.loader_workers",
+    "experiment", "git_commit", "logger", "paths", "profile_name", "recipe.norm_momentum", "schedule", "recipe.noniid", "dataset.root", "dataset.download", "dataset.loader_workers",
     "train.checkpoint_every", "train.eval_batch", "train.threads", "train.progress", "train.device", "train.stop_at_step",
     "train.channels_last", "train.compile",
 )
@@ -99,7 +99,7 @@ def _drop_emptied(before: dict[str, Any], after: dict[str, Any]) -> None:
 def split_blind(config: dict[str, Any]) -> bool:
     """True when the split of the global batch into workers cannot change the run: a
     norm without batch statistics (the norm table's ``split_blind``) on i.i.d. data."""
-    return norm_spec(config["norm"]["type"]).split_blind and config["sampler"]["type"] == "iid"
+    return norm_spec(config["norm"]["name"]).split_blind and config["sampler"]["name"] == "iid"
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -129,7 +129,7 @@ def run_name(config: dict[str, Any]) -> str:
     data, norm = config["data"], config["norm"]
     split = (f"gb{data['per_worker_batch'] * data['workers']}" if split_blind(config)
              else f"pwb{data['per_worker_batch']}x{data['workers']}")
-    return f"{norm['type']}-{split}-{config['sampler']['type']}-s{config['seed']}"
+    return f"{norm['name']}-{split}-{config['sampler']['name']}-s{config['seed']}"
 
 
 def run_dir_name(config: dict[str, Any]) -> str:

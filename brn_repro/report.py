@@ -87,7 +87,7 @@ def _batch_rows(runs: pd.DataFrame, experiment: str, norms: tuple[str, ...],
                 lines.append(f"| {norm} | {source} | " + " | ".join(paper) + " |")
         ours = []
         for b in batches:
-            cell = sweep[(sweep["norm.type"] == norm) & (sweep["data.per_worker_batch"] == b)]
+            cell = sweep[(sweep["norm.name"] == norm) & (sweep["data.per_worker_batch"] == b)]
             ours.append(stats(cell).text() if len(cell) else "-")
         lines.append(f"| {norm} | ours | " + " | ".join(ours) + " |")
     return lines + ["", "The published numbers are ResNet-50 on ImageNet (100 - top-1 error); ours "

@@ -174,10 +174,10 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 def open_logger(config: dict[str, Any], record: RunRecord, ctx: distributed.Context) -> RunLogger:
     """One W&B run per record (same id across resumes), grouped by profile and experiment,
     tagged with every experiment the run serves; rank 0 logs for all."""
-    return build_logger(config["logger"]["kind"], main=ctx.is_main, config=public_config(config),
+    return build_logger(config["logger"]["name"], main=ctx.is_main, config=public_config(config),
                         run_dir=record.dir, run_name=run_name(config), run_id=wandb_run_id(record.dir.name),
                         group=f"{config['profile_name']}/{config['experiment']}", tags=record.experiments(),
-                        **{k: v for k, v in config["logger"].items() if k != "kind"})
+                        **{k: v for k, v in config["logger"].items() if k != "name"})
 
 
 def metrics_row(step: int, loss: torch.Tensor, accuracies: dict[str, float], images_per_second: float,

@@ -108,9 +108,9 @@ def runner_rows(data: Path, steps: int, device: torch.device) -> list[dict]:
             for where, precision, length in variants:
                 config = compose_config(data, f"norm={norm}", "data.per_worker_batch=4", "data.workers=8",
                                         f"train.steps={length}", f"train.eval_every={length}",
-                                        f"train.checkpoint_every={length}", "norm_momentum=0.06",
-                                        "schedule.relax_start=50", "schedule.r_max_end_step=200",
-                                        "schedule.d_max_end_step=135", f"train.device={where}",
+                                        f"train.checkpoint_every={length}", "recipe.norm_momentum=0.06",
+                                        "recipe.schedule.relax_start=50", "recipe.schedule.r_max_end_step=200",
+                                        "recipe.schedule.d_max_end_step=135", f"train.device={where}",
                                         f"train.precision={precision}", f"paths.runs={runs}/{where}")
                 started = time.perf_counter()
                 summary = run(config)

@@ -3,7 +3,7 @@
 What it decides, before any BRN result is seen:
 - run length: BN at per-worker 32, i.i.d., global batch 128 must gain under 0.5 point
   of test accuracy over the last quarter of its run (mean over seeds);
-- alpha (the moving-average rate, ``norm_momentum``) and relax_start: BRN's r and d
+- alpha (the moving-average rate, ``recipe.norm_momentum``) and relax_start: BRN's r and d
   compare each worker's batch statistics with the moving averages, so the averages
   must be closer to the population statistics than one worker's batch is before r and
   d may move. A BN run keeps the very same averages (torch's momentum is alpha), so
@@ -49,9 +49,9 @@ SETTINGS = [  # one home for the pilot's numbers; every evaluation on the whole 
 # 32 at twice the length. alpha changes BN's inference statistics, never its training.
 STAGES = {
     "alpha": ["train.steps=700", "train.eval_every=35", "train.checkpoint_every=350",
-              "data.per_worker_batch=32,4", "norm_momentum=0.01,0.03,0.1", "seed=0,1"],
+              "data.per_worker_batch=32,4", "recipe.norm_momentum=0.01,0.03,0.1", "seed=0,1"],
     "length": ["train.steps=1400", "train.eval_every=70", "train.checkpoint_every=700",
-               "data.per_worker_batch=32", "norm_momentum=0.03,0.1", "seed=0,1"],
+               "data.per_worker_batch=32", "recipe.norm_momentum=0.03,0.1", "seed=0,1"],
     # Stage 3 (schedule): 3 epochs of cosine did not converge (stage length), and 5 seeds of
     # every primary condition leave ~2 epochs per run in make reproduce's budget. The step
     # schedule trains the last quarter at lr/100, so "converged" there means the drop to
@@ -59,20 +59,20 @@ STAGES = {
     # lr 0.05 (the profile's) and 0.1, alpha 0.1 (stage alpha); both splits for the crossing.
     "schedule": ["train.steps=700,940", "train.eval_every='${div:${train.steps},20}'",
                  "train.checkpoint_every='${train.steps}'", "train.lr_schedule=step",
-                 "data.per_worker_batch=32,4", "norm_momentum=0.1", "optim.lr=0.05,0.1", "seed=0,1"],
+                 "data.per_worker_batch=32,4", "recipe.norm_momentum=0.1", "optim.lr=0.05,0.1", "seed=0,1"],
     # Stage 4 (subset): the step schedule at 1.5 epochs ended at 83-85.5% and still gained
     # 0.6-1.3 points over its last quarter (stage schedule). The budget holds ~100k images
     # per run, so the runs see a fixed class-balanced subset many times (data.train_size)
     # until BN's test accuracy stops moving; cosine lr as the profile's.
     "subset": ["train.steps=780", "train.eval_every=78", "train.checkpoint_every=780",
-               "data.train_size=10000,20000", "data.per_worker_batch=32", "norm_momentum=0.1",
+               "data.train_size=10000,20000", "data.per_worker_batch=32", "recipe.norm_momentum=0.1",
                "optim.lr=0.05,0.1", "seed=0,1"],
     # Stage 5 (width): the subset did not help (train accuracy 83-85% on 10k images after
     # 100k: the model underfits; more steps, not fewer images, are missing). Width 8 is
     # ~3.2x the images/s of width 16 (compiled, one thread), so 3-4 epochs fit the budget.
     "width": ["model.width=8", "train.steps=1400,1880", "train.eval_every='${div:${train.steps},8}'",
               "train.checkpoint_every='${train.steps}'", "data.per_worker_batch=32",
-              "norm_momentum=0.1", "optim.lr=0.1,0.2", "seed=0,1"],
+              "recipe.norm_momentum=0.1", "optim.lr=0.1,0.2", "seed=0,1"],
     # Stage 6 (small): width 8 at 3 epochs still gained 1-3 points over its last quarter
     # (stage width) and underfits (train accuracy 90%). Shrinking the images to 14 x 14
     # (area averaging) cuts the step ~4x, so ~10 epochs fit; no augmentation, which slows
@@ -80,7 +80,7 @@ STAGES = {
     "small": ["model.width=8", "dataset.image_size=14", "dataset.augment.crop_padding=0",
               "train.steps=2400,4800", "train.eval_every='${div:${train.steps},8}'",
               "train.checkpoint_every='${train.steps}'", "data.per_worker_batch=32",
-              "norm_momentum=0.1", "optim.lr=0.2,0.4", "seed=0,1"],
+              "recipe.norm_momentum=0.1", "optim.lr=0.2,0.4", "seed=0,1"],
     # Stage 7 (step): at 14 x 14, width 8, 10 epochs of cosine lr 0.2 still gain ~1 point
     # over the last quarter (stage small): the anneal itself lifts this underfitting model.
     # The step schedule (lr / 10 at 1/2 and 3/4) trains its last quarter at the final lr,
@@ -88,14 +88,14 @@ STAGES = {
     "step": ["model.width=8", "dataset.image_size=14", "dataset.augment.crop_padding=0",
              "train.lr_schedule=step", "train.steps=3600,4800", "train.eval_every='${div:${train.steps},8}'",
              "train.checkpoint_every='${train.steps}'", "data.per_worker_batch=32",
-             "norm_momentum=0.1", "optim.lr=0.2", "seed=0,1"],
+             "recipe.norm_momentum=0.1", "optim.lr=0.2", "seed=0,1"],
     # Stage 8 (crossing): the chosen run (step lr 0.2, 3600 steps = 7.7 epochs at 14 x 14,
     # width 8) at both splits, evaluated every 75 steps (test accuracy on 1000 images: only
     # the averages' error is read here) for when the averages beat one worker's batch.
     "crossing": ["model.width=8", "dataset.image_size=14", "dataset.augment.crop_padding=0",
                  "train.lr_schedule=step", "train.steps=3600", "train.eval_every=75",
                  "train.eval_test_size=1000", "train.checkpoint_every=3600",
-                 "data.per_worker_batch=32,4", "norm_momentum=0.1", "optim.lr=0.2", "seed=0,1"],
+                 "data.per_worker_batch=32,4", "recipe.norm_momentum=0.1", "optim.lr=0.2", "seed=0,1"],
 }
 KEYS = ["per_worker_batch", "alpha", "lr", "steps", "train_size", "lr_schedule"]  # what a stage varies besides the seed
 
@@ -203,7 +203,7 @@ def main() -> None:
     if not args.analyse:
         train(ROOT / args.runs, args.jobs, args.stage)
     runs, curves = load_runs(ROOT / args.runs)
-    runs = runs.rename(columns={"norm.type": "norm", "data.per_worker_batch": "per_worker_batch",
+    runs = runs.rename(columns={"norm.name": "norm", "data.per_worker_batch": "per_worker_batch",
                                 "norm.momentum": "alpha", "optim.lr": "lr", "train.steps": "steps",
                                 "data.train_size": "train_size",
                                 "train.lr_schedule": "lr_schedule"})

@@ -12,7 +12,7 @@ def write_run(root, experiment, norm, seed, acc, pwb=32, sampler="iid", status="
               train_acc=None, extra_norm=None, steps=(100, 200)):
     config = {"experiment": experiment, "profile_name": "quick", "seed": seed,
               "dataset": {"name": "fashion_mnist"}, "model": {"name": "small_cnn"},
-              "norm": {"type": norm, **(extra_norm or {})}, "sampler": {"type": sampler},
+              "norm": {"name": norm, **(extra_norm or {})}, "sampler": {"name": sampler},
               "data": {"per_worker_batch": pwb, "workers": 64 // pwb},
               "optim": {"weight_decay": 0.0},  # claim 4's primary setting: constant lr, no decay
               "train": {"steps": steps[-1], "lr_schedule": "constant",
@@ -39,7 +39,7 @@ def test_summary_rows_have_known_means_and_count_divergence(tmp_path):
     write_run(tmp_path, "fig1_baseline", "brn", 1, 0.0, status="diverged")
     runs, curves = load_runs(tmp_path)
     assert len(runs) == 5 and len(curves) == 3 * 2 + 2 + 1
-    summary = summarize(runs, ["norm.type"]).set_index("norm.type")
+    summary = summarize(runs, ["norm.name"]).set_index("norm.name")
     assert summary.loc["bn", "test_acc_mean"] == pytest.approx(82.0)
     assert summary.loc["bn", "test_acc_std"] == pytest.approx(2.0)
     assert summary.loc["bn", "n"] == 3 and summary.loc["brn", "n"] == 1
@@ -127,7 +127,7 @@ def test_report_sets_the_later_norms_next_to_their_published_rows(tmp_path):
     assert rows["mabn/ours"].split("|")[7].strip().startswith("70.5 ± 0.7 (n=2)")
     assert "training 4 of the 6 runs" in text and "10.0 min" in text
     summary = pd.read_csv(tmp_path / "results" / "batch_size_sweep_extended" / "summary.csv")
-    assert set(summary["norm.type"]) == {"mabn", "bn", "frn"}
+    assert set(summary["norm.name"]) == {"mabn", "bn", "frn"}
     assert (tmp_path / "results" / "batch_size_sweep_extended" / "acc_vs_per_worker_batch.png").exists()
 
 
@@ -138,8 +138,8 @@ def test_runs_and_curves_tables_alone_reproduce_the_report(tmp_path):
     out = tmp_path / "results"
     first = aggregate(tmp_path / "runs", out).read_text()
     runs = pd.read_csv(out / "runs.csv")
-    assert list(runs.columns[:6]) == ["experiment", "norm.type", "data.per_worker_batch", "data.workers",
-                                      "sampler.type", "seed"]
+    assert list(runs.columns[:6]) == ["experiment", "norm.name", "data.per_worker_batch", "data.workers",
+                                      "sampler.name", "seed"]
     assert len(runs) == runs[["experiment", "run_dir"]].drop_duplicates().shape[0] > 0
     curves = pd.read_csv(out / "curves.csv")
     assert {"run_dir", "step", "test_acc"} <= set(curves.columns) and len(curves) > len(runs.run_dir.unique())
@@ -162,7 +162,7 @@ def test_moving_average_question_keeps_its_two_settings_apart():
     conditions of 5 seeds, not two norms of 10 pooled runs."""
     from brn_repro.aggregate import condition_columns
 
-    rows = [{"experiment": "moving_average_question", "norm.type": norm, "train.lr_schedule": lr,
+    rows = [{"experiment": "moving_average_question", "norm.name": norm, "train.lr_schedule": lr,
              "optim.weight_decay": decay, "norm.momentum": 0.1, "seed": seed,
              "status": "completed", "test_acc": 80.0 + seed + (5 if lr == "step" else 0),
              "train_acc": None, "minibatch_stats_acc": None, "diverged_step": None}

@@ -37,11 +37,11 @@ def sf_df2(t: float) -> float:
 
 def run(experiment, norm, seed, acc, status="completed", pwb=32, sampler="iid", momentum=None,
         momentum_start=None, train_acc=None, mb_acc=None, lr_schedule="cosine", weight_decay=5e-4):
-    return {"experiment": experiment, "norm.type": norm, "seed": seed, "status": status,
+    return {"experiment": experiment, "norm.name": norm, "seed": seed, "status": status,
             "test_acc": acc if status == "completed" else None,
             "train_acc": train_acc if status == "completed" else None,
             "minibatch_stats_acc": mb_acc if status == "completed" else None,
-            "data.per_worker_batch": pwb, "sampler.type": sampler, "dataset.name": "fashion_mnist",
+            "data.per_worker_batch": pwb, "sampler.name": sampler, "dataset.name": "fashion_mnist",
             "norm.momentum": momentum, "norm.momentum_start": momentum_start,
             "train.lr_schedule": lr_schedule, "optim.weight_decay": weight_decay,
             "run_dir": f"runs/{experiment}/{norm}-{sampler}-{pwb}-{momentum}-{lr_schedule}-{seed}"}
@@ -211,10 +211,10 @@ def ma_runs(status=("completed", "completed"), lr_schedule="constant", weight_de
 
 
 def curves_of(frame, norms: dict[str, list[tuple[list[float], list[float]]]], steps=(100, 200, 300)):
-    """``norms[norm.type][seed] = (weight norms, losses)`` at ``steps``."""
+    """``norms[norm.name][seed] = (weight norms, losses)`` at ``steps``."""
     rows = []
     for _, r in frame.iterrows():
-        wn, loss = norms[r["norm.type"]][r["seed"]]
+        wn, loss = norms[r["norm.name"]][r["seed"]]
         rows += [{"run_dir": r["run_dir"], "step": s, "weight_norm": w, "loss": lo}
                  for s, w, lo in zip(steps, wn, loss, strict=False)]
     return pd.DataFrame(rows)
@@ -281,11 +281,11 @@ def test_claim_4_only_the_primary_setting_decides():
 
 def test_growth_is_measured_over_the_steps_both_runs_logged():
     frame = ma_runs(status=("diverged", "diverged"))
-    ma, bn = frame[frame["norm.type"] == "moving_average"], frame[frame["norm.type"] == "bn"]
+    ma, bn = frame[frame["norm.name"] == "moving_average"], frame[frame["norm.name"] == "bn"]
 
     def curves(points: dict[str, list[tuple[int, float]]]) -> pd.DataFrame:
         return pd.DataFrame([{"run_dir": r["run_dir"], "step": step, "weight_norm": w, "loss": 1.0}
-                             for _, r in frame.iterrows() for step, w in points[r["norm.type"]]])
+                             for _, r in frame.iterrows() for step, w in points[r["norm.name"]]])
 
     # MA stopped after step 200 (+4 there); BN's norm jumps at 300, outside the shared steps
     growth = weight_growth(ma, bn, curves({"moving_average": [(100, 10.0), (200, 14.0)],

@@ -60,7 +60,7 @@ def test_two_job_multirun_gives_two_records_and_two_wandb_runs_equal_to_them(tmp
         state = read_final_state(wandb_file)
         summary = json.loads((run_dir / "summary.json").read_text())
         assert state["summary"]["test_acc"]["last"] == summary["test_acc"]
-        assert state["config"]["norm.type"] == run_dir.name.split("-")[0]
+        assert state["config"]["norm.name"] == run_dir.name.split("-")[0]
         assert state["config"]["data.per_worker_batch"] == 4
     assert len(ids) == 2
 
@@ -86,7 +86,7 @@ def test_experiment_is_a_config_group_chosen_without_a_plus():
     # conf/experiment/fig1_baseline.yaml's (a plain `experiment` key would leave the defaults)
     raw = OmegaConf.to_container(config)
     assert raw["data"]["workers"] == "${div:${data.global_batch},${data.per_worker_batch}}"
-    assert raw["schedule"]["relax_start"] == "${schedule.relax_start_per_worker_32}"
+    assert raw["recipe"]["schedule"]["relax_start"] == "${recipe.schedule.relax_start_per_worker_32}"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         assert compose("config").experiment == "adhoc"  # no experiment chosen: ad hoc
 

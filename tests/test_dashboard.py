@@ -73,13 +73,13 @@ def test_workspace_validates_offline_with_one_section_per_experiment(aggregated)
     assert all(s.is_open for s in workspace.sections)
     assert [len(s.panels) for s in workspace.sections] == [len(p) for p in panels.values()]
     # the profile's runs only, grouped by experiment (W&B group), norm and per-worker batch,
-    # with the flat config keys WandbLogger logs (``norm.type`` holds {"value": ...})
+    # with the flat config keys WandbLogger logs (``norm.name`` holds {"value": ...})
     filters = view.spec.section.run_sets[0].model_dump(by_alias=True, mode="json")["filters"]
     assert filters["filters"][0]["key"] == {"section": "config", "name": "profile_name.value"}
     assert filters["filters"][0]["value"] == "quick"
     grouping = view.spec.section.run_sets[0].model_dump(by_alias=True, mode="json")["grouping"]
     assert [g["name"] for g in grouping] == [
-        "group", "norm.type.value", "data.per_worker_batch.value", "sampler.type.value"]
+        "group", "norm.name.value", "data.per_worker_batch.value", "sampler.name.value"]
     assert workspace.name == "brn-repro quick"
 
 
@@ -113,7 +113,7 @@ def test_offline_aggregate_logs_results_as_an_artifact_and_says_what_it_would_sa
     # what aggregate(..., log_to_wandb=True) calls once results/ is written (figures aside:
     # test_aggregate draws them; here a stand-in PNG keeps this test to seconds)
     runs, curves = load_runs(runs_root)
-    summaries = {name: summarize(frame, condition_columns(frame, name) or ["norm.type"])
+    summaries = {name: summarize(frame, condition_columns(frame, name) or ["norm.name"])
                  for name, frame in runs.groupby("experiment")}
     (out / "fig1_baseline").mkdir(parents=True)
     for name, summary in summaries.items():

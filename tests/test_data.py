@@ -297,7 +297,7 @@ def test_noniid_recipe_must_fill_the_per_worker_batch():
     assert "\n" not in message
     for key in ("sampler.labels_per_batch", "sampler.images_per_label", "data.per_worker_batch"):
         assert key in message
-    with pytest.raises(ValueError, match="sampler.type='shuffled'.*iid, noniid, noniid_split"):
+    with pytest.raises(ValueError, match="sampler.name='shuffled'.*iid, noniid, noniid_split"):
         build_sampler("shuffled", class_labels(), 2, 32, 0)
     with pytest.raises(ValueError, match="images_per_label=1 must be at least 2") as err:
         build_sampler("noniid_split", class_labels(), 1, 3, 0, labels_per_batch=3, images_per_label=1)
@@ -314,7 +314,7 @@ def test_noniid_draws_only_labels_that_exist():
 def split_norm_batch(labels_per_batch, images_per_label):
     """``config.norm_batch`` of a noniid_split run with this recipe."""
     return norm_batch({"data": {"per_worker_batch": labels_per_batch * images_per_label},
-                       "sampler": {"type": "noniid_split", "labels_per_batch": labels_per_batch,
+                       "sampler": {"name": "noniid_split", "labels_per_batch": labels_per_batch,
                                    "images_per_label": images_per_label}})
 
 
@@ -323,7 +323,7 @@ def test_noniid_split_norm_batch_is_the_labels_per_batch(labels_per_batch, image
     # The paper's control at 16 x 2: two halves of 16. For I images per label: I groups of L.
     assert split_norm_batch(labels_per_batch, images_per_label) == labels_per_batch
     unsplit = {"data": {"per_worker_batch": labels_per_batch * images_per_label},
-               "sampler": {"type": "noniid", "labels_per_batch": labels_per_batch,
+               "sampler": {"name": "noniid", "labels_per_batch": labels_per_batch,
                            "images_per_label": images_per_label}}
     assert norm_batch(unsplit) == labels_per_batch * images_per_label
 
@@ -550,10 +550,10 @@ def test_quick_fig3_split_normalizes_groups_of_one_image_per_label_and_probes_mo
 
 
 @pytest.mark.parametrize("overrides,needles", [
-    (["noniid_recipe.eval_images=3"], ["train.minibatch_eval_images=3", "sampler.images_per_label=2"]),
-    (["noniid_recipe.eval_labels=2"], ["train.minibatch_eval_labels=2", "sampler.labels_per_batch=2"]),
-    (["noniid_recipe.eval_labels=1"], ["train.minibatch_eval_labels=1", "noniid_recipe.eval_labels"]),
-    (["noniid_recipe.eval_labels=11"], ["train.minibatch_eval_labels=11", "10 classes"]),
+    (["recipe.noniid.eval_images=3"], ["train.minibatch_eval_images=3", "sampler.images_per_label=2"]),
+    (["recipe.noniid.eval_labels=2"], ["train.minibatch_eval_labels=2", "sampler.labels_per_batch=2"]),
+    (["recipe.noniid.eval_labels=1"], ["train.minibatch_eval_labels=1", "recipe.noniid.eval_labels"]),
+    (["recipe.noniid.eval_labels=11"], ["train.minibatch_eval_labels=11", "10 classes"]),
 ])
 @pytest.mark.parametrize("condition", ["bn_noniid", "brn_noniid"])
 def test_probe_mistakes_are_one_line_config_errors(condition, overrides, needles):
@@ -566,8 +566,8 @@ def test_probe_mistakes_are_one_line_config_errors(condition, overrides, needles
 
 
 def test_split_with_one_image_per_label_is_a_one_line_config_error():
-    config = fig3_config("bn_split", "noniid_recipe.images_per_label=1", "noniid_recipe.labels_per_batch=8",
-                         "noniid_recipe.eval_images=1", "noniid_recipe.eval_labels=9",
+    config = fig3_config("bn_split", "recipe.noniid.images_per_label=1", "recipe.noniid.labels_per_batch=8",
+                         "recipe.noniid.eval_images=1", "recipe.noniid.eval_labels=9",
                          "dataset=cifar100")
     with pytest.raises(ConfigError) as err:
         validate(config)
@@ -575,13 +575,13 @@ def test_split_with_one_image_per_label_is_a_one_line_config_error():
 
 
 def test_probe_recipe_is_only_checked_when_the_probe_is_on():
-    validate(fig3_config("bn_noniid", "noniid_recipe.eval_images=2", "noniid_recipe.eval_labels=2",
+    validate(fig3_config("bn_noniid", "recipe.noniid.eval_images=2", "recipe.noniid.eval_labels=2",
                          "train.minibatch_stats_eval=false"))
     # i.i.d. training has no label structure to keep; only the test set's classes bound the probe
-    validate(fig3_config("bn_iid", "noniid_recipe.eval_images=2", "noniid_recipe.eval_labels=2"))
-    validate(fig3_config("bn_iid", "noniid_recipe.eval_labels=11"))  # its probe is off
+    validate(fig3_config("bn_iid", "recipe.noniid.eval_images=2", "recipe.noniid.eval_labels=2"))
+    validate(fig3_config("bn_iid", "recipe.noniid.eval_labels=11"))  # its probe is off
     with pytest.raises(ConfigError, match="train.minibatch_eval_labels=11"):
-        validate(fig3_config("bn_iid", "noniid_recipe.eval_labels=11", "train.minibatch_stats_eval=true"))
+        validate(fig3_config("bn_iid", "recipe.noniid.eval_labels=11", "train.minibatch_stats_eval=true"))
 
 
 def test_probe_labels_beyond_an_imagefolders_classes_fail_before_training(tmp_path):
@@ -589,9 +589,9 @@ def test_probe_labels_beyond_an_imagefolders_classes_fail_before_training(tmp_pa
     pipeline draws a probe batch up front, so the mistake is one line before step 1."""
     write_pngs(tmp_path, {"cat": (1, 2, 3), "dog": (4, 5, 6)})  # 2 classes, 2 images each
     config = fig3_config("bn_noniid", f"dataset.root={tmp_path}", "dataset.image_size=32",
-                         "dataset.loader_workers=0", "noniid_recipe.labels_per_batch=1",
-                         "noniid_recipe.images_per_label=2", "noniid_recipe.eval_labels=3",
-                         "noniid_recipe.eval_images=2", "data.global_batch=2", profile="paper")
+                         "dataset.loader_workers=0", "recipe.noniid.labels_per_batch=1",
+                         "recipe.noniid.images_per_label=2", "recipe.noniid.eval_labels=3",
+                         "recipe.noniid.eval_images=2", "data.global_batch=2", profile="paper")
     validate(config)  # the classes are not known to the config
     with pytest.raises(ValueError) as err:
         TrainingData(config)

@@ -297,21 +297,21 @@ def test_short_run_logs_the_error_in_every_evaluation(tmp_path, tiny_fashion_mni
 
 def test_figure_draws_the_norms_with_moving_statistics(tmp_path):
     frame = pd.DataFrame({"run_dir": ["a", "b", "c"], "status": ["completed", "diverged", "completed"],
-                          "diverged_step": [None, 20, None], "norm.type": ["brn", "brn", "gn"]})
+                          "diverged_step": [None, 20, None], "norm.name": ["brn", "brn", "gn"]})
     curves = pd.DataFrame({"run_dir": ["a", "a", "b", "c", "c"], "step": [10, 20, 10, 10, 20],
                            "ema_error/mean": [0.5, 0.1, 0.7, None, None],
                            "ema_error/std": [0.2, 0.05, 0.3, None, None]})
-    path = ema_error_figure(frame, curves, ["norm.type"], tmp_path / "ema.png", "t")
+    path = ema_error_figure(frame, curves, ["norm.name"], tmp_path / "ema.png", "t")
     assert path == tmp_path / "ema.png" and path.stat().st_size > 5000
-    assert ema_error_figure(frame, curves.drop(columns=["ema_error/std"]), ["norm.type"],
+    assert ema_error_figure(frame, curves.drop(columns=["ema_error/std"]), ["norm.name"],
                             tmp_path / "none.png", "t") is None
     only_gn = curves[curves["run_dir"] == "c"]
-    assert ema_error_figure(frame, only_gn, ["norm.type"], tmp_path / "gn.png", "t") is None
+    assert ema_error_figure(frame, only_gn, ["norm.name"], tmp_path / "gn.png", "t") is None
 
 
 def test_figure_draws_the_batch_noise_dashed_in_each_conditions_colour(tmp_path, monkeypatch):
     frame = pd.DataFrame({"run_dir": ["a", "b", "c"], "status": ["completed"] * 3,
-                          "diverged_step": [None] * 3, "norm.type": ["bn", "brn", "brn"]})
+                          "diverged_step": [None] * 3, "norm.name": ["bn", "brn", "brn"]})
     curves = pd.DataFrame({"run_dir": ["a", "a", "b", "b", "c", "c"], "step": [10, 20] * 3,
                            "ema_error/mean": [0.5, 0.1, 0.7, 0.2, 0.6, 0.3],
                            "ema_error/std": [0.2, 0.05, 0.3, 0.1, 0.4, 0.2],
@@ -326,27 +326,27 @@ def test_figure_draws_the_batch_noise_dashed_in_each_conditions_colour(tmp_path,
         return save(fig, path)
 
     monkeypatch.setattr(plots, "_save", spy)
-    assert ema_error_figure(frame, curves, ["norm.type"], tmp_path / "ema.png", "t") is not None
+    assert ema_error_figure(frame, curves, ["norm.name"], tmp_path / "ema.png", "t") is not None
     assert len(seen) == 2
     for lines, kind in zip(seen, ("mean", "std"), strict=True):
         solid = [color for style, color, _, _ in lines if style == "-"]
         dashed = [(color, ys) for style, color, xs, ys in lines if style == "--" and xs == [10, 20]]
         assert len(solid) == 2 and len(set(solid)) == 2
         # bn, then brn (mean over runs b and c), each in its own solid line's colour.
-        noise = curves.groupby(frame.set_index("run_dir").loc[curves["run_dir"], "norm.type"].to_numpy())
+        noise = curves.groupby(frame.set_index("run_dir").loc[curves["run_dir"], "norm.name"].to_numpy())
         means = noise[f"batch_noise/{kind}"].mean()
         assert [color for color, _ in dashed] == solid
         assert [ys for _, ys in dashed] == [pytest.approx([means["bn"]] * 2), pytest.approx([means["brn"]] * 2)]
     plt.close("all")
     seen.clear()
-    ema_error_figure(frame, curves.drop(columns=["batch_noise/mean", "batch_noise/std"]), ["norm.type"],
+    ema_error_figure(frame, curves.drop(columns=["batch_noise/mean", "batch_noise/std"]), ["norm.name"],
                      tmp_path / "plain.png", "t")
     assert all(style != "--" for lines in seen for style, *_ in lines)
 
 
 def test_brn_corrections_figure_draws_sizes_beside_clip_fractions(tmp_path, monkeypatch):
     frame = pd.DataFrame({"run_dir": ["a", "b"], "status": ["completed"] * 2,
-                          "diverged_step": [None] * 2, "norm.type": ["brn", "brn"]})
+                          "diverged_step": [None] * 2, "norm.name": ["brn", "brn"]})
     values = {"r_clip_frac": [0.0, 0.2], "d_clip_frac": [0.0, 0.1], "r_dev_mean": [0.0, 0.4],
               "d_abs_mean": [0.0, 0.8]}
     curves = pd.DataFrame({"run_dir": ["a", "a", "b", "b"], "step": [10, 20] * 2,
@@ -360,10 +360,10 @@ def test_brn_corrections_figure_draws_sizes_beside_clip_fractions(tmp_path, monk
         return save(fig, path)
 
     monkeypatch.setattr(plots, "_save", spy)
-    assert plots.brn_corrections_figure(frame, curves, ["norm.type"], tmp_path / "c.png", "t") is not None
+    assert plots.brn_corrections_figure(frame, curves, ["norm.name"], tmp_path / "c.png", "t") is not None
     # one panel per quantity: the mean over the two (equal) runs at each step
     assert seen == {name: [pytest.approx(values[key])]
                     for key, name in plots.BRN_CORRECTIONS}
-    assert plots.brn_corrections_figure(frame, curves.drop(columns=["norm/mean/d_abs_mean"]), ["norm.type"],
+    assert plots.brn_corrections_figure(frame, curves.drop(columns=["norm/mean/d_abs_mean"]), ["norm.name"],
                                         tmp_path / "none.png", "t") is None
     plt.close("all")

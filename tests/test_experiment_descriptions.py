@@ -103,7 +103,7 @@ hydra:
 
 
 def accuracy(config):
-    return 50.0 + 10.0 * (config["norm"]["type"] == "gn") + 100.0 * config["optim"]["lr"] + config["seed"]
+    return 50.0 + 10.0 * (config["norm"]["name"] == "gn") + 100.0 * config["optim"]["lr"] + config["seed"]
 
 
 def test_adding_an_experiment_is_one_config_and_one_description(tmp_path, monkeypatch):
@@ -114,12 +114,12 @@ def test_adding_an_experiment_is_one_config_and_one_description(tmp_path, monkey
     with pytest.raises(ValueError, match="lr_probe"):  # the config alone: the driver says what is missing
         driver.planned(None, True, conf)
     monkeypatch.setitem(EXPERIMENTS, "lr_probe",
-                        Experiment("lr_probe", "Learning-rate probe", ("norm.type", "optim.lr")))
+                        Experiment("lr_probe", "Learning-rate probe", ("norm.name", "optim.lr")))
     # no claim reads it: `make reproduce-full` runs it, `make reproduce` does not
     assert "lr_probe" not in driver.planned(None, False, conf)
     assert driver.planned(None, True, conf)[-1] == "lr_probe"
     configs = driver.expand("lr_probe", ["profile=quick"], conf)
-    assert sorted((c["norm"]["type"], c["optim"]["lr"], c["seed"]) for c in configs) == sorted(
+    assert sorted((c["norm"]["name"], c["optim"]["lr"], c["seed"]) for c in configs) == sorted(
         itertools.product(["bn", "gn"], [0.05, 0.1], [0, 1]))
     for config in configs:  # the shared settings came with it: the global batch fixed
         assert config["experiment"] == "lr_probe" and config["data"]["per_worker_batch"] == 8
@@ -133,7 +133,7 @@ def test_adding_an_experiment_is_one_config_and_one_description(tmp_path, monkey
     runs, _ = load_runs(tmp_path / "runs")
     frame = runs[runs["experiment"] == "lr_probe"]
     by = condition_columns(frame, "lr_probe")
-    assert by == ["norm.type", "optim.lr"]  # its description's, not every column that varies
+    assert by == ["norm.name", "optim.lr"]  # its description's, not every column that varies
     summary = summarize(frame, by).set_index(by)
     assert len(summary) == 4 and (summary["n"] == 2).all()
     for (norm, lr), row in summary.iterrows():

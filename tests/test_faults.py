@@ -370,7 +370,7 @@ BAD_INPUT = [
     (["sampler=noniid", "sampler.labels_per_batch=3"], "data.per_worker_batch=4"),
     (["data.per_worker_batch=0"], "data.per_worker_batch=0"),
     (["model=inception_v3", "~model.width"], "model=inception_v3 needs images of at least 75x75"),
-    (["norm.type=batchnorm"], "norm.type='batchnorm'"),
+    (["norm.name=batchnorm"], "norm.name='batchnorm'"),
     (["optim.name=lbfgs"], "optim.name='lbfgs'"),
 ]
 

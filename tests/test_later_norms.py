@@ -75,8 +75,8 @@ def test_gn_ws_standardizes_and_mabn_centres_the_weights():
 
 def test_runner_trains_mabn_with_per_worker_groups_and_frn(tmp_path, tiny_fashion_mnist):
     mabn = make_config(tmp_path, tiny_fashion_mnist, "norm=mabn", "data.per_worker_batch=2",
-                       "data.workers=8", "train.steps=40", "schedule.mabn_warmup_iters=5",
-                       "schedule.mabn_r_warmup=20")
+                       "data.workers=8", "train.steps=40", "recipe.schedule.mabn_warmup_iters=5",
+                       "recipe.schedule.mabn_r_warmup=20")
     summary = run(mabn)
     assert summary["status"] == "completed" and summary["test_acc"] > 40
     state = RunRecord(tmp_path, mabn).load_checkpoint()["model"]

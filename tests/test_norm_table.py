@@ -80,7 +80,7 @@ def compose_config(search_path, *overrides: str) -> dict:
 def test_a_norm_added_as_one_entry_is_built_checked_named_and_averaged(throwaway_norms):
     split = ["data.global_batch=64", "data.per_worker_batch=8", "data.workers=8"]
     config = compose_config(throwaway_norms, "norm=rms", *split)
-    with pytest.raises(ConfigError, match="norm.type='rms' is not a normalization"):
+    with pytest.raises(ConfigError, match="norm.name='rms' is not a normalization"):
         validate(config)  # before its entry: unknown
     for name in ("rms", "rms_blind"):
         register_norm(rms_spec(name, name == "rms"))

@@ -47,7 +47,7 @@ def _frame(conditions: list[dict], seeds=(0, 1), diverged: set = frozenset(), sh
     rows, curves = [], []
     for condition, seed in itertools.product(range(len(conditions)), seeds):
         values = conditions[condition]
-        blind = "norm.type" in values and norm_spec(values["norm.type"]).split_blind  # one run whatever ``shared`` says
+        blind = "norm.name" in values and norm_spec(values["norm.name"]).split_blind  # one run whatever ``shared`` says
         key = tuple((k, v) for k, v in values.items() if k != shared or not blind) + (("seed", seed),)
         run_dir = f"run-{abs(hash(key))}"
         bad = (condition, seed) in diverged
@@ -62,8 +62,8 @@ def _frame(conditions: list[dict], seeds=(0, 1), diverged: set = frozenset(), sh
     return pd.DataFrame(rows), pd.DataFrame(curves)
 
 
-RD = [{"norm.type": "brn", "norm.r_max": r, "norm.d_max": d} for r in (1.0, 1.5, 2.0, 3.0) for d in (0.0, 0.5, 2.0, 5.0)]
-SWEEP = [{"norm.type": n, "data.per_worker_batch": b, "sampler.type": "iid"}
+RD = [{"norm.name": "brn", "norm.r_max": r, "norm.d_max": d} for r in (1.0, 1.5, 2.0, 3.0) for d in (0.0, 0.5, 2.0, 5.0)]
+SWEEP = [{"norm.name": n, "data.per_worker_batch": b, "sampler.name": "iid"}
          for n in ("bn", "brn", "gn") for b in (1, 4, 32)]
 
 
@@ -96,9 +96,9 @@ def test_many_conditions_become_small_multiples_in_distinct_colours(tmp_path, fi
 
 def test_split_blind_run_is_drawn_once(tmp_path, figures):
     frame, curves = _frame(SWEEP, shared="data.per_worker_batch")
-    gn = frame[frame["norm.type"] == "gn"]
+    gn = frame[frame["norm.name"] == "gn"]
     assert gn["run_dir"].nunique() == 2 and len(gn) == 6  # one run per seed serves three batches
-    by = ["norm.type", "data.per_worker_batch"]
+    by = ["norm.name", "data.per_worker_batch"]
     plots.curves_figure(frame, curves, by, "test_acc", tmp_path / "t.png", "t")
     plots.batch_size_figure(frame, tmp_path / "b.png", "t")
     curve_fig, batch_fig = figures
@@ -120,7 +120,7 @@ def draw_step_figures(frame, curves, by, out):
 
 def test_labels_are_readable_with_integers_as_integers(tmp_path, figures):
     frame, curves = _frame(SWEEP[:6])
-    by = ["norm.type", "data.per_worker_batch"]
+    by = ["norm.name", "data.per_worker_batch"]
     draw_step_figures(frame, curves, by, tmp_path)
     plots.batch_size_figure(frame, tmp_path / "b.png", "t")
     assert len(figures) == 4
@@ -185,7 +185,7 @@ def test_two_condition_columns_read_as_colour_and_line_style():
     from brn_repro.plots import line_styles
 
     hues = [("bn", "iid"), ("bn", "noniid"), ("brn", "iid"), ("brn", "noniid")]
-    colours, styles = line_styles(["norm.type", "sampler.type"], hues)
+    colours, styles = line_styles(["norm.name", "sampler.name"], hues)
     assert colours[("bn", "iid")] == colours[("bn", "noniid")] != colours[("brn", "iid")]
     assert colours[("brn", "iid")] == colours[("brn", "noniid")]
     assert styles[("bn", "iid")] == styles[("brn", "iid")] == "-"
@@ -193,10 +193,10 @@ def test_two_condition_columns_read_as_colour_and_line_style():
     assert len({(colours[h], styles[h]) for h in hues}) == 4
     # claim 4: lr schedule and weight decay change together: one line style per setting
     settings = [(n, lr, wd) for n in ("bn", "moving_average") for lr, wd in (("constant", 0.0), ("step", 5e-4))]
-    colours, styles = line_styles(["norm.type", "train.lr_schedule", "optim.weight_decay"], settings)
+    colours, styles = line_styles(["norm.name", "train.lr_schedule", "optim.weight_decay"], settings)
     assert len(set(colours.values())) == 2 and set(styles.values()) == {"-", "--"}
     assert styles[("bn", "constant", 0.0)] == styles[("moving_average", "constant", 0.0)]
     # one column, or a second with many values: one colour per condition, solid
     many = [("brn", float(d)) for d in range(6)]
-    colours, styles = line_styles(["norm.type", "norm.d_max"], many)
+    colours, styles = line_styles(["norm.name", "norm.d_max"], many)
     assert len(set(colours.values())) == 6 and set(styles.values()) == {"-"}

@@ -13,8 +13,8 @@ def frame(rows):
     base = {"dataset.name": "fashion_mnist", "model.name": "small_cnn", "model.width": 8,
             "optim.name": "sgd", "optim.lr": 0.1, "optim.weight_decay": 5e-4,
             "train.lr_schedule": "cosine", "train.eval_every": 100, "train.eval_test_size": None,
-            "norm_momentum": 0.1, "train.steps": 400, "data.train_size": None, "status": "completed",
-            "sampler.type": "iid", "data.workers": 4, "data.per_worker_batch": 32,
+            "recipe.norm_momentum": 0.1, "train.steps": 400, "data.train_size": None, "status": "completed",
+            "sampler.name": "iid", "data.workers": 4, "data.per_worker_batch": 32,
             "norm.relax_start": 100, "norm.r_max": 3.0, "norm.d_max": 5.0,
             "norm.r_max_end_step": 800, "norm.d_max_end_step": 500}
     return pd.DataFrame([{**base, **r} for r in rows])
@@ -27,9 +27,9 @@ def curve(run_dir, accs, steps=(100, 200, 300, 400), ema=None, noise=None):
 
 
 def test_converged_reference_is_the_mean_last_quarter_gain_of_bn_at_32():
-    runs = frame([{"experiment": "fig1_baseline", "norm.type": "bn", "seed": 0, "run_dir": "a"},
-                  {"experiment": "fig1_baseline", "norm.type": "bn", "seed": 1, "run_dir": "b"},
-                  {"experiment": "fig1_baseline", "norm.type": "brn", "seed": 0, "run_dir": "c"}])
+    runs = frame([{"experiment": "fig1_baseline", "norm.name": "bn", "seed": 0, "run_dir": "a"},
+                  {"experiment": "fig1_baseline", "norm.name": "bn", "seed": 1, "run_dir": "b"},
+                  {"experiment": "fig1_baseline", "norm.name": "brn", "seed": 0, "run_dir": "c"}])
     # 3/4 of 400 is step 300: gains 0.2 and 0.6 -> mean 0.4 < 0.5; BRN's +5 is not read
     curves = pd.DataFrame(curve("a", [70, 80, 85.0, 85.2]) + curve("b", [70, 80, 84.0, 84.6])
                           + curve("c", [70, 80, 80.0, 85.0]))
@@ -43,7 +43,7 @@ def test_converged_reference_is_the_mean_last_quarter_gain_of_bn_at_32():
 
 
 def test_protocol_section_reads_the_runs_configs():
-    runs = frame([{"experiment": "fig1_baseline", "norm.type": n, "seed": s, "run_dir": f"{n}{s}"}
+    runs = frame([{"experiment": "fig1_baseline", "norm.name": n, "seed": s, "run_dir": f"{n}{s}"}
                   for n in ("bn", "brn") for s in (0, 1)])
     # the averages: above the batch noise at step 100, below from 200 on
     curves = pd.DataFrame([row for n in ("bn", "brn") for s in (0, 1)
@@ -61,6 +61,6 @@ def test_protocol_section_reads_the_runs_configs():
 
 
 def test_protocol_section_names_what_the_configs_lack():
-    runs = frame([{"experiment": "fig1_baseline", "norm.type": "bn", "seed": 0, "run_dir": "a"}])
+    runs = frame([{"experiment": "fig1_baseline", "norm.name": "bn", "seed": 0, "run_dir": "a"}])
     text = "\n".join(protocol_section(runs.drop(columns=["optim.lr"]), None))
     assert "lack optim.lr" in text

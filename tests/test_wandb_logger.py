@@ -32,7 +32,7 @@ SECRET_VALUES = ("sk-live-SECRET-VALUE-1", "hf_TOKEN_VALUE_2", "hunter2-PASSWORD
 NESTED_CONFIG = {
     "experiment": "brn_small_batch",
     "seed": 3,
-    "norm": {"type": "brn", "r_max": 3.0, "d_max": 5.0, "momentum": 0.01},
+    "norm": {"name": "brn", "r_max": 3.0, "d_max": 5.0, "momentum": 0.01},
     "data": {"per_worker_batch": 4, "workers": 8},
     "optim": {"name": "sgd", "lr": 0.1, "nesterov": True},
     "train": {"steps": 20, "step_milestones": [0.5, 0.75], "ema_decay": None},
@@ -45,7 +45,7 @@ NESTED_CONFIG = {
 EXPECTED_FLAT = {
     "experiment": "brn_small_batch",
     "seed": 3,
-    "norm.type": "brn",
+    "norm.name": "brn",
     "norm.r_max": 3.0,
     "norm.d_max": 5.0,
     "norm.momentum": 0.01,

@@ -108,7 +108,7 @@ def noniid_test_indices(labels: Tensor, labels_per_batch: int = 25, images_per_l
     if labels_per_batch > present:
         raise ValueError(f"train.minibatch_eval_labels={labels_per_batch} exceeds the {present} labels "
                          f"of the test set (a probe batch holds distinct labels); set "
-                         f"noniid_recipe.eval_labels to at most {present}")
+                         f"recipe.noniid.eval_labels to at most {present}")
     size = labels_per_batch * images_per_label
     sampler = NonIIDSampler(labels, 1, size, seed, labels_per_batch, images_per_label, replace=False)
     count = batches if batches is not None else max(1, len(labels) // size)

@@ -88,7 +88,7 @@ class TrainingData(ABC):
         built = self._bind(_source(config), config)
         self.num_classes, self.in_channels = built.num_classes, built.in_channels
         self.image_size = built.image_size
-        self.sampler = build_sampler(sampler_cfg["type"], self.train_labels, data["workers"],
+        self.sampler = build_sampler(sampler_cfg["name"], self.train_labels, data["workers"],
                                      data["per_worker_batch"], config["seed"], sampler_cfg.get("labels_per_batch"),
                                      sampler_cfg.get("images_per_label"))
         self.global_batch = self.sampler.global_batch

@@ -163,10 +163,10 @@ class NonIIDSplitSampler(NonIIDSampler):
 def build_sampler(kind: str, labels: Tensor, workers: int, per_worker_batch: int, seed: int,
                   labels_per_batch: int | None = None,
                   images_per_label: int | None = None) -> GlobalBatchSampler:
-    """``sampler.type`` -> its sampler; the non-i.i.d. ones need both recipe keys."""
+    """``sampler.name`` -> its sampler; the non-i.i.d. ones need both recipe keys."""
     if kind == "iid":
         return IIDSampler(labels, workers, per_worker_batch, seed)
     cls = {"noniid": NonIIDSampler, "noniid_split": NonIIDSplitSampler}.get(kind)
     if cls is None:
-        raise ValueError(f"sampler.type={kind!r} is not a sampler; use one of {', '.join(SAMPLER_NAMES)}")
+        raise ValueError(f"sampler.name={kind!r} is not a sampler; use one of {', '.join(SAMPLER_NAMES)}")
     return cls(labels, workers, per_worker_batch, seed, labels_per_batch, images_per_label)

@@ -109,7 +109,7 @@ def _layout(frame: pd.DataFrame, by: list[str]) -> tuple[list[str], list[str]]:
 
 def _legend_title(columns: list[str]) -> str | None:
     """The column's name where the entries are bare values or a symbol (``b = 4``)."""
-    if len(columns) == 1 and (columns[0] == "norm.type" or len(short(columns[0])) <= 4):
+    if len(columns) == 1 and (columns[0] == "norm.name" or len(short(columns[0])) <= 4):
         return label(columns[0]).split(" (")[0]
     return None
 
@@ -243,7 +243,7 @@ def ema_error_figure(frame: pd.DataFrame, curves: pd.DataFrame, by: list[str], p
     if not having.any():
         return None
     # Every run of a norm that has the metric, its diverged runs included.
-    frame = frame[frame["norm.type"].isin(frame.loc[having, "norm.type"])] if "norm.type" in frame else frame[having]
+    frame = frame[frame["norm.name"].isin(frame.loc[having, "norm.name"])] if "norm.name" in frame else frame[having]
     titles = {"ema_error/mean": "moving mean vs population", "ema_error/std": "moving std vs population"}
     dashed = {key: key.replace("ema_error/", "batch_noise/") for key in keys}
     return _curve_grid(frame, curves, by, list(keys), titles, path, title, log_y=True, dashed=dashed)
@@ -255,11 +255,11 @@ def batch_size_figure(frame: pd.DataFrame, path: Path, title: str) -> Path | Non
     column = "data.per_worker_batch"
     if column not in frame.columns:
         return None
-    runs = runs_once(frame, ["norm.type", column])
-    norms = conditions(runs, ["norm.type"])
+    runs = runs_once(frame, ["norm.name", column])
+    norms = conditions(runs, ["norm.name"])
     done = runs[runs["status"] == "completed"]
-    drawn = [norm for norm in norms if (done["norm.type"] == norm[0]).any()
-             or ((runs["norm.type"] == norm[0]) & (runs["status"] == "diverged")).any()]
+    drawn = [norm for norm in norms if (done["norm.name"] == norm[0]).any()
+             or ((runs["norm.name"] == norm[0]) & (runs["status"] == "diverged")).any()]
     if not drawn:
         return None
     colours = palette(drawn)
@@ -267,10 +267,10 @@ def batch_size_figure(frame: pd.DataFrame, path: Path, title: str) -> Path | Non
     fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     counts = []
     for (norm,) in drawn:
-        mine = runs[runs["norm.type"] == norm]
-        ok = done[done["norm.type"] == norm]
+        mine = runs[runs["norm.name"] == norm]
+        ok = done[done["norm.name"] == norm]
         diverged = mine[mine["status"] == "diverged"]
-        text = value_text("norm.type", norm)
+        text = value_text("norm.name", norm)
         if (mine[column] == ANY).all():  # one run serves every batch: drawn once, level
             mean, sd = ok["test_acc"].astype(float).mean(), ok["test_acc"].astype(float).std()
             ax.axhline(mean, color=colours[(norm,)], ls="--", lw=1.6, label=f"{text} (one run for every b)")
@@ -290,8 +290,8 @@ def batch_size_figure(frame: pd.DataFrame, path: Path, title: str) -> Path | Non
     ax.set_xlabel(label(column))
     ax.set_ylabel(label("test_acc"))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title=label("norm.type"), title_fontsize=8)
-    not_run = [value_text("norm.type", n) for (n,) in norms if (n,) not in drawn]
+    ax.legend(fontsize=8, title=label("norm.name"), title_fontsize=8)
+    not_run = [value_text("norm.name", n) for (n,) in norms if (n,) not in drawn]
     note = seeds_text(counts) + " (error bars; completed runs)" + "; × at 0 = a diverged run"
     if not_run:
         note += f"; not run yet: {', '.join(not_run)}"
@@ -356,7 +356,7 @@ FIGURES = {
     "rmax_dmax_heatmap": lambda frame, curves, by, path, name: heatmap_figure(
         frame, path, f"{name}: final test accuracy (%)"),
     "brn_corrections": lambda frame, curves, by, path, name: brn_corrections_figure(
-        frame[frame["norm.type"] == "brn"], curves, by, path,
+        frame[frame["norm.name"] == "brn"], curves, by, path,
         f"{name}: BRN's r and d (how often clipped, how large)"),
     "loss_vs_step": lambda frame, curves, by, path, name: curves_figure(
         frame, curves, by, "loss", path, f"{name}: training loss", log_y=True),
