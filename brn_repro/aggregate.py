@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from brn_repro.experiments import described
 from brn_repro.loggers import flatten_config
@@ -27,10 +26,12 @@ from brn_repro.records import (
     MEMBERSHIP_FILE,
     RecordError,
     find_records,
+    read_config,
     read_metrics_file,
     read_summary,
     write_atomic,
 )
+from brn_repro.schema import upgrade
 
 SUMMARY_FIELDS = ("status", "test_acc", "train_acc", "minibatch_stats_acc", "best_test_acc",
                   "steps_done", "diverged_step", "wall_seconds", "images_per_second")
@@ -44,8 +45,8 @@ def _members(runs_root: Path) -> list[tuple[Path, dict[str, Any]]]:
     membership = runs_root / MEMBERSHIP_FILE
     if membership.exists():
         plan = json.loads(membership.read_text())
-        return [(Path(m["run_dir"]), m["config"]) for members in plan.values() for m in members]
-    return [(d, yaml.safe_load((d / "config.yaml").read_text())) for d in find_records(runs_root)]
+        return [(Path(m["run_dir"]), upgrade(m["config"])) for members in plan.values() for m in members]
+    return [(d, read_config(d)) for d in find_records(runs_root)]
 
 
 def _trained_at(run_dir: Path) -> str | None:

@@ -18,15 +18,17 @@ from omegaconf.errors import OmegaConfBaseException
 
 from brn_repro.data.samplers import SAMPLER_NAMES
 from brn_repro.data.sources import NUM_CLASSES
+from brn_repro.loggers import LOGGERS
 from brn_repro.norm import build_norm, norm_names, norm_spec
 from brn_repro.norm.registry import NormFactory
-
-OPTIMIZERS = ("sgd", "rmsprop", "adam")
-LR_SCHEDULES = ("cosine", "step", "constant")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message is one line naming the key."""
+from brn_repro.schema import (
+    LEGACY_RECIPE,
+    LEGACY_SPELLINGS,
+    POSITIVE,
+    ConfigError,
+    RunConfig,
+    check_value,
+)
 
 
 def _divide(total: int, part: int) -> int:
@@ -68,6 +70,24 @@ def help_groups() -> str:
 
 
 OmegaConf.register_new_resolver("brn_help_groups", help_groups, replace=True)
+
+
+def upgrade_command_line(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` with record format 1's keys (``schema.LEGACY_SPELLINGS``, ``LEGACY_RECIPE``)
+    in this format's spelling, and one deprecation note per old key. The README taught
+    the old keys; they keep working for one release."""
+    renames = {old: new for new, old in LEGACY_SPELLINGS.items()} | LEGACY_RECIPE
+    upgraded, notes = [], []
+    for arg in argv:
+        prefix, rest = re.match(r"^([+~]*)(.*)$", arg).groups()
+        for old, new in renames.items():
+            if rest == old or rest.startswith((f"{old}=", f"{old}.")):
+                rest = new + rest[len(old):]
+                notes.append(f"note: {old} is now {new}; write {prefix}{rest} "
+                             "(the old key works until the next release)")
+                break
+        upgraded.append(prefix + rest)
+    return upgraded, notes
 
 
 def check_command_line(argv: list[str]) -> None:
@@ -153,35 +173,14 @@ def env_keys(raw: dict[str, Any]) -> list[str]:
     return sorted(found)
 
 
-def _positive_int(value: Any, key: str, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value!r} must be a positive integer" + (", or null" if allow_none else ""))
+def typed(config: RunConfig | dict[str, Any]) -> RunConfig:
+    """The typed view (``validate`` builds it once; a caller holding the dict gets it here)."""
+    return config if isinstance(config, RunConfig) else RunConfig.parse(config)
 
 
-def _number(value: Any, key: str, low: float, high: float = math.inf, *, open_low: bool = True,
-            open_high: bool = False, allow_none: bool = False) -> None:
-    """``value`` is a finite real number in the interval (or null when allowed)."""
-    if value is None and allow_none:
-        return
-    fits = (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-            and (low < value if open_low else low <= value) and (value < high if open_high else value <= high))
-    if not fits:
-        lo, hi = "(" if open_low else "[", ")" if open_high or high == math.inf else "]"
-        raise ConfigError(f"{key}={value!r} must be a finite number in {lo}{low:g}, {high:g}{hi}"
-                          + (", or null" if allow_none else ""))
-
-
-def norm_batch(config: dict[str, Any]) -> int:
-    """Examples per normalization group: the per-worker batch, or for the paper's
-    split control (``noniid_split``) one image of each drawn label, i.e.
-    ``per_worker_batch // images_per_label`` = ``labels_per_batch`` (the paper's two
-    halves of 16 at 16 x 2): a group holding two images of a drawn label would keep
-    the label structure the control exists to remove."""
-    pwb = config["data"]["per_worker_batch"]
-    sampler = config["sampler"]
-    return pwb // sampler["images_per_label"] if sampler["name"] == "noniid_split" else pwb
+def norm_batch(config: RunConfig | dict[str, Any]) -> int:
+    """Examples per normalization group (``schema.SamplerConfig.group_size``)."""
+    return typed(config).norm_batch
 
 
 def check_probe_recipe(config: dict[str, Any]) -> None:
@@ -214,81 +213,46 @@ def check_probe_recipe(config: dict[str, Any]) -> None:
             f"set recipe.noniid.eval_labels to at most {classes}")
 
 
-def validate(config: dict[str, Any]) -> None:
-    data, train, sampler = config["data"], config["train"], config["sampler"]
-    for key in ("per_worker_batch", "workers", "train_eval_size"):
-        _positive_int(data[key], f"data.{key}")
-    _positive_int(data.get("global_batch"), "data.global_batch", allow_none=True)
-    _positive_int(data.get("train_size"), "data.train_size", allow_none=True)
-    for key in ("steps", "eval_every", "checkpoint_every", "eval_batch", "warmup_steps",
-                "minibatch_eval_labels", "minibatch_eval_images"):
-        if key not in train or key == "warmup_steps" and train[key] == 0:
-            continue
-        _positive_int(train[key], f"train.{key}")
-    for key in ("eval_test_size", "threads"):  # threads: set before anything else runs
-        _positive_int(train.get(key), f"train.{key}", allow_none=True)
-    _number(train.get("step_gamma", 0.1), "train.step_gamma", 0, 1)
-    for fraction in train.get("step_milestones") or []:
-        _number(fraction, "train.step_milestones[]", 0, 1)
-    if isinstance(config["seed"], bool) or not isinstance(config["seed"], int):
-        raise ConfigError(f"seed={config['seed']!r} must be an integer")
+def validate(config: dict[str, Any]) -> RunConfig:
+    """Check a resolved config before anything runs; returns its typed view. Every
+    value's type and range is the schema's (``brn_repro.schema``); what is left here
+    are the rules that relate keys, and the names that registries hold."""
+    cfg = RunConfig.parse(config)
+    data, train, sampler = cfg.data, cfg.train, cfg.sampler
     validate_model(config["model"])
-    dataset = config["dataset"]
-    _positive_int(dataset.get("image_size"), "dataset.image_size", allow_none=dataset["name"] != "imagefolder")
-    for key, value in (("loader_workers", dataset.get("loader_workers", 0)),
-                       ("augment.crop_padding", (dataset.get("augment") or {}).get("crop_padding", 0))):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"dataset.{key}={value!r} must be an integer >= 0")
-    paths = config.get("paths") or {}
-    _number(paths.get("lock_timeout"), "paths.lock_timeout", 0, allow_none=True)
-    _number(paths.get("lock_stale"), "paths.lock_stale", 0, allow_none=True)
-    if sampler["name"] not in SAMPLER_NAMES:
-        raise ConfigError(f"sampler.name={sampler['name']!r} is not a sampler; use one of {SAMPLER_NAMES}")
-    if sampler["name"] != "iid":
-        labels, images = sampler["labels_per_batch"], sampler["images_per_label"]
-        _positive_int(labels, "sampler.labels_per_batch")
-        _positive_int(images, "sampler.images_per_label")
-        if labels * images != data["per_worker_batch"]:
+    if cfg.dataset.name == "imagefolder" and cfg.dataset.image_size is None:
+        raise ConfigError("dataset.image_size=None must be a positive integer for dataset=imagefolder "
+                          "(its images come in many sizes)")
+    if sampler.name not in SAMPLER_NAMES:
+        raise ConfigError(f"sampler.name={sampler.name!r} is not a sampler; use one of {', '.join(SAMPLER_NAMES)}")
+    if sampler.name != "iid":
+        labels, images = sampler.labels_per_batch, sampler.images_per_label
+        if labels is None or images is None:
+            raise ConfigError(f"sampler={sampler.name} needs sampler.labels_per_batch and "
+                              "sampler.images_per_label (positive integers; recipe.noniid sets them)")
+        if labels * images != data.per_worker_batch:
             raise ConfigError(
-                f"data.per_worker_batch={data['per_worker_batch']} must equal sampler.labels_per_batch"
+                f"data.per_worker_batch={data.per_worker_batch} must equal sampler.labels_per_batch"
                 f" x sampler.images_per_label = {labels} x {images} = {labels * images}"
             )
-        if sampler["name"] == "noniid_split" and images < 2:
+        if sampler.name == "noniid_split" and images < 2:
             raise ConfigError(
                 f"sampler.images_per_label={images} must be at least 2 for noniid_split "
                 "(it normalizes one group per image of each label); use sampler=noniid"
             )
     check_probe_recipe(config)
-    norm = config["norm"]
-    if norm["name"] not in norm_names():
-        raise ConfigError(f"norm.name={norm['name']!r} is not a normalization; use one of {norm_names()}")
+    if cfg.norm.name not in norm_names():
+        raise ConfigError(f"norm.name={cfg.norm.name!r} is not a normalization; use one of {', '.join(norm_names())}")
     check_norm(config)
-    if train["lr_schedule"] not in LR_SCHEDULES:
-        raise ConfigError(
-            f"train.lr_schedule={train['lr_schedule']!r} is not a schedule; use one of {LR_SCHEDULES}"
-        )
-    if config["optim"]["name"] not in OPTIMIZERS:
-        raise ConfigError(f"optim.name={config['optim']['name']!r} is not an optimizer; use one of {OPTIMIZERS}")
-    optim = config["optim"]
-    _number(optim["lr"], "optim.lr", 0)
-    _number(optim.get("weight_decay", 0.0), "optim.weight_decay", 0, open_low=False)
-    _number(optim.get("momentum", 0.0), "optim.momentum", 0, 1, open_low=False, open_high=True)
-    _number(optim.get("alpha", 0.9), "optim.alpha", 0, 1)
-    _number(optim.get("eps", 1.0), "optim.eps", 0)
-    stop = train.get("stop_at_step")
-    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or not 0 < stop < train["steps"]):
-        raise ConfigError(f"train.stop_at_step={stop!r} must be a step between 1 and train.steps-1 "
-                          f"({train['steps'] - 1}), or null")
-    _number(train.get("ema_decay"), "train.ema_decay", 0, 1, open_high=True, allow_none=True)
-    if config["logger"]["name"] not in ("wandb", "none"):
-        raise ConfigError(f"logger.name={config['logger']['kind']!r} must be wandb or none")
-    if train.get("channels_last", "auto") not in ("auto", True, False):
-        raise ConfigError(f"train.channels_last={train['channels_last']!r} must be auto, true or false")
-    if train.get("compile", "auto") not in ("auto", True, False):
-        raise ConfigError(f"train.compile={train['compile']!r} must be auto, true or false")
-    if train.get("precision", "float32") not in PRECISIONS:
-        raise ConfigError(f"train.precision={train['precision']!r} is not a precision; "
+    if train.stop_at_step is not None and not train.stop_at_step < train.steps:
+        raise ConfigError(f"train.stop_at_step={train.stop_at_step!r} must be a step between 1 and "
+                          f"train.steps-1 ({train.steps - 1}), or null")
+    if cfg.logger.name not in LOGGERS:
+        raise ConfigError(f"logger.name={cfg.logger.name!r} must be {' or '.join(LOGGERS)}")
+    if train.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision={train.precision!r} is not a precision; "
                           f"use one of {', '.join(PRECISIONS)}")
+    return cfg
 
 
 # train.precision. float32 means float32 on a GPU too: torch's default lets cuDNN use
@@ -319,14 +283,16 @@ CHANNELS_LAST_FASTER: dict[tuple[str, str, str], frozenset[str]] = {
 CL_MIN_PER_WORKER = 4  # eager bn / brn only
 
 
-def memory_format(config: dict[str, Any], device: torch.device, compiled: bool = False) -> torch.memory_format:
+def memory_format(config: RunConfig | dict[str, Any], device: torch.device,
+                  compiled: bool = False) -> torch.memory_format:
     """The layout the model's weights and batches take (not part of a run's identity:
     it changes rounding, not the computation)."""
-    choice = config["train"].get("channels_last", "auto")
+    cfg = typed(config)
+    choice = cfg.train.channels_last
     if choice == "auto":
-        norm, mode = config["norm"]["name"], "compiled" if compiled else "eager"
-        choice = (norm in CHANNELS_LAST_FASTER.get((config["model"]["name"], device.type, mode), ())
-                  and (compiled or norm not in ("bn", "brn") or norm_batch(config) >= CL_MIN_PER_WORKER))
+        norm, mode = cfg.norm.name, "compiled" if compiled else "eager"
+        choice = (norm in CHANNELS_LAST_FASTER.get((cfg.model.name, device.type, mode), ())
+                  and (compiled or norm not in ("bn", "brn") or cfg.norm_batch >= CL_MIN_PER_WORKER))
     return torch.channels_last if choice else torch.contiguous_format
 
 
@@ -342,34 +308,36 @@ def memory_format(config: dict[str, Any], device: torch.device, compiled: bool =
 COMPILE_MIN_IMAGES = {"cpu": 100_000, "cuda": 750_000}
 
 
-def wants_compile(config: dict[str, Any], device: torch.device, world_size: int, model: torch.nn.Module) -> bool:
+def wants_compile(config: RunConfig | dict[str, Any], device: torch.device, world_size: int,
+                  model: torch.nn.Module) -> bool:
     """Whether the run compiles its model (``train.compile``; not part of a run's
     identity: it changes rounding, not the computation)."""
-    choice = config["train"].get("compile", "auto")
-    if choice != "auto":
-        return bool(choice)
-    images = config["train"]["steps"] * config["data"]["workers"] * config["data"]["per_worker_batch"]
+    cfg = typed(config)
+    if cfg.train.compile != "auto":
+        return bool(cfg.train.compile)
+    images = cfg.train.steps * cfg.global_batch
     # A layer that runs eager under the compiler (MABN) would split the graph at every use.
     return (world_size == 1 and images >= COMPILE_MIN_IMAGES.get(device.type, math.inf)
             and all(getattr(m, "compiles", True) for m in model.modules()))
 
 
-def apply_precision(config: dict[str, Any]) -> torch.dtype:
+def apply_precision(config: RunConfig | dict[str, Any]) -> torch.dtype:
     """Set TF32 on or off for this run (torch's flags are global: every run sets them)
     and return the dtype the model and batches take."""
-    dtype, tf32 = PRECISIONS[config["train"].get("precision", "float32")]
+    dtype, tf32 = PRECISIONS[typed(config).train.precision]
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     return dtype
 
 
 def validate_model(model: dict[str, Any]) -> None:
-    """Sizes of the model, before any data is loaded (the model is built after it)."""
+    """Sizes of the model, before any data is loaded (the model is built after it): the
+    small CNN's width is a channel count, a CIFAR ResNet's a multiplier."""
     width, depth = model.get("width"), model.get("depth")
     if model["name"] == "small_cnn" or isinstance(width, int):
-        _positive_int(width, "model.width", allow_none=model["name"] != "small_cnn")
+        check_value(width, int if model["name"] == "small_cnn" else int | None, "model.width", positive=True)
     else:
-        _number(width, "model.width", 0, allow_none=True)
+        check_value(width, float | None, "model.width", interval=POSITIVE)
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6):
         raise ConfigError(f"model.depth={depth!r} must be 6n+2 >= 8 (20, 32, 44, 56, 110)")
 
@@ -402,10 +370,11 @@ def check_norm(config: dict[str, Any]) -> None:
         raise _norm_error(err) from None
 
 
-def relaxation_warning(config: dict[str, Any]) -> str | None:
+def relaxation_warning(config: RunConfig | dict[str, Any]) -> str | None:
     """BRN whose limits never leave 1 / 0 within the run is plain batchnorm: say so."""
-    norm, steps = config["norm"], config["train"]["steps"]
-    if norm["name"] == "brn" and norm.get("r_max_end_step") is not None:
+    cfg = typed(config)
+    norm, steps = cfg.norm.options, cfg.train.steps
+    if cfg.norm.name == "brn" and norm.get("r_max_end_step") is not None:
         start = norm.get("relax_start") or 0
         if start >= steps:
             return (
@@ -415,22 +384,21 @@ def relaxation_warning(config: dict[str, Any]) -> str | None:
     return None
 
 
-def build_optimizer(config: dict[str, Any], params) -> torch.optim.Optimizer:
-    o = config["optim"]
-    if o["name"] == "sgd":
-        return torch.optim.SGD(params, lr=o["lr"], momentum=o.get("momentum", 0.0),
-                               nesterov=o.get("nesterov", False), weight_decay=o.get("weight_decay", 0.0))
-    if o["name"] == "rmsprop":
-        return torch.optim.RMSprop(params, lr=o["lr"], alpha=o.get("alpha", 0.9), eps=o.get("eps", 1.0),
-                                   momentum=o.get("momentum", 0.0), weight_decay=o.get("weight_decay", 0.0))
-    return torch.optim.Adam(params, lr=o["lr"], weight_decay=o.get("weight_decay", 0.0))
+def build_optimizer(config: RunConfig | dict[str, Any], params) -> torch.optim.Optimizer:
+    o = typed(config).optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                               weight_decay=o.weight_decay)
+    if o.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=o.lr, alpha=o.alpha, eps=o.eps, momentum=o.momentum,
+                                   weight_decay=o.weight_decay)
+    return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
-def build_lr_schedule(config: dict[str, Any], optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    train = config["train"]
-    steps, warmup, kind = train["steps"], train.get("warmup_steps") or 0, train["lr_schedule"]
-    milestones = [round(f * steps) for f in train.get("step_milestones", [])]
-    gamma = train.get("step_gamma", 0.1)
+def build_lr_schedule(config: RunConfig | dict[str, Any], optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    train = typed(config).train
+    steps, warmup, kind, gamma = train.steps, train.warmup_steps, train.lr_schedule, train.step_gamma
+    milestones = [round(f * steps) for f in train.step_milestones]
 
     def factor(step: int) -> float:
         if step < warmup:

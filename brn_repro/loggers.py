@@ -10,7 +10,7 @@ service. Two kinds exist:
 Only rank 0 of a multi-process run mirrors it: elsewhere ``build_logger`` gives the
 :class:`NullLogger` (and ``progress_bar`` a silent bar).
 
-``wandb`` is imported lazily inside :class:`WandbLogger` so that ``kind=none``
+``wandb`` is imported lazily inside :class:`WandbLogger` so that ``logger=none``
 (and the test suite for everything else) never pays for, or depends on, wandb.
 
 Offline is a first-class mode: without credentials the run is written to
@@ -367,17 +367,16 @@ class WandbLogger:
         self._run.finish(exit_code=exit_code)
 
 
-# ``logger.name`` -> the logger; ``conf/logger/<kind>.yaml`` holds its keyword arguments.
-LOGGERS: dict[str, type[RunLogger]] = {"none": NullLogger, "wandb": WandbLogger}
-LOGGER_KINDS = tuple(LOGGERS)
+# ``logger.name`` -> the logger; ``conf/logger/<name>.yaml`` holds its keyword arguments.
+LOGGERS: dict[str, type[RunLogger]] = {"wandb": WandbLogger, "none": NullLogger}
 
 
-def build_logger(kind: str, *, main: bool = True, **options: Any) -> RunLogger:
-    """The logger named ``kind``, built with ``options``; on any process but rank 0
+def build_logger(name: str, *, main: bool = True, **options: Any) -> RunLogger:
+    """The logger ``name``, built with ``options``; on any process but rank 0
     (``main=False``) a :class:`NullLogger`: one process mirrors the run."""
-    if kind not in LOGGERS:
-        raise ValueError(f"unknown logger kind {kind!r}; expected one of {LOGGER_KINDS}")
-    return LOGGERS[kind](**options) if main else NullLogger()
+    if name not in LOGGERS:
+        raise ValueError(f"logger.name={name!r} is not a logger; use one of {', '.join(LOGGERS)}")
+    return LOGGERS[name](**options) if main else NullLogger()
 
 
 def progress_bar(*, main: bool = True, show: bool = True, **options: Any) -> tqdm:

@@ -44,12 +44,15 @@ import yaml
 from brn_repro.lease import Lease, writer_tag
 from brn_repro.loggers import scrub_secrets
 from brn_repro.norm import norm_spec
+from brn_repro.schema import legacy_spelling, upgrade
 
 # Config keys that do not change a run's numbers, so they are not part of its identity.
+# The recipe's values count where norms and samplers read them, not where they are set.
 NON_IDENTITY_KEYS = (
-    "experiment", "git_commit", "logger", "paths", "profile_name", "recipe.norm_momentum", "schedule", "recipe.noniid", "dataset.root", "dataset.download", "dataset.loader_workers",
-    "train.checkpoint_every", "train.eval_batch", "train.threads", "train.progress", "train.device", "train.stop_at_step",
-    "train.channels_last", "train.compile",
+    "experiment", "git_commit", "logger", "paths", "profile_name", "recipe",
+    "dataset.root", "dataset.download", "dataset.loader_workers",
+    "train.checkpoint_every", "train.eval_batch", "train.threads", "train.progress", "train.device",
+    "train.stop_at_step", "train.channels_last", "train.compile",
 )
 CHECKPOINT_KEYS = {"step", "best_test_acc", "wall_seconds", "model", "optimizer", "scheduler", "data", "ema"}
 # Under paths.runs: which experiments each run belongs to (scripts/reproduce.py writes it;
@@ -120,7 +123,8 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    blob = json.dumps(identity(config), sort_keys=True, separators=(",", ":"))
+    # hashed in record format 1's spelling (schema.legacy_spelling): no recorded run moves
+    blob = json.dumps(legacy_spelling(identity(config)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
@@ -424,6 +428,11 @@ class RunRecord:
         if not 0 < state["step"] <= self.config["train"]["steps"]:
             raise RecordError(f"{self.checkpoint_path} is at step {state['step']}, outside this run")
         return state
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """A record's config, in this format's spelling whichever format wrote it."""
+    return upgrade(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
 
 
 def find_records(root: str | Path) -> list[Path]:

@@ -96,7 +96,7 @@ class TrainConfig:
     steps: int = _spec(positive=True)
     eval_every: int = _spec(positive=True)
     checkpoint_every: int = _spec(positive=True)
-    lr_schedule: Literal["cosine", "step", "constant"] = _spec("cosine", noun="schedule")
+    lr_schedule: Literal["cosine", "step", "constant"] = _spec("cosine", noun="a schedule")
     warmup_steps: int = _spec(0, at_least_zero=True)
     step_milestones: list[float] = _spec([0.5, 0.75], interval=FRACTION)
     step_gamma: float = _spec(0.1, interval=FRACTION)
@@ -110,14 +110,14 @@ class TrainConfig:
     stop_at_step: int | None = _spec(None, positive=True)
     channels_last: Literal["auto", True, False] = _spec("auto")
     compile: Literal["auto", True, False] = _spec("auto")
-    precision: Literal["float32", "tf32", "float64"] = _spec("float32", noun="precision")
+    precision: str = _spec("float32")  # config.PRECISIONS holds what each one means
     device: str = _spec("auto")
     progress: bool = _spec(True)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["sgd", "rmsprop", "adam"] = _spec(noun="optimizer")
+    name: Literal["sgd", "rmsprop", "adam"] = _spec(noun="an optimizer")
     lr: float = _spec(interval=POSITIVE)
     weight_decay: float = _spec(0.0, interval=NON_NEGATIVE)
     momentum: float = _spec(0.0, interval=(0.0, 1.0, False, True))
@@ -128,9 +128,19 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    name: Literal["iid", "noniid", "noniid_split"] = _spec(noun="sampler")
+    name: str = _spec()  # brn_repro.data.samplers holds the samplers
     labels_per_batch: int | None = _spec(None, positive=True)
     images_per_label: int | None = _spec(None, positive=True)
+
+    def group_size(self, per_worker_batch: int) -> int:
+        """Examples per normalization group: the per-worker batch, or for the paper's
+        split control (``noniid_split``) one image of each drawn label, i.e.
+        ``per_worker_batch // images_per_label`` = ``labels_per_batch`` (the paper's two
+        halves of 16 at 16 x 2): a group holding two images of a drawn label would keep
+        the label structure the control exists to remove."""
+        if self.name == "noniid_split":
+            return per_worker_batch // self.images_per_label
+        return per_worker_batch
 
 
 @dataclass(frozen=True)
@@ -180,6 +190,15 @@ class RunConfig:
     experiment: str = "adhoc"
     profile_name: str = "default"
 
+    @property
+    def norm_batch(self) -> int:
+        """Examples per normalization group (``SamplerConfig.group_size``)."""
+        return self.sampler.group_size(self.data.per_worker_batch)
+
+    @property
+    def global_batch(self) -> int:
+        return self.data.workers * self.data.per_worker_batch
+
     @classmethod
     def parse(cls, config: dict[str, Any]) -> RunConfig:
         """The typed view of a resolved config; one ConfigError at the first bad value."""
@@ -188,10 +207,16 @@ class RunConfig:
             raise ConfigError(f"seed={seed!r} must be an integer")
         groups = {name: _parse(hint, config.get(name) or {}, name)
                   for name, hint in get_type_hints(cls).items()
-                  if isinstance(hint, type) and dataclasses.is_dataclass(hint)}
+                  if isinstance(hint, type) and dataclasses.is_dataclass(hint) and hint is not Choice}
         choices = {name: _choice(config.get(name) or {}, name) for name in ("norm", "model", "logger")}
         return cls(seed=seed, experiment=str(config.get("experiment", "adhoc")),
                    profile_name=str(config.get("profile_name", "default")), **groups, **choices)
+
+
+def check_value(value: Any, hint: Any, key: str, **rule: Any) -> Any:
+    """One value against a type and a rule (``positive``, ``at_least_zero``, ``interval``),
+    for keys that only some implementations take (a model's width)."""
+    return _value(hint, value, key, rule)
 
 
 def _choice(node: dict[str, Any], group: str) -> Choice:
@@ -238,7 +263,7 @@ def _value(hint: Any, value: Any, key: str, meta: dict[str, Any]) -> Any:
         if not any(type(v) is type(value) and v == value for v in args):  # 1 is not true
             names = [_yaml(a) for a in args]
             if meta.get("noun"):
-                raise ConfigError(f"{key}={value!r} is not a {meta['noun']}; use one of {', '.join(names)}")
+                raise ConfigError(f"{key}={value!r} is not {meta['noun']}; use one of {', '.join(names)}")
             raise ConfigError(f"{key}={value!r} must be {', '.join(names[:-1])} or {names[-1]}")
         return value
     if origin is list:

@@ -42,6 +42,7 @@ from brn_repro.config import (
     norm_factory,
     relaxation_warning,
     resolve,
+    upgrade_command_line,
     validate,
     wants_compile,
 )
@@ -283,7 +284,11 @@ def main(cfg: DictConfig) -> float:
 def cli() -> None:
     """``brn-train`` (pyproject's [project.scripts]) and ``python -m brn_repro.train``:
     Hydra's command line, with its config-group mistakes (``+experiment=NAME``, an
-    unknown option) as one line and exit 2 before Hydra composes anything."""
+    unknown option) as one line and exit 2 before Hydra composes anything; record format
+    1's keys (``schema.LEGACY_SPELLINGS``) upgraded with a note."""
+    sys.argv[1:], notes = upgrade_command_line(sys.argv[1:])
+    for note in notes:
+        print(note, file=sys.stderr)
     try:
         check_command_line(sys.argv[1:])
     except ConfigError as err:

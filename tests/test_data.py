@@ -32,6 +32,7 @@ from brn_repro.data import (
     noniid_test_indices,
 )
 from brn_repro.data.sources import DatasetTensors
+from brn_repro.schema import SamplerConfig
 
 IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 0x00000803, 0x00000801
 
@@ -313,19 +314,16 @@ def test_noniid_draws_only_labels_that_exist():
 
 def split_norm_batch(labels_per_batch, images_per_label):
     """``config.norm_batch`` of a noniid_split run with this recipe."""
-    return norm_batch({"data": {"per_worker_batch": labels_per_batch * images_per_label},
-                       "sampler": {"name": "noniid_split", "labels_per_batch": labels_per_batch,
-                                   "images_per_label": images_per_label}})
+    sampler = SamplerConfig("noniid_split", labels_per_batch, images_per_label)
+    return sampler.group_size(labels_per_batch * images_per_label)
 
 
 @pytest.mark.parametrize("labels_per_batch,images_per_label", [(16, 2), (2, 4), (3, 3), (4, 5)])
 def test_noniid_split_norm_batch_is_the_labels_per_batch(labels_per_batch, images_per_label):
     # The paper's control at 16 x 2: two halves of 16. For I images per label: I groups of L.
     assert split_norm_batch(labels_per_batch, images_per_label) == labels_per_batch
-    unsplit = {"data": {"per_worker_batch": labels_per_batch * images_per_label},
-               "sampler": {"name": "noniid", "labels_per_batch": labels_per_batch,
-                           "images_per_label": images_per_label}}
-    assert norm_batch(unsplit) == labels_per_batch * images_per_label
+    unsplit = SamplerConfig("noniid", labels_per_batch, images_per_label)
+    assert unsplit.group_size(labels_per_batch * images_per_label) == labels_per_batch * images_per_label
 
 
 def one_image_from_each(group, draws):

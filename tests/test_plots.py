@@ -43,7 +43,8 @@ def figures(monkeypatch):
 
 def _frame(conditions: list[dict], seeds=(0, 1), diverged: set = frozenset(), shared: str | None = None):
     """One run per condition and seed; ``shared``: a column whose values reuse one run where
-    the norm is split-blind (the norm table's ``split_blind``). Curves at steps 10, 20, 30: accuracy = 50 + seed + index."""
+    the norm is split-blind (the norm table's ``split_blind``). Curves at steps 10, 20, 30:
+    accuracy = 50 + seed + index."""
     rows, curves = [], []
     for condition, seed in itertools.product(range(len(conditions)), seeds):
         values = conditions[condition]
@@ -62,7 +63,8 @@ def _frame(conditions: list[dict], seeds=(0, 1), diverged: set = frozenset(), sh
     return pd.DataFrame(rows), pd.DataFrame(curves)
 
 
-RD = [{"norm.name": "brn", "norm.r_max": r, "norm.d_max": d} for r in (1.0, 1.5, 2.0, 3.0) for d in (0.0, 0.5, 2.0, 5.0)]
+RD = [{"norm.name": "brn", "norm.r_max": r, "norm.d_max": d}
+      for r in (1.0, 1.5, 2.0, 3.0) for d in (0.0, 0.5, 2.0, 5.0)]
 SWEEP = [{"norm.name": n, "data.per_worker_batch": b, "sampler.name": "iid"}
          for n in ("bn", "brn", "gn") for b in (1, 4, 32)]
 

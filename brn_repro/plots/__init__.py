@@ -316,7 +316,8 @@ def heatmap_figure(frame: pd.DataFrame, path: Path, title: str) -> Path | None:
             if len(done):
                 mean[i, j] = done.mean()
                 counts.append(len(done))
-                lines.append(f"{done.mean():.1f}\n± {done.std():.1f}" if len(done) > 1 else f"{done.mean():.1f}\n(one run)")
+                spread = f"± {done.std():.1f}" if len(done) > 1 else "(one run)"
+                lines.append(f"{done.mean():.1f}\n{spread}")
             if n_div:
                 lines.append(f"{n_div} of {len(cell)} diverged")
             texts[i, j] = "\n".join(lines) or "not run"
