@@ -185,7 +185,7 @@ def claim_1(runs: pd.DataFrame, chance: float) -> Claim:
     claim = Claim("1", "At normal batch sizes BRN matches or slightly beats BN.",
                   "per-worker 32, i.i.d.: BN 78.3%, BRN 78.5%")
     experiment = deciding("1")
-    bn, brn = _select(runs, experiment, norm__type="bn"), _select(runs, experiment, norm__type="brn")
+    bn, brn = _select(runs, experiment, norm__name="bn"), _select(runs, experiment, norm__name="brn")
     claim.ours = f"BN {stats(bn).text()}, BRN {stats(brn).text()}"
     eq, why = _compare("equivalence", {"BRN": brn, "BN": bn}, chance)
     if eq is None:
@@ -213,7 +213,7 @@ def claim_2(runs: pd.DataFrame, chance: float) -> Claim:
         return claim
 
     def at(norm: str, b: int) -> pd.DataFrame:
-        return _select(runs, experiment, norm__type=norm, data__per_worker_batch=b)
+        return _select(runs, experiment, norm__name=norm, data__per_worker_batch=b)
 
     bn4, brn4 = at("bn", 4), at("brn", 4)
     claim.ours = f"b=4: BRN {stats(brn4).text()}, BN {stats(bn4).text()}"
@@ -236,7 +236,7 @@ def claim_2(runs: pd.DataFrame, chance: float) -> Claim:
                                *_compare("superiority", {"BRN": at("brn", b), "BN": at("bn", b)},
                                          chance)))
     (at_32,) = supporting("2")  # claim 1's runs: BN at per-worker 32
-    bn32 = _select(runs, at_32, norm__type="bn", data__per_worker_batch=32)
+    bn32 = _select(runs, at_32, norm__name="bn", data__per_worker_batch=32)
     claim.rows.append(_row(f"BRN at 4 below BN at 32 ({at_32})", "76.5 < 78.3",
                            *_compare("superiority", {"BN at 32": bn32, "BRN at 4": brn4}, chance)))
     return claim
@@ -249,7 +249,7 @@ def claim_3(runs: pd.DataFrame, chance: float) -> Claim:
                   "BN on split halves 77.4%")
 
     def pick(norm: str, sampler: str) -> pd.DataFrame:
-        return _select(runs, deciding("3"), norm__type=norm, sampler__type=sampler)
+        return _select(runs, deciding("3"), norm__name=norm, sampler__name=sampler)
 
     four = {"BN iid": pick("bn", "iid"), "BN non-iid": pick("bn", "noniid"),
             "BRN iid": pick("brn", "iid"), "BRN non-iid": pick("brn", "noniid")}
@@ -289,8 +289,8 @@ def claim_3(runs: pd.DataFrame, chance: float) -> Claim:
                                *_compare("superiority", {"probe": bn_non, "inference": inference},
                                          chance, metric="minibatch_stats_acc")))
     (controls,) = supporting("3")
-    split = _select(runs, controls, norm__type="bn", sampler__type="noniid_split")
-    split_size = _select(runs, controls, norm__type="bn", sampler__type="iid")
+    split = _select(runs, controls, norm__name="bn", sampler__name="noniid_split")
+    split_size = _select(runs, controls, norm__name="bn", sampler__name="iid")
     seeds = set(split["seed"]) if "seed" in split else set()
     at_seeds = bn_non[bn_non["seed"].isin(seeds)] if "seed" in bn_non else bn_non
     claim.rows.append(_row("BN on split groups > BN non-i.i.d. (control)", "77.4 vs 67.0",
@@ -299,7 +299,7 @@ def claim_3(runs: pd.DataFrame, chance: float) -> Claim:
     claim.rows.append(_row("BN on split groups equivalent to i.i.d. BN over groups of that size (TOST)",
                            "77.4 vs 78.3 (groups of 32)",
                            *_compare("equivalence", {"BN split": split, "BN iid": split_size}, chance)))
-    gn_non = _select(runs, controls, norm__type="gn", sampler__type="noniid")
+    gn_non = _select(runs, controls, norm__name="gn", sampler__name="noniid")
     if not gn_non.empty:
         at_seeds = bn_non[bn_non["seed"].isin(set(gn_non["seed"]))]
         claim.rows.append(_row("GN non-i.i.d. > BN non-i.i.d.", "-",
