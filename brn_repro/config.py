@@ -173,9 +173,7 @@ def env_keys(raw: dict[str, Any]) -> list[str]:
     return sorted(found)
 
 
-def typed(config: RunConfig | dict[str, Any]) -> RunConfig:
-    """The typed view (``validate`` builds it once; a caller holding the dict gets it here)."""
-    return config if isinstance(config, RunConfig) else RunConfig.parse(config)
+typed = RunConfig.of
 
 
 def norm_batch(config: RunConfig | dict[str, Any]) -> int:

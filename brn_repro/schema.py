@@ -155,7 +155,7 @@ class DatasetConfig:
     root: str | None = _spec(None)
     download: bool = _spec(False)
     image_size: int | None = _spec(None, positive=True)
-    loader_workers: int = _spec(0, at_least_zero=True)
+    loader_workers: int = _spec(4, at_least_zero=True)  # DataLoader workers of a streamed dataset
     augment: AugmentConfig = _spec(AugmentConfig())
 
 
@@ -198,6 +198,12 @@ class RunConfig:
     @property
     def global_batch(self) -> int:
         return self.data.workers * self.data.per_worker_batch
+
+    @classmethod
+    def of(cls, config: RunConfig | dict[str, Any]) -> RunConfig:
+        """The typed view of ``config`` (``validate`` builds it once; a function handed
+        the dict gets it here)."""
+        return config if isinstance(config, RunConfig) else cls.parse(config)
 
     @classmethod
     def parse(cls, config: dict[str, Any]) -> RunConfig:

@@ -38,7 +38,6 @@ from brn_repro.config import (
     build_optimizer,
     check_command_line,
     memory_format,
-    norm_batch,
     norm_factory,
     relaxation_warning,
     resolve,
@@ -61,6 +60,7 @@ from brn_repro.models import as_layout, build_model, check_model_input
 from brn_repro.norm import norm_diagnostics
 from brn_repro.provenance import git_commit
 from brn_repro.records import RecordError, RunRecord, public_config, run_name
+from brn_repro.schema import RunConfig
 
 # How often the host reads whether the loss went non-finite (on a CPU a read is free).
 DIVERGENCE_SYNC_EVERY = {"cpu": 1, "cuda": 50}
@@ -76,19 +76,17 @@ def weight_norm(model: torch.nn.Module) -> float:
 def prepare(config: dict[str, Any], ctx: distributed.Context = distributed.SINGLE_PROCESS
             ) -> tuple[TrainingData, torch.nn.Module]:
     """Everything that can fail on bad input, before any training or any record."""
-    model_options = {k: v for k, v in config["model"].items() if k != "name"}
+    cfg = RunConfig.of(config)
     try:
         # finds the dataset; one-line DatasetError when it can't
-        data = TrainingData(config, rank=ctx.rank, world_size=ctx.world_size)
-        check_model_input(config["model"]["name"], image_size=data.image_size,
-                          in_channels=data.in_channels, dataset=config["dataset"]["name"],
-                          **model_options)
+        data = TrainingData(cfg, rank=ctx.rank, world_size=ctx.world_size)
+        check_model_input(cfg.model.name, image_size=data.image_size, in_channels=data.in_channels,
+                          dataset=cfg.dataset.name, **cfg.model.options)
     except ValueError as err:  # a sampler or model that cannot take this data
         raise ConfigError(str(err)) from None
-    torch.manual_seed(config["seed"])
-    model = build_model(config["model"]["name"], num_classes=data.num_classes,
-                        in_channels=data.in_channels, image_size=data.image_size,
-                        norm_layer=norm_factory(config), **model_options)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
+                        image_size=data.image_size, norm_layer=norm_factory(config), **cfg.model.options)
     return data, model
 
 
@@ -121,7 +119,7 @@ def forward_backward(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, opt
     return moving_statistics.sync(loss)
 
 
-def evaluate(model, ema, data: TrainingData, config, final: bool, ctx: distributed.Context,
+def evaluate(model, ema, data: TrainingData, cfg: RunConfig, final: bool, ctx: distributed.Context,
              device: torch.device, inference: torch.nn.Module | None = None) -> dict[str, float]:
     """Accuracies in inference mode; intermediate evaluations may use a fixed test
     subset (``train.eval_test_size``) to keep short runs cheap, the last uses all of it.
@@ -129,11 +127,11 @@ def evaluate(model, ema, data: TrainingData, config, final: bool, ctx: distribut
     ``inference``: the compiled model, which evaluates faster (its eval-mode graph
     is compiled on the first call); the probe and a weight average evaluate eager."""
     net = ema.model if ema is not None else model
-    subset = None if final else config["train"].get("eval_test_size")
+    subset = None if final else cfg.train.eval_test_size
     fast = inference if ema is None and inference is not None else net
     counts = {"test": accuracy_counts(fast, data.test_batches(subset)),
               "train": accuracy_counts(fast, data.train_subset_batches())}
-    if config["train"]["minibatch_stats_eval"]:
+    if cfg.train.minibatch_stats_eval:
         counts["minibatch_stats"] = minibatch_stats_counts(net, data.noniid_test_batches(subset))
     counts = sum_over_processes(counts, lambda flat: distributed.all_reduce_sum(flat, ctx, device))
     row = {"test_acc": counts["test"].accuracy, "test_loss": counts["test"].loss,
@@ -143,25 +141,25 @@ def evaluate(model, ema, data: TrainingData, config, final: bool, ctx: distribut
     # The live model's moving statistics (the weight average's are an average of them),
     # next to the noise of the statistics of a normalization group of training's size.
     reduce = torch.distributed.all_reduce if ctx.enabled else None
-    return row | moving_average_errors(model, data.train_subset_batches(), reduce, group_size=norm_batch(config))
+    return row | moving_average_errors(model, data.train_subset_batches(), reduce, group_size=cfg.norm_batch)
 
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
     """Train ``config`` (a resolved config as a plain dict); returns the run's summary."""
-    validate(config)
+    cfg = validate(config)  # the typed view every function below reads
     config = {**config, "git_commit": git_commit()}  # recorded, not part of the run's identity
-    if config["train"].get("threads"):
-        torch.set_num_threads(config["train"]["threads"])
-    ctx, device = distributed.init(config["train"].get("device", "auto"))
-    distributed.check_workers(config["data"]["workers"], ctx)
-    record = RunRecord(config["paths"]["runs"], config, main=ctx.is_main)  # rank 0 writes
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    ctx, device = distributed.init(cfg.train.device)
+    distributed.check_workers(cfg.data.workers, ctx)
+    record = RunRecord(cfg.paths.runs, config, main=ctx.is_main)  # rank 0 writes
     record.check_writable()
     done = record.summary()
     if done is not None:  # before loading anything: re-running a finished sweep is quick
         ctx.say(f"already {done['status']}: {record.dir} (test_acc {done['test_acc']}); nothing to do")
         return done
     data, model = prepare(config, ctx)
-    if note := relaxation_warning(config):
+    if note := relaxation_warning(cfg):
         ctx.say(note, file=sys.stderr)
     # Rank 0 holds the lock and speaks for all: another sweep process may have trained it.
     with record.lock():
@@ -175,10 +173,11 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 def open_logger(config: dict[str, Any], record: RunRecord, ctx: distributed.Context) -> RunLogger:
     """One W&B run per record (same id across resumes), grouped by profile and experiment,
     tagged with every experiment the run serves; rank 0 logs for all."""
-    return build_logger(config["logger"]["name"], main=ctx.is_main, config=public_config(config),
-                        run_dir=record.dir, run_name=run_name(config), run_id=wandb_run_id(record.dir.name),
-                        group=f"{config['profile_name']}/{config['experiment']}", tags=record.experiments(),
-                        **{k: v for k, v in config["logger"].items() if k != "name"})
+    cfg = RunConfig.of(config)
+    return build_logger(cfg.logger.name, main=ctx.is_main, config=public_config(config), run_dir=record.dir,
+                        run_name=run_name(config), run_id=wandb_run_id(record.dir.name),
+                        group=f"{cfg.profile_name}/{cfg.experiment}", tags=record.experiments(),
+                        **cfg.logger.options)
 
 
 def metrics_row(step: int, loss: torch.Tensor, accuracies: dict[str, float], images_per_second: float,
@@ -195,13 +194,14 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
               device: torch.device = distributed.CPU) -> dict[str, Any]:
     """The loop: train, evaluate, checkpoint, and leave the summary (rank 0 writes)."""
     # --- setup: the model on its device, what trains it, the checkpoint it goes on from
-    train = config["train"]
-    compiled = wants_compile(config, device, ctx.world_size, model)
-    dtype, layout = apply_precision(config), memory_format(config, device, compiled)
+    cfg = RunConfig.of(config)
+    train = cfg.train
+    compiled = wants_compile(cfg, device, ctx.world_size, model)
+    dtype, layout = apply_precision(cfg), memory_format(cfg, device, compiled)
     model.to(device, dtype, memory_format=layout)
-    optimizer = build_optimizer(config, model.parameters())
-    training = Training(model, optimizer, build_lr_schedule(config, optimizer), data,
-                        WeightEMA(model, train["ema_decay"]) if train.get("ema_decay") else None)
+    optimizer = build_optimizer(cfg, model.parameters())
+    training = Training(model, optimizer, build_lr_schedule(cfg, optimizer), data,
+                        WeightEMA(model, train.ema_decay) if train.ema_decay else None)
     progress = resume(record, training, ctx)
     logger = open_logger(config, record, ctx)
     net = distributed.wrap(model, ctx, device)  # after loading: every process starts equal
@@ -212,20 +212,20 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
         net = compile_model(net)
     moving_statistics = distributed.MovingStatistics(model, ctx)
     divergence = FirstNonFinite(DIVERGENCE_SYNC_EVERY.get(device.type, 50), device)
-    bar = progress_bar(main=ctx.is_main, show=train.get("progress", True), total=train["steps"],
+    bar = progress_bar(main=ctx.is_main, show=train.progress, total=train.steps,
                        initial=progress.step, desc=run_name(config), unit="step")
     model.train()
     progress.start_clocks()
-    for step in range(progress.step + 1, train["steps"] + 1):
+    for step in range(progress.step + 1, train.steps + 1):
         # --- forward and backward (the moving statistics synchronized over processes)
         x, y = place(data.train_batch(), device, dtype, layout)
         step_start = time.perf_counter()
         loss = forward_backward(net, x, y, optimizer, moving_statistics)
         if compiled and progress.compile_seconds is None:  # the first step compiles forward and backward
             progress.compile_seconds = time.perf_counter() - step_start
-        evaluating = step % train["eval_every"] == 0 or step == train["steps"]
-        stopping = step == train.get("stop_at_step")
-        saving = step % train["checkpoint_every"] == 0 or step == train["steps"] or stopping
+        evaluating = step % train.eval_every == 0 or step == train.steps
+        stopping = step == train.stop_at_step
+        saving = step % train.checkpoint_every == 0 or step == train.steps or stopping
         # --- divergence: no update, evaluation or checkpoint after a non-finite loss
         if (bad := divergence.check(loss, step, read_now=evaluating or saving)) is not None:
             progress.status, progress.diverged_step = "diverged", bad
@@ -238,7 +238,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
         if evaluating:
             images_per_second = progress.images_per_second(data.global_batch)
             with progress.timing_evaluation():
-                accuracies = evaluate(model, training.ema, data, config, step == train["steps"], ctx, device,
+                accuracies = evaluate(model, training.ema, data, cfg, step == train.steps, ctx, device,
                                       inference=net if compiled and ctx.world_size == 1 else None)
             row = metrics_row(step, loss, accuracies, images_per_second, training, ctx, device)
             progress.evaluated(row)
@@ -258,7 +258,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
     # --- the end: the summary, written for a completed or diverged run
     if progress.status == "completed" and not progress.last:  # resumed from the final checkpoint: its summary was lost
         with progress.timing_evaluation():
-            progress.last = evaluate(model, training.ema, data, config, True, ctx, device)
+            progress.last = evaluate(model, training.ema, data, cfg, True, ctx, device)
         logger.log(progress.last, progress.step)
     summary = summarize(progress, config, record, data.global_batch, compiled, ctx, device)
     finish(summary, record, logger, ctx)

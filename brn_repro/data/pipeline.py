@@ -30,6 +30,7 @@ from brn_repro.data.loader import (
 )
 from brn_repro.data.samplers import build_sampler
 from brn_repro.data.sources import DatasetTensors, build_dataset
+from brn_repro.schema import RunConfig
 
 __all__ = ["InMemoryTrainingData", "StreamingTrainingData", "TrainingData", "load_dataset"]
 
@@ -39,12 +40,11 @@ load_dataset = lru_cache(maxsize=2)(build_dataset)
 Batches = Iterable[tuple[Tensor, Tensor]]
 
 
-def _source(config: dict[str, Any]) -> DatasetTensors | ImageFolderSplits:
+def _source(cfg: RunConfig) -> DatasetTensors | ImageFolderSplits:
     """The config's dataset, as its source returns it (cached: see ``load_dataset``)."""
-    dataset = config["dataset"]
-    flip = bool((dataset.get("augment") or {}).get("flip"))
-    return load_dataset(dataset["name"], dataset.get("root"), bool(dataset.get("download", True)),
-                        str(config["paths"]["data"]), dataset.get("image_size", 224), flip)
+    dataset = cfg.dataset
+    return load_dataset(dataset.name, dataset.root, dataset.download, str(cfg.paths.data),
+                        dataset.image_size, dataset.augment.flip)
 
 
 def resize(images: Tensor, size: int) -> Tensor:
@@ -75,24 +75,24 @@ class TrainingData(ABC):
     test_labels: Tensor
     steps_taken: int
 
-    def __new__(cls, config: dict[str, Any], rank: int = 0, world_size: int = 1):
+    def __new__(cls, config: RunConfig | dict[str, Any], rank: int = 0, world_size: int = 1):
         if cls is TrainingData:  # the source is cached, so __init__ reads it again for free
-            streamed = isinstance(_source(config), ImageFolderSplits)
+            streamed = isinstance(_source(RunConfig.of(config)), ImageFolderSplits)
             cls = StreamingTrainingData if streamed else InMemoryTrainingData
         return super().__new__(cls)
 
-    def __init__(self, config: dict[str, Any], rank: int = 0, world_size: int = 1):
-        data, train, sampler_cfg = config["data"], config["train"], config["sampler"]
-        self.eval_batch, self.train_eval_size = train["eval_batch"], data["train_eval_size"]
-        self.eval_recipe = (train.get("minibatch_eval_labels", 25), train.get("minibatch_eval_images", 2))
-        built = self._bind(_source(config), config)
+    def __init__(self, config: RunConfig | dict[str, Any], rank: int = 0, world_size: int = 1):
+        cfg = RunConfig.of(config)
+        data, train, sampler = cfg.data, cfg.train, cfg.sampler
+        self.eval_batch, self.train_eval_size = train.eval_batch, data.train_eval_size
+        self.eval_recipe = (train.minibatch_eval_labels, train.minibatch_eval_images)
+        built = self._bind(_source(cfg), cfg)
         self.num_classes, self.in_channels = built.num_classes, built.in_channels
         self.image_size = built.image_size
-        self.sampler = build_sampler(sampler_cfg["name"], self.train_labels, data["workers"],
-                                     data["per_worker_batch"], config["seed"], sampler_cfg.get("labels_per_batch"),
-                                     sampler_cfg.get("images_per_label"))
+        self.sampler = build_sampler(sampler.name, self.train_labels, data.workers, data.per_worker_batch,
+                                     cfg.seed, sampler.labels_per_batch, sampler.images_per_label)
         self.global_batch = self.sampler.global_batch
-        if train.get("minibatch_stats_eval"):
+        if train.minibatch_stats_eval:
             # The probe's batches are drawn at evaluation time, after training has begun;
             # draw one now so a recipe this test set cannot fill fails before training.
             noniid_test_indices(self.test_labels, *self.eval_recipe, batches=1)
@@ -102,7 +102,7 @@ class TrainingData(ABC):
         self.steps_taken = 0
 
     @abstractmethod
-    def _bind(self, built, config: dict[str, Any]):
+    def _bind(self, built, cfg: RunConfig):
         """Keep the dataset's splits (after ``data.train_size`` and any resize), set
         ``train_labels`` and ``test_labels``, and return the splits as kept."""
 
@@ -147,21 +147,20 @@ class TrainingData(ABC):
 class InMemoryTrainingData(TrainingData):
     """A dataset held in memory (``DatasetTensors``), batched by ``InMemoryBatches``."""
 
-    def _bind(self, built: DatasetTensors, config: dict[str, Any]) -> DatasetTensors:
-        dataset, train_size = config["dataset"], config["data"].get("train_size")
-        augment_cfg = dataset.get("augment") or {}
-        self.crop_padding, self.flip = int(augment_cfg.get("crop_padding", 0)), bool(augment_cfg.get("flip"))
+    def _bind(self, built: DatasetTensors, cfg: RunConfig) -> DatasetTensors:
+        dataset, train_size = cfg.dataset, cfg.data.train_size
+        self.crop_padding, self.flip = dataset.augment.crop_padding, dataset.augment.flip
         if train_size is not None:
             keep = balanced_subset_indices(built.train_y, train_size)
             built = dataclasses.replace(built, train_x=built.train_x[keep], train_y=built.train_y[keep])
-        if dataset.get("image_size") and dataset["image_size"] != built.image_size:
-            size = dataset["image_size"]
+        if dataset.image_size and dataset.image_size != built.image_size:
+            size = dataset.image_size
             built = dataclasses.replace(built, train_x=resize(built.train_x, size),
                                         test_x=resize(built.test_x, size))
         self.tensors: DatasetTensors = built
         self.train_labels, self.test_labels = built.train_y, built.test_y
         # seed + 1: augmentation draws independent of the sampler's
-        self.batches = InMemoryBatches(self.tensors, self.crop_padding, self.flip, config["seed"] + 1)
+        self.batches = InMemoryBatches(self.tensors, self.crop_padding, self.flip, cfg.seed + 1)
         return built
 
     def _next_batch(self) -> tuple[Tensor, Tensor]:
@@ -209,8 +208,8 @@ class StreamingTrainingData(TrainingData):
     """An ImageFolder (``ImageFolderSplits``) streamed through DataLoader workers, which
     decode and augment each image; the sampler still chooses every batch."""
 
-    def _bind(self, built: ImageFolderSplits, config: dict[str, Any]) -> ImageFolderSplits:
-        train_size = config["data"].get("train_size")
+    def _bind(self, built: ImageFolderSplits, cfg: RunConfig) -> ImageFolderSplits:
+        train_size = cfg.data.train_size
         self.train_set, self.val_set = built.train, built.val
         self.train_labels = torch.tensor(self.train_set.targets)
         if train_size is not None:
@@ -218,7 +217,7 @@ class StreamingTrainingData(TrainingData):
             self.train_set = torch.utils.data.Subset(self.train_set, keep.tolist())
             self.train_labels = self.train_labels[keep]
         self.test_labels = torch.tensor(self.val_set.targets)
-        self.loader_workers = config["dataset"].get("loader_workers", 4)
+        self.loader_workers = cfg.dataset.loader_workers
         self._stream: Iterator | None = None
         return built
 
