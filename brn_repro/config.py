@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from brn_repro.data.samplers import SAMPLER_NAMES
+from brn_repro.data.samplers import SAMPLER_NAMES, check_recipe
 from brn_repro.data.sources import NUM_CLASSES
 from brn_repro.loggers import LOGGERS
 from brn_repro.norm import build_norm, norm_names, norm_spec
@@ -28,6 +29,8 @@ from brn_repro.schema import (
     ConfigError,
     RunConfig,
     check_value,
+    legacy_keys,
+    upgrade,
 )
 
 
@@ -145,6 +148,11 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"{key}: {reason}" if key else reason) from None
     if keys := env_keys(OmegaConf.to_container(cfg, resolve=False)):
         config["env_keys"] = keys
+    if old := legacy_keys(config):  # a config file of one's own, written for format 1
+        renames = {v: k for k, v in LEGACY_SPELLINGS.items()} | LEGACY_RECIPE
+        print(f"note: {', '.join(f'{k} is now {renames[k]}' for k in old)} (the old keys work until "
+              "the next release)", file=sys.stderr)
+        config = upgrade(config)
     return config
 
 
@@ -224,20 +232,10 @@ def validate(config: dict[str, Any]) -> RunConfig:
     if sampler.name not in SAMPLER_NAMES:
         raise ConfigError(f"sampler.name={sampler.name!r} is not a sampler; use one of {', '.join(SAMPLER_NAMES)}")
     if sampler.name != "iid":
-        labels, images = sampler.labels_per_batch, sampler.images_per_label
-        if labels is None or images is None:
-            raise ConfigError(f"sampler={sampler.name} needs sampler.labels_per_batch and "
-                              "sampler.images_per_label (positive integers; recipe.noniid sets them)")
-        if labels * images != data.per_worker_batch:
-            raise ConfigError(
-                f"data.per_worker_batch={data.per_worker_batch} must equal sampler.labels_per_batch"
-                f" x sampler.images_per_label = {labels} x {images} = {labels * images}"
-            )
-        if sampler.name == "noniid_split" and images < 2:
-            raise ConfigError(
-                f"sampler.images_per_label={images} must be at least 2 for noniid_split "
-                "(it normalizes one group per image of each label); use sampler=noniid"
-            )
+        try:
+            check_recipe(sampler.name, data.per_worker_batch, sampler.labels_per_batch, sampler.images_per_label)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     check_probe_recipe(config)
     if cfg.norm.name not in norm_names():
         raise ConfigError(f"norm.name={cfg.norm.name!r} is not a normalization; use one of {', '.join(norm_names())}")

@@ -38,6 +38,13 @@ LEGACY_RECIPE = {"norm_momentum": "recipe.norm_momentum", "schedule": "recipe.sc
                  "noniid_recipe": "recipe.noniid"}
 
 
+def legacy_keys(config: dict[str, Any]) -> list[str]:
+    """The keys of ``config`` spelled as record format 1 spelled them."""
+    found = [old for old in LEGACY_SPELLINGS.values()
+             if old.split(".")[1] in (config.get(old.split(".")[0]) or {})]
+    return found + [old for old in LEGACY_RECIPE if old in config]
+
+
 def upgrade(config: dict[str, Any]) -> dict[str, Any]:
     """A config of any record format in this format's spelling (a new dict)."""
     config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}

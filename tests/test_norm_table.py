@@ -64,7 +64,7 @@ def throwaway_norms(tmp_path):
     specs = [rms_spec("rms", True), rms_spec("rms_blind", False)]
     (tmp_path / "norm").mkdir()
     for spec in specs:
-        (tmp_path / "norm" / f"{spec.name}.yaml").write_text(f"type: {spec.name}\neps: 1.0e-3\n")
+        (tmp_path / "norm" / f"{spec.name}.yaml").write_text(f"name: {spec.name}\neps: 1.0e-3\n")
     yield tmp_path
     for spec in specs:
         TABLE.pop(spec.name, None)

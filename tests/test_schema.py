@@ -103,3 +103,19 @@ def test_validate_holds_only_rules_that_relate_keys():
     config = composed("train.stop_at_step=3600")
     with pytest.raises(ConfigError, match=r"train.stop_at_step=3600 must be a step between 1 and train.steps-1"):
         validate(config)
+
+
+def test_a_config_file_of_ones_own_in_format_1_still_composes(tmp_path, capsys):
+    """A user's conf/norm/<name>.yaml written with ``type:`` (the README taught it): read
+    with a note, as if it said ``name:``."""
+    from brn_repro.config import resolve
+
+    (tmp_path / "norm").mkdir()
+    (tmp_path / "norm" / "my_bn.yaml").write_text("type: bn\neps: 1.0e-3\nmomentum: 0.1\n")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra.searchpath=[file://{tmp_path}]", "profile=quick",
+                                           "norm=my_bn"])
+    config = resolve(cfg)
+    assert config["norm"] == {"name": "bn", "eps": 1e-3, "momentum": 0.1}
+    assert "note: norm.type is now norm.name" in capsys.readouterr().err
+    assert validate(config).norm.name == "bn"

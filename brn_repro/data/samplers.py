@@ -95,11 +95,7 @@ class NonIIDSampler(GlobalBatchSampler):
     def __init__(self, labels: Tensor, workers: int, per_worker_batch: int, seed: int,
                  labels_per_batch: int, images_per_label: int, *, replace: bool = True):
         super().__init__(labels, workers, per_worker_batch, seed)
-        if not labels_per_batch or not images_per_label or \
-                labels_per_batch * images_per_label != per_worker_batch:
-            raise ValueError(
-                f"data.per_worker_batch={per_worker_batch} must equal sampler.labels_per_batch x "
-                f"sampler.images_per_label = {labels_per_batch} x {images_per_label}")
+        check_recipe("noniid", per_worker_batch, labels_per_batch, images_per_label)
         self.labels_per_batch, self.images_per_label = labels_per_batch, images_per_label
         # Indices sorted by label: label c's images are by_label[offsets[c]:offsets[c]+counts[c]].
         self.by_label = torch.argsort(labels, stable=True)
@@ -150,14 +146,28 @@ class NonIIDSplitSampler(NonIIDSampler):
 
     def __init__(self, labels: Tensor, workers: int, per_worker_batch: int, seed: int,
                  labels_per_batch: int, images_per_label: int):
+        check_recipe("noniid_split", per_worker_batch, labels_per_batch, images_per_label)
         super().__init__(labels, workers, per_worker_batch, seed, labels_per_batch, images_per_label)
-        if self.images_per_label < 2:
-            raise ValueError(f"sampler.images_per_label={self.images_per_label} must be at least 2 for "
-                             "noniid_split (one group per image of each label); use sampler=noniid")
 
     def next(self) -> Tensor:
         # (W, L, I) -> (W, I, L): the same draws (the same generator calls) as noniid.
         return self.draw(self.workers).transpose(1, 2).reshape(-1)
+
+
+def check_recipe(name: str, per_worker_batch: int, labels_per_batch: int | None,
+                 images_per_label: int | None) -> None:
+    """A non-i.i.d. recipe that fills the per-worker batch (checked by the samplers, and by
+    ``config.validate`` before any data is loaded)."""
+    if not labels_per_batch or not images_per_label:
+        raise ValueError(f"sampler={name} needs sampler.labels_per_batch and sampler.images_per_label "
+                         "(positive integers; recipe.noniid sets them)")
+    if labels_per_batch * images_per_label != per_worker_batch:
+        raise ValueError(
+            f"data.per_worker_batch={per_worker_batch} must equal sampler.labels_per_batch x sampler."
+            f"images_per_label = {labels_per_batch} x {images_per_label} = {labels_per_batch * images_per_label}")
+    if name == "noniid_split" and images_per_label < 2:
+        raise ValueError(f"sampler.images_per_label={images_per_label} must be at least 2 for "
+                         "noniid_split (it normalizes one group per image of each label); use sampler=noniid")
 
 
 def build_sampler(kind: str, labels: Tensor, workers: int, per_worker_batch: int, seed: int,
