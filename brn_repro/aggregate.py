@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from brn_repro.experiments import described
+from brn_repro.files import write_atomic
 from brn_repro.loggers import flatten_config
 from brn_repro.records import (
     MEMBERSHIP_FILE,
@@ -29,7 +30,6 @@ from brn_repro.records import (
     read_config,
     read_metrics_file,
     read_summary,
-    write_atomic,
 )
 from brn_repro.schema import upgrade
 

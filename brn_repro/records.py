@@ -25,8 +25,6 @@ again from step 0, a damaged summary finishes the run again from its checkpoint.
 
 from __future__ import annotations
 
-import csv
-import errno
 import functools
 import hashlib
 import json
@@ -34,14 +32,15 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from brn_repro.lease import Lease, writer_tag
+from brn_repro.files import TMP_NAME, RecordError, write_atomic, writing
+from brn_repro.lease import Lease
 from brn_repro.loggers import scrub_secrets
 from brn_repro.norm import norm_spec
 from brn_repro.schema import legacy_spelling, upgrade
@@ -59,14 +58,6 @@ CHECKPOINT_KEYS = {"step", "best_test_acc", "wall_seconds", "model", "optimizer"
 # a run can serve several experiments and several split-blind conditions).
 MEMBERSHIP_FILE = "experiments.json"
 LOCK_TIMEOUT, LOCK_STALE = 6 * 3600.0, 60.0  # defaults when paths.lock_* are not set
-
-
-class RecordError(RuntimeError):
-    """A run record that cannot be written or read; one line naming the file and the fix."""
-
-
-class DiskFullError(RecordError):
-    pass
 
 
 def _drop(config: dict[str, Any], dotted: str) -> None:
@@ -139,77 +130,6 @@ def run_name(config: dict[str, Any]) -> str:
 def run_dir_name(config: dict[str, Any]) -> str:
     prefix = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_name(config))
     return f"{prefix}-{config_hash(config)}"
-
-
-# --- writing files whole -------------------------------------------------------------
-
-
-def _disk_full(err: BaseException) -> bool:
-    if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT)
-    # torch.save's zip writer reports a full disk this way, not as an OSError
-    text = str(err)
-    return isinstance(err, RuntimeError) and ("unexpected pos" in text or "file write failed" in text)
-
-
-@contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """Name a failed write in one line: a full disk, or a path that cannot be written."""
-    try:
-        yield
-    except (OSError, RuntimeError) as err:
-        if _disk_full(err):
-            raise DiskFullError(f"disk full while writing {path}; free space and rerun") from None
-        if isinstance(err, OSError):
-            raise RecordError(f"cannot write {path} ({err.strerror or err}); make it writable "
-                              "or point paths.runs elsewhere") from None
-        raise
-
-
-# What tmp_path names look like (and a lock candidate, ".run.lock.<tag>", does not).
-TMP_NAME = re.compile(r"\.[^/]+\.tmp(\.[A-Za-z0-9]+)?")
-
-
-def tmp_path(path: Path) -> Path:
-    """A temporary name next to ``path``, unique to this writer (host, pid, token):
-    two writers never share one, even on two hosts. Hidden, and ending in the
-    file's suffix (matplotlib picks the format from it)."""
-    return path.with_name(f".{path.stem}.{writer_tag()}.tmp{path.suffix}")
-
-
-def write_atomic(path: str | Path, data: str | bytes | Callable[[Path], None]) -> None:
-    """Replace ``path`` whole: ``data`` (text, bytes, or a function writing the
-    file it is given) goes to a temporary name, then is renamed over ``path``. On
-    any failure (a full disk included: ``DiskFullError``) the temporary is removed
-    and ``path`` is as it was."""
-    path = Path(path)
-    tmp = tmp_path(path)
-    try:
-        with writing(path):
-            if callable(data):
-                data(tmp)
-            elif isinstance(data, bytes):
-                tmp.write_bytes(data)
-            else:
-                tmp.write_text(data)
-            os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """``rows`` (dicts with the same keys) as a CSV, replaced whole (``write_atomic``)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    write_atomic(path, write)
 
 
 def read_metrics_file(path: str | Path) -> list[dict[str, Any]]:

@@ -12,10 +12,10 @@ import torch
 
 from brn_repro.claims import VERDICT_RULES, Claim, stats
 from brn_repro.experiments import EXPERIMENTS, claim_experiments
+from brn_repro.files import write_atomic
 from brn_repro.norm import NORM_NAMES, norm_spec
 from brn_repro.protocol import protocol_section
 from brn_repro.provenance import git_commit
-from brn_repro.records import write_atomic
 
 # Group Norm paper (Wu & He 2018), ResNet-50 ImageNet top-1 *error* by images per GPU.
 GN_PAPER_ERROR = {"bn": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},

@@ -30,18 +30,17 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from brn_repro import distributed
+from brn_repro.cli import check_command_line, upgrade_command_line
 from brn_repro.config import (
     CONF_DIR,
     ConfigError,
     apply_precision,
     build_lr_schedule,
     build_optimizer,
-    check_command_line,
     memory_format,
     norm_factory,
     relaxation_warning,
     resolve,
-    upgrade_command_line,
     validate,
     wants_compile,
 )

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from brn_repro.files import write_csv
 from brn_repro.models import ResNetCifar
 from brn_repro.norm import NORM_NAMES, build_norm, norm_spec, swap_conv
-from brn_repro.records import write_csv
 
 NORMS = NORM_NAMES
 # The targets of the issue that asked for this benchmark (ratio to BN, same batch).

@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from brn_repro.config import norm_factory  # noqa: E402
 from brn_repro.data import TrainingData  # noqa: E402
+from brn_repro.files import write_csv  # noqa: E402
 from brn_repro.models import build_model  # noqa: E402
 from brn_repro.numerics import CHECK_OVERRIDES, layer_cases, split_errors  # noqa: E402
-from brn_repro.records import write_csv  # noqa: E402
 from brn_repro.train import run  # noqa: E402
 
 

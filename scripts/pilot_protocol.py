@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from brn_repro.aggregate import load_runs  # noqa: E402
+from brn_repro.files import write_atomic  # noqa: E402
 from brn_repro.protocol import below_from  # noqa: E402
-from brn_repro.records import write_atomic  # noqa: E402
 
 SETTINGS = [  # one home for the pilot's numbers; every evaluation on the whole test set,
     # so the last quarter's gain compares like with like

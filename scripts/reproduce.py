@@ -30,7 +30,8 @@ from tqdm import tqdm
 from brn_repro.config import resolve  # (and registers the config resolvers)
 from brn_repro.dashboard import offline_sync_line
 from brn_repro.experiments import reproduction
-from brn_repro.records import MEMBERSHIP_FILE, RunRecord, write_atomic
+from brn_repro.files import write_atomic
+from brn_repro.records import MEMBERSHIP_FILE, RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

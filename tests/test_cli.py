@@ -97,7 +97,8 @@ def test_experiment_group_mistakes_are_one_line_and_exit_2():
         "error: +experiment=fig1_baseline: experiment is in the defaults list; "
         "write experiment=fig1_baseline"]
     # the same check, in process (cli() prints its message and exits 2, as above)
-    from brn_repro.config import ConfigError, check_command_line
+    from brn_repro.cli import check_command_line
+    from brn_repro.config import ConfigError
 
     with pytest.raises(ConfigError) as unknown:
         check_command_line(["-m", "experiment=fig1_baseline,nope", "--cfg", "job"])

@@ -16,7 +16,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from brn_repro.config import resolve
-from brn_repro.records import TMP_NAME, RecordError, RunRecord, write_atomic
+from brn_repro.files import TMP_NAME, write_atomic
+from brn_repro.records import RecordError, RunRecord
 from brn_repro.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -413,7 +414,7 @@ def test_environment_values_stay_out_of_the_record_and_its_identity(tmp_path, ti
 
 
 def test_temporary_names_are_unique_per_writer(tmp_path):
-    from brn_repro.records import tmp_path as temporary
+    from brn_repro.files import tmp_path as temporary
 
     names = {temporary(tmp_path / "checkpoint.pt").name for _ in range(50)}
     assert len(names) == 50 and all(n.startswith(".checkpoint.") and n.endswith(".tmp.pt") for n in names)

@@ -10,7 +10,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from brn_repro.config import upgrade_command_line, validate
+from brn_repro.cli import upgrade_command_line
+from brn_repro.config import validate
 from brn_repro.records import read_config, run_dir_name
 from brn_repro.schema import ConfigError, RunConfig, upgrade
 

@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from brn_repro import experiments  # noqa: E402
+from brn_repro.files import write_atomic  # noqa: E402
 from brn_repro.plots.labels import (  # noqa: E402
     ANY,
     condition_text,
@@ -40,7 +41,6 @@ from brn_repro.plots.style import (  # noqa: E402
     sort_key,
     text_colour,
 )
-from brn_repro.records import write_atomic  # noqa: E402
 
 MAX_LINES = 8  # conditions on one axis; more become small multiples
 DIVERGED_NOTE = "× = a diverged run, at the step it diverged"
