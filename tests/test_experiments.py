@@ -42,6 +42,7 @@ def test_every_experiment_composes_with_every_profile(experiment, profile):
             assert data["workers"] * data["per_worker_batch"] == data["global_batch"]
 
 
+@pytest.mark.slow  # a minute of training and two sweeps (make test-slow)
 def test_miniature_reproduction_runs_aggregates_and_is_idempotent(tmp_path, tiny_fashion_mnist):
     command = [sys.executable, "scripts/reproduce.py", "--profile", "quick", "--jobs", "2",
                "--experiments", "fig2_small_batch fig3_noniid", "--runs", str(tmp_path / "runs"),
