@@ -16,10 +16,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from brn_repro.data.samplers import SAMPLER_NAMES, check_recipe
+from brn_repro.data.samplers import check_sampler
 from brn_repro.data.sources import NUM_CLASSES
-from brn_repro.loggers import LOGGERS
-from brn_repro.norm import build_norm, norm_names, norm_spec
+from brn_repro.loggers import logger_class
+from brn_repro.norm import build_norm, norm_spec
 from brn_repro.norm.registry import NormFactory
 from brn_repro.schema import (
     LEGACY_RECIPE,
@@ -101,41 +101,38 @@ def env_keys(raw: dict[str, Any]) -> list[str]:
     return sorted(found)
 
 
-typed = RunConfig.of
-
-
 def norm_batch(config: RunConfig | dict[str, Any]) -> int:
     """Examples per normalization group (``schema.SamplerConfig.group_size``)."""
-    return typed(config).norm_batch
+    return RunConfig.of(config).norm_batch
 
 
-def check_probe_recipe(config: dict[str, Any]) -> None:
+def check_probe_recipe(cfg: RunConfig) -> None:
     """The minibatch-statistics probe (``train.minibatch_stats_eval``) as the paper
     ran it: test batches with the training groups' images per label and MORE
     distinct labels (16 x 2 in training, 25 x 2 at test). Batches shaped like the
     training ones would hand batchnorm the same label structure it overfit to, and
     measure nothing. Labels are checked against the classes where they are known
     here; an ImageFolder's are checked where its batches are built."""
-    train, sampler = config["train"], config["sampler"]
-    if not train.get("minibatch_stats_eval"):
+    train, sampler, dataset = cfg.train, cfg.sampler, cfg.dataset.name
+    if not train.minibatch_stats_eval:
         return
-    labels, images = train.get("minibatch_eval_labels", 25), train.get("minibatch_eval_images", 2)
-    if sampler["name"] != "iid":
-        if images != sampler["images_per_label"]:
+    labels, images = train.minibatch_eval_labels, train.minibatch_eval_images
+    if sampler.name != "iid":
+        if images != sampler.images_per_label:
             raise ConfigError(
                 f"train.minibatch_eval_images={images} must equal sampler.images_per_label="
-                f"{sampler['images_per_label']} (the probe keeps the training images per label); "
-                f"set recipe.noniid.eval_images={sampler['images_per_label']}")
-        if labels <= sampler["labels_per_batch"]:
+                f"{sampler.images_per_label} (the probe keeps the training images per label); "
+                f"set recipe.noniid.eval_images={sampler.images_per_label}")
+        if labels <= sampler.labels_per_batch:
             raise ConfigError(
                 f"train.minibatch_eval_labels={labels} must exceed sampler.labels_per_batch="
-                f"{sampler['labels_per_batch']} (the probe's test batches hold more labels than a "
-                f"training group); set recipe.noniid.eval_labels to at least {sampler['labels_per_batch'] + 1}")
-    classes = NUM_CLASSES.get(config["dataset"]["name"])
+                f"{sampler.labels_per_batch} (the probe's test batches hold more labels than a "
+                f"training group); set recipe.noniid.eval_labels to at least {sampler.labels_per_batch + 1}")
+    classes = NUM_CLASSES.get(dataset)
     if classes is not None and labels > classes:
         raise ConfigError(
             f"train.minibatch_eval_labels={labels} exceeds the {classes} classes of "
-            f"dataset {config['dataset']['name']} (a probe batch holds distinct labels); "
+            f"dataset {dataset} (a probe batch holds distinct labels); "
             f"set recipe.noniid.eval_labels to at most {classes}")
 
 
@@ -149,22 +146,16 @@ def validate(config: dict[str, Any]) -> RunConfig:
     if cfg.dataset.name == "imagefolder" and cfg.dataset.image_size is None:
         raise ConfigError("dataset.image_size=None must be a positive integer for dataset=imagefolder "
                           "(its images come in many sizes)")
-    if sampler.name not in SAMPLER_NAMES:
-        raise ConfigError(f"sampler.name={sampler.name!r} is not a sampler; use one of {', '.join(SAMPLER_NAMES)}")
-    if sampler.name != "iid":
-        try:
-            check_recipe(sampler.name, data.per_worker_batch, sampler.labels_per_batch, sampler.images_per_label)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-    check_probe_recipe(config)
-    if cfg.norm.name not in norm_names():
-        raise ConfigError(f"norm.name={cfg.norm.name!r} is not a normalization; use one of {', '.join(norm_names())}")
-    check_norm(config)
+    try:  # what the sampler and logger ask of their names and options, before any data
+        check_sampler(sampler.name, data.per_worker_batch, sampler.labels_per_batch, sampler.images_per_label)
+        logger_class(cfg.logger.name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    check_probe_recipe(cfg)
+    check_norm(cfg)
     if train.stop_at_step is not None and not train.stop_at_step < train.steps:
         raise ConfigError(f"train.stop_at_step={train.stop_at_step!r} must be a step between 1 and "
                           f"train.steps-1 ({train.steps - 1}), or null")
-    if cfg.logger.name not in LOGGERS:
-        raise ConfigError(f"logger.name={cfg.logger.name!r} must be {' or '.join(LOGGERS)}")
     if train.precision not in PRECISIONS:
         raise ConfigError(f"train.precision={train.precision!r} is not a precision; "
                           f"use one of {', '.join(PRECISIONS)}")
@@ -203,7 +194,7 @@ def memory_format(config: RunConfig | dict[str, Any], device: torch.device,
                   compiled: bool = False) -> torch.memory_format:
     """The layout the model's weights and batches take (not part of a run's identity:
     it changes rounding, not the computation)."""
-    cfg = typed(config)
+    cfg = RunConfig.of(config)
     choice = cfg.train.channels_last
     if choice == "auto":
         norm, mode = cfg.norm.name, "compiled" if compiled else "eager"
@@ -228,7 +219,7 @@ def wants_compile(config: RunConfig | dict[str, Any], device: torch.device, worl
                   model: torch.nn.Module) -> bool:
     """Whether the run compiles its model (``train.compile``; not part of a run's
     identity: it changes rounding, not the computation)."""
-    cfg = typed(config)
+    cfg = RunConfig.of(config)
     if cfg.train.compile != "auto":
         return bool(cfg.train.compile)
     images = cfg.train.steps * cfg.global_batch
@@ -240,7 +231,7 @@ def wants_compile(config: RunConfig | dict[str, Any], device: torch.device, worl
 def apply_precision(config: RunConfig | dict[str, Any]) -> torch.dtype:
     """Set TF32 on or off for this run (torch's flags are global: every run sets them)
     and return the dtype the model and batches take."""
-    dtype, tf32 = PRECISIONS[typed(config).train.precision]
+    dtype, tf32 = PRECISIONS[RunConfig.of(config).train.precision]
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     return dtype
@@ -258,10 +249,11 @@ def validate_model(model: dict[str, Any]) -> None:
         raise ConfigError(f"model.depth={depth!r} must be 6n+2 >= 8 (20, 32, 44, 56, 110)")
 
 
-def norm_options(config: dict[str, Any]) -> dict[str, Any]:
-    options = {k: v for k, v in config["norm"].items() if k != "name"}
-    if norm_spec(config["norm"]["name"]).per_worker:  # its statistics are each worker's
-        options["per_worker_batch"] = norm_batch(config)
+def norm_options(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
+    cfg = RunConfig.of(config)
+    options = dict(cfg.norm.options)
+    if norm_spec(cfg.norm.name).per_worker:  # its statistics are each worker's
+        options["per_worker_batch"] = cfg.norm_batch
     return options
 
 
@@ -270,14 +262,15 @@ def _norm_error(err: ValueError) -> ConfigError:
     return ConfigError(message if message.startswith("norm") else f"norm.{message}")
 
 
-def norm_factory(config: dict[str, Any]) -> NormFactory:
+def norm_factory(config: RunConfig | dict[str, Any]) -> NormFactory:
+    cfg = RunConfig.of(config)
     try:
-        return build_norm(config["norm"]["name"], **norm_options(config))
+        return build_norm(cfg.norm.name, **norm_options(cfg))
     except ValueError as err:
         raise _norm_error(err) from None
 
 
-def check_norm(config: dict[str, Any]) -> None:
+def check_norm(config: RunConfig | dict[str, Any]) -> None:
     """Build one layer: every option (momentum, r_max < 1, d_max < 0, eps ...) of every
     norm is checked where the layer checks it, as one line naming the key."""
     try:
@@ -288,7 +281,7 @@ def check_norm(config: dict[str, Any]) -> None:
 
 def relaxation_warning(config: RunConfig | dict[str, Any]) -> str | None:
     """BRN whose limits never leave 1 / 0 within the run is plain batchnorm: say so."""
-    cfg = typed(config)
+    cfg = RunConfig.of(config)
     norm, steps = cfg.norm.options, cfg.train.steps
     if cfg.norm.name == "brn" and norm.get("r_max_end_step") is not None:
         start = norm.get("relax_start") or 0
@@ -301,7 +294,7 @@ def relaxation_warning(config: RunConfig | dict[str, Any]) -> str | None:
 
 
 def build_optimizer(config: RunConfig | dict[str, Any], params) -> torch.optim.Optimizer:
-    o = typed(config).optim
+    o = RunConfig.of(config).optim
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                                weight_decay=o.weight_decay)
@@ -312,7 +305,7 @@ def build_optimizer(config: RunConfig | dict[str, Any], params) -> torch.optim.O
 
 
 def build_lr_schedule(config: RunConfig | dict[str, Any], optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    train = typed(config).train
+    train = RunConfig.of(config).train
     steps, warmup, kind, gamma = train.steps, train.warmup_steps, train.lr_schedule, train.step_gamma
     milestones = [round(f * steps) for f in train.step_milestones]
 

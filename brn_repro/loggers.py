@@ -371,12 +371,17 @@ class WandbLogger:
 LOGGERS: dict[str, type[RunLogger]] = {"wandb": WandbLogger, "none": NullLogger}
 
 
+def logger_class(name: str) -> type[RunLogger]:
+    """The logger ``name`` (``build_logger`` asks, and ``config.validate`` before a run)."""
+    if name not in LOGGERS:
+        raise ValueError(f"logger.name={name!r} is not a logger; use one of {', '.join(LOGGERS)}")
+    return LOGGERS[name]
+
+
 def build_logger(name: str, *, main: bool = True, **options: Any) -> RunLogger:
     """The logger ``name``, built with ``options``; on any process but rank 0
     (``main=False``) a :class:`NullLogger`: one process mirrors the run."""
-    if name not in LOGGERS:
-        raise ValueError(f"logger.name={name!r} is not a logger; use one of {', '.join(LOGGERS)}")
-    return LOGGERS[name](**options) if main else NullLogger()
+    return logger_class(name)(**options) if main else NullLogger()
 
 
 def progress_bar(*, main: bool = True, show: bool = True, **options: Any) -> tqdm:

@@ -72,7 +72,7 @@ def weight_norm(model: torch.nn.Module) -> float:
     return math.sqrt(sum(p.detach().pow(2).sum().item() for p in model.parameters()))
 
 
-def prepare(config: dict[str, Any], ctx: distributed.Context = distributed.SINGLE_PROCESS
+def prepare(config: RunConfig | dict[str, Any], ctx: distributed.Context = distributed.SINGLE_PROCESS
             ) -> tuple[TrainingData, torch.nn.Module]:
     """Everything that can fail on bad input, before any training or any record."""
     cfg = RunConfig.of(config)
@@ -85,7 +85,7 @@ def prepare(config: dict[str, Any], ctx: distributed.Context = distributed.SINGL
         raise ConfigError(str(err)) from None
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size, norm_layer=norm_factory(config), **cfg.model.options)
+                        image_size=data.image_size, norm_layer=norm_factory(cfg), **cfg.model.options)
     return data, model
 
 
@@ -157,7 +157,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     if done is not None:  # before loading anything: re-running a finished sweep is quick
         ctx.say(f"already {done['status']}: {record.dir} (test_acc {done['test_acc']}); nothing to do")
         return done
-    data, model = prepare(config, ctx)
+    data, model = prepare(cfg, ctx)
     if note := relaxation_warning(cfg):
         ctx.say(note, file=sys.stderr)
     # Rank 0 holds the lock and speaks for all: another sweep process may have trained it.
@@ -169,10 +169,9 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         return train_run(config, record, data, model, ctx, device)
 
 
-def open_logger(config: dict[str, Any], record: RunRecord, ctx: distributed.Context) -> RunLogger:
+def open_logger(config: dict[str, Any], cfg: RunConfig, record: RunRecord, ctx: distributed.Context) -> RunLogger:
     """One W&B run per record (same id across resumes), grouped by profile and experiment,
     tagged with every experiment the run serves; rank 0 logs for all."""
-    cfg = RunConfig.of(config)
     return build_logger(cfg.logger.name, main=ctx.is_main, config=public_config(config), run_dir=record.dir,
                         run_name=run_name(config), run_id=wandb_run_id(record.dir.name),
                         group=f"{cfg.profile_name}/{cfg.experiment}", tags=record.experiments(),
@@ -202,7 +201,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
     training = Training(model, optimizer, build_lr_schedule(cfg, optimizer), data,
                         WeightEMA(model, train.ema_decay) if train.ema_decay else None)
     progress = resume(record, training, ctx)
-    logger = open_logger(config, record, ctx)
+    logger = open_logger(config, cfg, record, ctx)
     net = distributed.wrap(model, ctx, device)  # after loading: every process starts equal
     if compiled:  # the norms switch to their plain-ops formulation (norm/_grouped.py)
         # A sweep trains run after run in one process; past 8 models per code object the

@@ -67,7 +67,7 @@ def test_bn_with_groups_is_the_grouped_layer():
     ("gn", {"eps": -1e-5}, "eps=-1e-05"),
     ("brn", {"per_worker_batch": 0}, "per_worker_batch=0"),
     ("gn", {"r_max": 2.0}, "norm.r_max"),
-    ("batchnorm", {}, "norm='batchnorm'"),
+    ("batchnorm", {}, "norm.name='batchnorm'"),
 ])
 def test_bad_values_raise_value_error_naming_the_field(name, options, field):
     with pytest.raises(ValueError) as err:

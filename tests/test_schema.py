@@ -44,7 +44,7 @@ def test_the_typed_view_reads_attributes_of_the_right_types():
     (("dataset", "augment", {"crop_padding": -2}), "dataset.augment.crop_padding=-2 must be an integer >= 0"),
     (("sampler", "name", "shuffled"), "sampler.name='shuffled' is not a sampler; use one of iid, noniid"),
     (("norm", "name", "bnx"), "norm.name='bnx' is not a normalization; use one of bn, brn"),
-    (("logger", "name", "tensorboard"), "logger.name='tensorboard' must be wandb or none"),
+    (("logger", "name", "tensorboard"), "logger.name='tensorboard' is not a logger; use one of wandb, none"),
 ])
 def test_a_bad_value_is_one_line_naming_its_key(change, message):
     config = composed()

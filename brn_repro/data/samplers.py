@@ -154,10 +154,19 @@ class NonIIDSplitSampler(NonIIDSampler):
         return self.draw(self.workers).transpose(1, 2).reshape(-1)
 
 
+def check_sampler(name: str, per_worker_batch: int, labels_per_batch: int | None = None,
+                  images_per_label: int | None = None) -> None:
+    """A sampler this module has, with a recipe it can draw: ``build_sampler`` checks it,
+    and ``config.validate`` before any data is loaded."""
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"sampler.name={name!r} is not a sampler; use one of {', '.join(SAMPLER_NAMES)}")
+    if name != "iid":
+        check_recipe(name, per_worker_batch, labels_per_batch, images_per_label)
+
+
 def check_recipe(name: str, per_worker_batch: int, labels_per_batch: int | None,
                  images_per_label: int | None) -> None:
-    """A non-i.i.d. recipe that fills the per-worker batch (checked by the samplers, and by
-    ``config.validate`` before any data is loaded)."""
+    """A non-i.i.d. recipe that fills the per-worker batch."""
     if not labels_per_batch or not images_per_label:
         raise ValueError(f"sampler={name} needs sampler.labels_per_batch and sampler.images_per_label "
                          "(positive integers; recipe.noniid sets them)")
@@ -174,9 +183,8 @@ def build_sampler(kind: str, labels: Tensor, workers: int, per_worker_batch: int
                   labels_per_batch: int | None = None,
                   images_per_label: int | None = None) -> GlobalBatchSampler:
     """``sampler.name`` -> its sampler; the non-i.i.d. ones need both recipe keys."""
+    check_sampler(kind, per_worker_batch, labels_per_batch, images_per_label)
     if kind == "iid":
         return IIDSampler(labels, workers, per_worker_batch, seed)
-    cls = {"noniid": NonIIDSampler, "noniid_split": NonIIDSplitSampler}.get(kind)
-    if cls is None:
-        raise ValueError(f"sampler.name={kind!r} is not a sampler; use one of {', '.join(SAMPLER_NAMES)}")
+    cls = NonIIDSampler if kind == "noniid" else NonIIDSplitSampler
     return cls(labels, workers, per_worker_batch, seed, labels_per_batch, images_per_label)

@@ -245,7 +245,7 @@ def norm_names() -> tuple[str, ...]:
 
 def norm_spec(name: str) -> NormSpec:
     if name not in TABLE:
-        raise ValueError(f"norm={name!r} is not a normalization; use one of {', '.join(TABLE)}")
+        raise ValueError(f"norm.name={name!r} is not a normalization; use one of {', '.join(TABLE)}")
     return TABLE[name]
 
 
