@@ -9,6 +9,10 @@ BIN := $(VENV)/bin
 #   make setup TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu126"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+# A first install asks for this much free space before pip starts (torch is ~5.5 GB
+# in the venv; a full disk otherwise stops pip half-way with a traceback).
+INSTALL_GB ?= 7
+HAS_TORCH := $(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)" 2>/dev/null
 # make reproduce PROFILE=cifar JOBS=1 THREADS=8: another profile, or another split of the cores
 PROFILE ?= quick
 JOBS ?= 2
@@ -24,6 +28,7 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
 $(STAMP): pyproject.toml
+	@$(HAS_TORCH) || $(PYTHON) scripts/check_free_space.py $(VENV) --need-gb $(INSTALL_GB)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
