@@ -12,6 +12,7 @@ Diverged runs are counted and drawn as diverged; they are never dropped.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import time
@@ -24,6 +25,7 @@ from brn_repro.experiments import described
 from brn_repro.files import write_atomic
 from brn_repro.loggers import flatten_config
 from brn_repro.records import (
+    EXECUTION_KEYS,
     MEMBERSHIP_FILE,
     RecordError,
     find_records,
@@ -43,10 +45,37 @@ def _members(runs_root: Path) -> list[tuple[Path, dict[str, Any]]]:
     the membership (runs are shared between experiments and between split-blind
     conditions); without it, each record counts for the experiment that wrote it."""
     membership = runs_root / MEMBERSHIP_FILE
-    if membership.exists():
-        plan = json.loads(membership.read_text())
-        return [(Path(m["run_dir"]), upgrade(m["config"])) for members in plan.values() for m in members]
-    return [(d, read_config(d)) for d in find_records(runs_root)]
+    if not membership.exists():
+        return [(d, read_config(d)) for d in find_records(runs_root)]
+    plan = json.loads(membership.read_text())
+    recorded: dict[str, dict[str, Any] | None] = {}
+    for members in plan.values():
+        for m in members:
+            if m["run_dir"] not in recorded:
+                config_path = Path(m["run_dir"]) / "config.yaml"
+                recorded[m["run_dir"]] = read_config(m["run_dir"]) if config_path.exists() else None
+    return [(Path(m["run_dir"]), as_ran(upgrade(m["config"]), recorded[m["run_dir"]]))
+            for members in plan.values() for m in members]
+
+
+def as_ran(planned: dict[str, Any], recorded: dict[str, Any] | None) -> dict[str, Any]:
+    """A member's planned config with its record's values for how the run was executed
+    (``records.EXECUTION_KEYS``): the membership holds the last ``make reproduce`` call's
+    plan, whose logger, threads or device need not be those the run trained with."""
+    if recorded is None:  # planned, not started
+        return planned
+    config = copy.deepcopy(planned)
+    for dotted in EXECUTION_KEYS:
+        *parents, leaf = dotted.split(".")
+        have, want = recorded, config
+        for key in parents:
+            have = have.get(key) if isinstance(have, dict) else None
+            want = want.setdefault(key, {})
+        if isinstance(have, dict) and leaf in have:
+            want[leaf] = copy.deepcopy(have[leaf])
+        else:
+            want.pop(leaf, None)
+    return config
 
 
 def _trained_at(run_dir: Path) -> str | None:

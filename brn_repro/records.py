@@ -45,14 +45,16 @@ from brn_repro.loggers import scrub_secrets
 from brn_repro.norm import norm_spec
 from brn_repro.schema import legacy_spelling, upgrade
 
-# Config keys that do not change a run's numbers, so they are not part of its identity.
-# The recipe's values count where norms and samplers read them, not where they are set.
-NON_IDENTITY_KEYS = (
-    "experiment", "git_commit", "logger", "paths", "profile_name", "recipe",
-    "dataset.root", "dataset.download", "dataset.loader_workers",
+# How a run was executed, not what it computes: a record's own values are the truth for
+# these (a later call that finds the run recorded may plan it with other threads or logger).
+EXECUTION_KEYS = (
+    "logger", "paths", "dataset.root", "dataset.download", "dataset.loader_workers",
     "train.checkpoint_every", "train.eval_batch", "train.threads", "train.progress", "train.device",
     "train.stop_at_step", "train.channels_last", "train.compile",
 )
+# Config keys that do not change a run's numbers, so they are not part of its identity.
+# The recipe's values count where norms and samplers read them, not where they are set.
+NON_IDENTITY_KEYS = ("experiment", "git_commit", "profile_name", "recipe", *EXECUTION_KEYS)
 CHECKPOINT_KEYS = {"step", "best_test_acc", "wall_seconds", "model", "optimizer", "scheduler", "data", "ema"}
 # Under paths.runs: which experiments each run belongs to (scripts/reproduce.py writes it;
 # a run can serve several experiments and several split-blind conditions).

@@ -1,11 +1,14 @@
 """Aggregation on synthetic run records with known values: summaries, verdicts, figures, report."""
 
+import copy
+import json
+
 import pandas as pd
 import pytest
 
 from brn_repro.aggregate import aggregate, load_runs, summarize
 from brn_repro.claims import NOT_REPRODUCED, NOT_RUN, REPRODUCED, evaluate_claims
-from brn_repro.records import RunRecord
+from brn_repro.records import MEMBERSHIP_FILE, RunRecord, find_records, read_config
 
 
 def write_run(root, experiment, norm, seed, acc, pwb=32, sampler="iid", status="completed",
@@ -30,6 +33,30 @@ def write_run(root, experiment, norm, seed, acc, pwb=32, sampler="iid", status="
                           "best_test_acc": acc, "steps_done": steps[-1], "wall_seconds": 1.0,
                           "diverged_step": steps[-1] if status == "diverged" else None,
                           "images_per_second": 100.0})
+
+
+def test_a_later_plan_does_not_rewrite_how_a_recorded_run_ran(tmp_path):
+    """The membership holds the last reproduce call's plan (here: no W&B, 2 threads); the
+    runs table takes how each run was executed from its record, the conditions from the plan."""
+    write_run(tmp_path, "fig1_baseline", "bn", 0, 80.0)
+    (run_dir,) = find_records(tmp_path)
+    ran = read_config(run_dir)
+    ran["logger"] = {"name": "wandb", "project": "brn-repro"}
+    ran["train"]["threads"] = 1
+    (run_dir / "config.yaml").write_text(json.dumps(ran))  # YAML reads JSON
+    planned = copy.deepcopy(ran)
+    planned["logger"] = {"name": "none"}
+    planned["train"]["threads"] = 2
+    planned["data"]["per_worker_batch"] = 4  # a split-blind condition sharing the run: the plan's
+    unstarted = {**copy.deepcopy(planned), "seed": 1}
+    (tmp_path / MEMBERSHIP_FILE).write_text(json.dumps({"fig1_baseline": [
+        {"run_dir": str(run_dir), "config": planned},
+        {"run_dir": str(tmp_path / "not-started"), "config": unstarted}]}))
+    runs = load_runs(tmp_path)[0].set_index("seed")
+    done, waiting = runs.loc[0], runs.loc[1]
+    assert (done["logger.name"], done["logger.project"], done["train.threads"]) == ("wandb", "brn-repro", 1)
+    assert done["data.per_worker_batch"] == 4 and done["status"] == "completed"
+    assert (waiting["logger.name"], waiting["train.threads"], waiting["status"]) == ("none", 2, "incomplete")
 
 
 def test_summary_rows_have_known_means_and_count_divergence(tmp_path):
