@@ -17,6 +17,7 @@ import torch
 from brn_repro import distributed
 from brn_repro.data import TrainingData
 from brn_repro.evaluate import WeightEMA
+from brn_repro.kernels import DECIDING, same_kernels
 from brn_repro.loggers import RunLogger
 from brn_repro.records import RunRecord, run_name
 
@@ -66,6 +67,8 @@ class Progress:
     diverged_step: int | None = None  # the first step with a non-finite loss
     last: dict[str, float] = field(default_factory=dict)  # this call's last evaluation
     compile_seconds: float | None = None  # this call's first step, when compiled
+    kernels: dict[str, Any] | None = None  # what computed the steps so far (brn_repro.kernels.describe)
+    kernels_mixed: bool = False  # resumed on other kernels than the steps before
     started: float = 0.0  # this call's loop began (perf_counter)
     window_started: float = 0.0  # the throughput's window: since the last evaluation
     window_steps: int = 0
@@ -74,11 +77,21 @@ class Progress:
     def from_checkpoint(cls, state: dict[str, Any]) -> Progress:
         return cls(step=state["step"], best_test_acc=state["best_test_acc"], wall_before=state["wall_seconds"],
                    eval_seconds=state.get("eval_seconds", 0.0),  # older checkpoints lack it
-                   start_step=state["step"])
+                   start_step=state["step"], kernels=state["kernels"], kernels_mixed=state["kernels_mixed"])
 
     def checkpoint(self) -> dict[str, Any]:
         return {"step": self.step, "best_test_acc": self.best_test_acc, "wall_seconds": self.wall_seconds(),
-                "eval_seconds": self.eval_seconds}
+                "eval_seconds": self.eval_seconds, "kernels": self.kernels, "kernels_mixed": self.kernels_mixed}
+
+    def use_kernels(self, here: dict[str, Any], ctx: distributed.Context) -> None:
+        """This call's kernels; a resume on other ones than the steps before is said and recorded."""
+        if self.kernels is not None and not same_kernels(self.kernels, here):
+            self.kernels_mixed = True
+            changed = ", ".join(f"{k} {self.kernels.get(k)} -> {here.get(k)}" for k in DECIDING
+                                if self.kernels.get(k) != here.get(k))
+            ctx.say(f"note: resuming on other kernels than the steps before ({changed}): the numbers will "
+                    "differ from an uninterrupted run's (recorded: kernels_mixed)")
+        self.kernels = here
 
     def start_clocks(self) -> None:
         self.started = time.perf_counter()
@@ -171,6 +184,8 @@ def summarize(progress: Progress, config: dict[str, Any], record: RunRecord, glo
                                    / max(time.perf_counter() - progress.started, 1e-9), 1),
         "processes": ctx.world_size,
         "device": device.type,
+        "kernels": progress.kernels,  # the last call's; kernels_mixed: an earlier call's differed
+        "kernels_mixed": progress.kernels_mixed,
     }
 
 

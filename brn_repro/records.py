@@ -50,12 +50,13 @@ from brn_repro.schema import legacy_spelling, upgrade
 EXECUTION_KEYS = (
     "logger", "paths", "dataset.root", "dataset.download", "dataset.loader_workers",
     "train.checkpoint_every", "train.eval_batch", "train.threads", "train.progress", "train.device",
-    "train.stop_at_step", "train.channels_last", "train.compile",
+    "train.stop_at_step", "train.channels_last", "train.compile", "train.cpu_isa",
 )
 # Config keys that do not change a run's numbers, so they are not part of its identity.
 # The recipe's values count where norms and samplers read them, not where they are set.
 NON_IDENTITY_KEYS = ("experiment", "git_commit", "profile_name", "recipe", *EXECUTION_KEYS)
-CHECKPOINT_KEYS = {"step", "best_test_acc", "wall_seconds", "model", "optimizer", "scheduler", "data", "ema"}
+CHECKPOINT_KEYS = {"step", "best_test_acc", "wall_seconds", "model", "optimizer", "scheduler", "data", "ema",
+                   "kernels", "kernels_mixed"}
 # Under paths.runs: which experiments each run belongs to (scripts/reproduce.py writes it;
 # a run can serve several experiments and several split-blind conditions).
 MEMBERSHIP_FILE = "experiments.json"

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from brn_repro import distributed
+from brn_repro import distributed, kernels
 from brn_repro.cli import check_command_line, upgrade_command_line
 from brn_repro.config import (
     CONF_DIR,
@@ -94,6 +94,7 @@ def compile_model(net: torch.nn.Module) -> torch.nn.Module:
     batch, the evaluation chunks); letting a second shape make them symbolic sent
     inductor's CPU code generation into minutes of sympy simplification (measured:
     one model compiled at batch 128, then 32, did not finish in 7 minutes)."""
+    kernels.key_compiled_graphs_by_isa()
     return torch.compile(net, dynamic=False)
 
 
@@ -145,6 +146,7 @@ def evaluate(model, ema, data: TrainingData, cfg: RunConfig, final: bool, ctx: d
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
     """Train ``config`` (a resolved config as a plain dict); returns the run's summary."""
+    kernels.pin(config["train"]["cpu_isa"])  # before this process's first torch op: it fixes the kernels
     cfg = validate(config)  # the typed view every function below reads
     config = {**config, "git_commit": git_commit()}  # recorded, not part of the run's identity
     if cfg.train.threads:
@@ -201,6 +203,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
     training = Training(model, optimizer, build_lr_schedule(cfg, optimizer), data,
                         WeightEMA(model, train.ema_decay) if train.ema_decay else None)
     progress = resume(record, training, ctx)
+    progress.use_kernels(kernels.describe(compiled), ctx)
     logger = open_logger(config, cfg, record, ctx)
     net = distributed.wrap(model, ctx, device)  # after loading: every process starts equal
     if compiled:  # the norms switch to their plain-ops formulation (norm/_grouped.py)

@@ -1,7 +1,13 @@
 import os
 
-import pytest
-import torch
+from brn_repro.kernels import PINNED_ENV
+
+# The kernels of the quick profile (train.cpu_isa=avx2) for the whole session, set before
+# any torch op fixes them: a run of that profile in this process checks that they hold.
+os.environ.update(PINNED_ENV)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # figures as PNG only (PDFs are a third of an aggregate's time); inherited by the
 # subprocesses the tests start. tests/test_plots.py checks the PDFs with its own setting.
