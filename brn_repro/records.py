@@ -291,21 +291,31 @@ class RunRecord:
     # --- writing ---------------------------------------------------------------
     @_rank_zero
     def start(self) -> None:
-        """A fresh record: the config, and no metrics or checkpoint of an earlier try."""
+        """A fresh record: the config, and no metrics, checkpoint or summary of an earlier try."""
+        self._check_lease()
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.metrics_path.unlink(missing_ok=True)
-            self.checkpoint_path.unlink(missing_ok=True)
-        write_atomic(self.config_path, yaml.safe_dump(public_config(self.config), sort_keys=False))
+            for earlier in (self.metrics_path, self.checkpoint_path, self.summary_path):
+                earlier.unlink(missing_ok=True)
+        self._write(self.config_path, yaml.safe_dump(public_config(self.config), sort_keys=False))
+
+    def _write(self, path: Path, data: str | Callable[[Path], None]) -> None:
+        """``write_atomic``, renamed into place only while this process holds the run's lock:
+        checked once the temporary is written (a checkpoint takes a while), before the rename."""
+        def write_then_check(tmp: Path) -> None:
+            data(tmp) if callable(data) else tmp.write_text(data)
+            self._check_lease()
+
+        write_atomic(path, write_then_check)
 
     @_rank_zero
     def log_metrics(self, row: dict[str, Any]) -> None:
-        self._check_lease()
         line = (json.dumps(row) + "\n").encode()
         with writing(self.metrics_path):
             fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             end = os.lseek(fd, 0, os.SEEK_END)
             try:
+                self._check_lease()
                 while line:  # unbuffered: a failed write is undone below, not retried at close
                     line = line[os.write(fd, line):]
             except OSError:
@@ -321,22 +331,20 @@ class RunRecord:
         if [r["step"] for r in kept] != self.eval_steps(after_step):
             raise RecordError(f"{self.metrics_path} holds steps {[r['step'] for r in kept]}, the checkpoint "
                               f"at step {after_step} needs {self.eval_steps(after_step)}")
-        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return read_metrics_file(self.metrics_path)
 
     @_rank_zero
     def write_summary(self, summary: dict[str, Any]) -> None:
-        self._check_lease()
         if (problem := summary_problem(summary)) is not None:
             raise RecordError(f"refusing to write {self.summary_path}: {problem}")
-        write_atomic(self.summary_path, json.dumps(summary, indent=2) + "\n")
+        self._write(self.summary_path, json.dumps(summary, indent=2) + "\n")
 
     @_rank_zero
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        self._check_lease()
-        write_atomic(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        self._write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self) -> dict[str, Any]:
         try:
