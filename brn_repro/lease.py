@@ -10,6 +10,9 @@ the file every ``stale / 4`` seconds: its mtime is a heartbeat. Another process
   holder died or hangs), or at once when the holder ran on this host and PID
   namespace and its PID is gone (a kill -9 on this machine).
 
+A holder that hangs (paused, a frozen VM) is taken over and may wake later: it
+reads its token in the lock file before every write (``check``) and stops unwritten.
+
 A PID alone says nothing on another node of a shared filesystem or in another
 container's PID namespace, and a dead run's PID can be reused by a live process;
 the heartbeat says whether the holder is alive wherever it runs. The lock file

@@ -18,9 +18,11 @@ the global batch is part of the identity.
 The records never contradict each other: every file is replaced whole (written
 under a name unique to its writer, then renamed), metrics are cut back to the
 checkpoint a run resumes from (to nothing without one), and a summary exists only
-with its numbers. A damaged file is said in one line and recovered: a partial
-last metrics line is dropped, a damaged checkpoint or metrics log trains the run
-again from step 0, a damaged summary finishes the run again from its checkpoint.
+with its numbers. A run is done when its summary, config and metrics read back. A
+damaged file is said in one line and recovered: a partial last metrics line is
+dropped, a damaged checkpoint, config or metrics log (or another run's checkpoint)
+trains the run again from step 0, a damaged summary finishes the run again from its
+checkpoint. Every write checks first that this process still holds the run's lock.
 """
 
 from __future__ import annotations
