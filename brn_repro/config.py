@@ -9,16 +9,20 @@ from __future__ import annotations
 import math
 import re
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch import nn
 
+from brn_repro.data.imagefolder import IMAGENET_MEAN
 from brn_repro.data.samplers import check_sampler
-from brn_repro.data.sources import NUM_CLASSES
+from brn_repro.data.sources import IMAGE_SIZES, NUM_CLASSES, STATS
 from brn_repro.loggers import logger_class
+from brn_repro.models import build_model, check_model_input
 from brn_repro.norm import build_norm, norm_spec
 from brn_repro.norm.registry import NormFactory
 from brn_repro.schema import (
@@ -247,6 +251,106 @@ def validate_model(model: dict[str, Any]) -> None:
         check_value(width, float | None, "model.width", interval=POSITIVE)
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6):
         raise ConfigError(f"model.depth={depth!r} must be 6n+2 >= 8 (20, 32, 44, 56, 110)")
+
+
+# Training holds each parameter's weight, gradient and up to two optimizer slots (Adam's
+# moments; RMSProp's square average and momentum); a weight average (train.ema_decay) one more.
+TRAINING_COPIES = 4
+
+
+def check_model_fits(config: RunConfig | dict[str, Any], device: torch.device, world_size: int = 1) -> None:
+    """Before any data loads, on the meta device (shapes, no memory): the norm layers take
+    the shapes training gives them, and training fits in the device's free memory. One
+    ConfigError line otherwise (model.width=65536 was an allocator traceback, and
+    dataset.image_size=4 at per-worker batch 1 a norm's traceback at step 1)."""
+    cfg = RunConfig.of(config)
+    channels, size, classes = model_input(cfg)
+    batch = cfg.global_batch // world_size  # this process's share of each step
+    model = f"model={cfg.model.name}" + "".join(f" model.{k}={v}" for k, v in cfg.model.options.items())
+    try:
+        check_model_input(cfg.model.name, image_size=size, in_channels=channels, dataset=cfg.dataset.name,
+                          **cfg.model.options)
+        with torch.device("meta"):
+            params = sum(p.numel() for p in build_model(
+                cfg.model.name, num_classes=classes, in_channels=channels, image_size=size,
+                norm_layer=norm_factory(cfg), **cfg.model.options).parameters())
+            sites, activations = norm_sites(cfg, channels, size, classes, batch)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    try:  # the smallest input a norm gets, through a real layer: its own checks decide
+        smallest = min(sites, key=lambda shape: math.prod(shape[2:]))
+        norm_factory(cfg)(smallest[1]).train()(torch.randn(smallest, generator=torch.Generator().manual_seed(0)))
+    except ValueError as err:
+        raise ConfigError(f"{model} on {size}x{size} images with data.per_worker_batch="
+                          f"{cfg.data.per_worker_batch}: {err}") from None
+    copies = TRAINING_COPIES + bool(cfg.train.ema_decay)
+    need = (params * copies + activations) * PRECISIONS[cfg.train.precision][0].itemsize
+    free = free_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(
+            f"{model} needs about {_size(need)} to train ({params:.2g} parameters x {copies} copies, and the "
+            f"activations of a {batch}-image batch), more than the {_size(free)} free on {device.type}; "
+            "make the model or the batch (data.workers x data.per_worker_batch) smaller")
+
+
+def model_input(cfg: RunConfig) -> tuple[int, int, int]:
+    """(channels, image size, classes) of the dataset, known before any file is read; an
+    ImageFolder's classes are not (one stands in: the head is small beside the body)."""
+    name = cfg.dataset.name
+    channels = len(STATS[name][0]) if name in STATS else len(IMAGENET_MEAN)
+    return channels, cfg.dataset.image_size or IMAGE_SIZES[name], NUM_CLASSES.get(name, 1)
+
+
+class _NormSite(nn.Identity):
+    """Where a norm layer goes, in the dry run: it keeps the shape it is given."""
+
+    def __init__(self, num_features: int, shapes: list[tuple[int, ...]]):
+        super().__init__()
+        self.shapes = shapes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape))
+        return x
+
+
+def norm_sites(cfg: RunConfig, channels: int, size: int, classes: int,
+               batch: int) -> tuple[list[tuple[int, ...]], int]:
+    """A training forward of the model on the meta device, norms left out (most have no
+    meta kernels): the shapes its norm layers get, and the activations it keeps for the
+    backward (every layer's output, in elements)."""
+    shapes: list[tuple[int, ...]] = []
+    net = build_model(cfg.model.name, num_classes=classes, in_channels=channels, image_size=size,
+                      norm_layer=partial(_NormSite, shapes=shapes), **cfg.model.options)
+    kept = [0]
+
+    def count(module: nn.Module, inputs: Any, output: Any) -> None:
+        kept[0] += sum(t.numel() for t in (output if isinstance(output, tuple) else (output,))
+                       if isinstance(t, torch.Tensor))
+
+    for leaf in (m for m in net.modules() if not any(m.children())):
+        leaf.register_forward_hook(count)
+    net.train()(torch.empty(batch, channels, size, size))
+    return shapes, kept[0]
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for training on ``device`` (a GPU's free memory, the host's available
+    memory); None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        found = re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+    except OSError:
+        return None
+    return int(found.group(1)) * 1024 if found else None
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1000:
+            return f"{nbytes:.3g} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.3g} TB"
 
 
 def norm_options(config: RunConfig | dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,9 @@ the file every ``stale / 4`` seconds: its mtime is a heartbeat. Another process
   holder died or hangs), or at once when the holder ran on this host and PID
   namespace and its PID is gone (a kill -9 on this machine).
 
+A holder that hangs (paused, a frozen VM) is taken over and may wake later: it
+reads its token in the lock file before every write (``check``) and stops unwritten.
+
 A PID alone says nothing on another node of a shared filesystem or in another
 container's PID namespace, and a dead run's PID can be reused by a live process;
 the heartbeat says whether the holder is alive wherever it runs. The lock file
@@ -80,6 +83,11 @@ def _parse(text: str) -> dict[str, Any]:
     return holder if isinstance(holder, dict) else {}  # an older PID-only lock: heartbeat decides
 
 
+def _taken_by(seen: tuple[str, float] | None) -> str:
+    """Who holds a lock that is no longer ours."""
+    return describe(_parse(seen[0])) if seen else "nobody (the lock file was removed)"
+
+
 def _dead_here(holder: dict[str, Any]) -> bool:
     """True only for a holder of this host and PID namespace whose PID is gone."""
     if holder.get("host") != HOST or holder.get("pid_namespace") != PID_NAMESPACE:
@@ -95,8 +103,8 @@ def _dead_here(holder: dict[str, Any]) -> bool:
 
 class Lease:
     """``with Lease(path, timeout, stale) as waited:`` holds the lock; ``waited`` is
-    True when another holder had it first. ``check()`` raises ``LockError`` once
-    another process has taken the lock over (this one must then stop writing)."""
+    True when another holder had it first. ``check()``, called before every write,
+    raises ``LockError`` unless the lock file still holds this process's token."""
 
     def __init__(self, path: str | Path, timeout: float, stale: float):
         self.path, self.timeout, self.stale = Path(path), float(timeout), float(stale)
@@ -211,13 +219,19 @@ class Lease:
                 continue
             missing += 1
             if seen is not None or missing >= 2:  # twice: a filesystem hiccup is not a loss
-                self.lost = describe(_parse(seen[0])) if seen else "nobody (the lock file was removed)"
+                self.lost = _taken_by(seen)
                 return
 
     def check(self) -> None:
+        """Raise ``LockError`` unless this process provably holds the lock now: its token
+        in the lock file, read here. The heartbeat thread looks only every beat, and not
+        at all while the process is paused (SIGSTOP, a frozen VM) and taken over."""
+        seen = _read(self.path)
+        if seen is None or seen[0] != self.text:
+            self.lost = self.lost or _taken_by(seen)
         if self.lost:
-            raise LockError(f"lost the lock of {self.path.parent} to {self.lost}; stopping without "
-                            "writing (the other process trains this run; rerun once it is done)")
+            raise LockError(f"lost the lock of {self.path.parent} to {self.lost}; stopped without writing "
+                            "(another process took this run over: rerun to finish it, or to find it done)")
 
     def release(self) -> None:
         self._stop.set()

@@ -18,9 +18,11 @@ the global batch is part of the identity.
 The records never contradict each other: every file is replaced whole (written
 under a name unique to its writer, then renamed), metrics are cut back to the
 checkpoint a run resumes from (to nothing without one), and a summary exists only
-with its numbers. A damaged file is said in one line and recovered: a partial
-last metrics line is dropped, a damaged checkpoint or metrics log trains the run
-again from step 0, a damaged summary finishes the run again from its checkpoint.
+with its numbers. A run is done when its summary, config and metrics read back. A
+damaged file is said in one line and recovered: a partial last metrics line is
+dropped, a damaged checkpoint, config or metrics log (or another run's checkpoint)
+trains the run again from step 0, a damaged summary finishes the run again from its
+checkpoint. Every write checks first that this process still holds the run's lock.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ EXECUTION_KEYS = (
 # Config keys that do not change a run's numbers, so they are not part of its identity.
 # The recipe's values count where norms and samplers read them, not where they are set.
 NON_IDENTITY_KEYS = ("experiment", "git_commit", "profile_name", "recipe", *EXECUTION_KEYS)
-CHECKPOINT_KEYS = {"step", "best_test_acc", "wall_seconds", "model", "optimizer", "scheduler", "data", "ema",
+# "run": the directory name (identity) of the run that wrote it, so no run resumes another's
+CHECKPOINT_KEYS = {"run", "step", "best_test_acc", "wall_seconds", "model", "optimizer", "scheduler", "data", "ema",
                    "kernels", "kernels_mixed"}
 # Under paths.runs: which experiments each run belongs to (scripts/reproduce.py writes it;
 # a run can serve several experiments and several split-blind conditions).
@@ -168,13 +171,12 @@ def read_summary(path: str | Path) -> dict[str, Any] | None:
 
 def summary_problem(summary: dict[str, Any]) -> str | None:
     status = summary.get("status")
-    if status == "completed":
-        missing = [k for k in ("test_acc", "train_acc", "steps_done")
-                   if not isinstance(summary.get(k), int | float)]
-        return f"status completed without {', '.join(missing)}" if missing else None
-    if status == "diverged":
-        return None if isinstance(summary.get("diverged_step"), int) else "status diverged without diverged_step"
-    return f"status {status!r} is neither completed nor diverged"
+    if status not in ("completed", "diverged"):
+        return f"status {status!r} is neither completed nor diverged"
+    numbers = ({"test_acc": int | float, "train_acc": int | float} if status == "completed"
+               else {"diverged_step": int})
+    missing = [k for k, kind in {**numbers, "steps_done": int}.items() if not isinstance(summary.get(k), kind)]
+    return f"status {status} without {', '.join(missing)}" if missing else None
 
 
 def _rank_zero(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -202,15 +204,39 @@ class RunRecord:
         self.checkpoint_path = self.dir / "checkpoint.pt"
         self._lease: Lease | None = None
         self._said_damaged = False
+        self._start_afresh = False  # a summary whose config or metrics do not read back
 
     # --- state -----------------------------------------------------------------
     def summary(self) -> dict[str, Any] | None:
+        """The summary of a finished run: with its numbers, and its config and metrics (every
+        evaluation up to its last step) reading back. Otherwise None, what is damaged said
+        once: a damaged summary alone finishes the run again from its checkpoint; a damaged
+        config or metrics log trains it again from step 0 (``resume``): its earlier
+        evaluations cannot be rebuilt from the final checkpoint, and training is deterministic."""
         summary = read_summary(self.summary_path)
-        if summary is None and self.main and self.summary_path.is_file() and not self._said_damaged:
+        damage = self._unreadable(summary["steps_done"]) if summary is not None else None
+        self._start_afresh = damage is not None
+        if damage is not None:
+            self._note(f"{damage}; training {self.dir.name} again from step 0")
+        elif summary is None and self.summary_path.is_file():
+            self._note(f"{self.summary_path} is damaged or incomplete; finishing the run again")
+        return None if damage else summary
+
+    def _note(self, line: str) -> None:
+        if self.main and not self._said_damaged:
             self._said_damaged = True
-            print(f"note: {self.summary_path} is damaged or incomplete; finishing the run again",
-                  file=sys.stderr)
-        return summary
+            print(f"note: {line}", file=sys.stderr)
+
+    def _unreadable(self, steps_done: int) -> str | None:
+        """What keeps a summarized record from reading back: its config, or its metrics."""
+        try:
+            read_config(self.dir)
+            steps = [r["step"] for r in self.read_metrics()]
+        except RecordError as err:
+            return str(err)
+        if steps != (needed := self.eval_steps(steps_done)):
+            return f"{self.metrics_path} holds steps {steps}, its summary at step {steps_done} needs {needed}"
+        return None
 
     def experiments(self) -> list[str]:
         """Every experiment this run belongs to: the one that asked for it, and those the
@@ -273,8 +299,9 @@ class RunRecord:
         """The checkpoint to go on from, with metrics cut back to it; or None, and
         the record started afresh: no checkpoint, or damaged files (said in one line)."""
         state = None
-        if self.has_checkpoint():
+        if self.has_checkpoint() and not self._start_afresh:  # summary() said why not
             try:
+                read_config(self.dir)
                 state = self.load_checkpoint()
                 self.truncate_metrics(state["step"])
             except RecordError as err:
@@ -284,6 +311,24 @@ class RunRecord:
             self.start()
         return state
 
+    def check_threads(self) -> None:
+        """Before any data loads: a run that resumes keeps the train.threads it started with
+        (its config.yaml's): torch's CPU kernels split their sums by thread, so another
+        count would change the numbers a resume promises to leave as they were."""
+        if not self.has_checkpoint():
+            return
+        try:
+            started = (read_config(self.dir).get("train") or {}).get("threads")
+        except RecordError:
+            return  # a damaged record trains again from step 0 (resume)
+        now = self.config["train"].get("threads")
+        if now != started:
+            def shown(value):
+                return "null" if value is None else value
+            raise RecordError(f"{self.dir} was started with train.threads={shown(started)} and resumes from its "
+                              f"checkpoint; train.threads={shown(now)} would change its numbers: rerun with "
+                              f"train.threads={shown(started)}")
+
     def eval_steps(self, upto: int) -> list[int]:
         """The steps a run evaluates at, up to ``upto``: what its metrics must hold."""
         train = self.config["train"]
@@ -292,21 +337,31 @@ class RunRecord:
     # --- writing ---------------------------------------------------------------
     @_rank_zero
     def start(self) -> None:
-        """A fresh record: the config, and no metrics or checkpoint of an earlier try."""
+        """A fresh record: the config, and no metrics, checkpoint or summary of an earlier try."""
+        self._check_lease()
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.metrics_path.unlink(missing_ok=True)
-            self.checkpoint_path.unlink(missing_ok=True)
-        write_atomic(self.config_path, yaml.safe_dump(public_config(self.config), sort_keys=False))
+            for earlier in (self.metrics_path, self.checkpoint_path, self.summary_path):
+                earlier.unlink(missing_ok=True)
+        self._write(self.config_path, yaml.safe_dump(public_config(self.config), sort_keys=False))
+
+    def _write(self, path: Path, data: str | Callable[[Path], None]) -> None:
+        """``write_atomic``, renamed into place only while this process holds the run's lock:
+        checked once the temporary is written (a checkpoint takes a while), before the rename."""
+        def write_then_check(tmp: Path) -> None:
+            data(tmp) if callable(data) else tmp.write_text(data)
+            self._check_lease()
+
+        write_atomic(path, write_then_check)
 
     @_rank_zero
     def log_metrics(self, row: dict[str, Any]) -> None:
-        self._check_lease()
         line = (json.dumps(row) + "\n").encode()
         with writing(self.metrics_path):
             fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             end = os.lseek(fd, 0, os.SEEK_END)
             try:
+                self._check_lease()
                 while line:  # unbuffered: a failed write is undone below, not retried at close
                     line = line[os.write(fd, line):]
             except OSError:
@@ -322,22 +377,20 @@ class RunRecord:
         if [r["step"] for r in kept] != self.eval_steps(after_step):
             raise RecordError(f"{self.metrics_path} holds steps {[r['step'] for r in kept]}, the checkpoint "
                               f"at step {after_step} needs {self.eval_steps(after_step)}")
-        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return read_metrics_file(self.metrics_path)
 
     @_rank_zero
     def write_summary(self, summary: dict[str, Any]) -> None:
-        self._check_lease()
         if (problem := summary_problem(summary)) is not None:
             raise RecordError(f"refusing to write {self.summary_path}: {problem}")
-        write_atomic(self.summary_path, json.dumps(summary, indent=2) + "\n")
+        self._write(self.summary_path, json.dumps(summary, indent=2) + "\n")
 
     @_rank_zero
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        self._check_lease()
-        write_atomic(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        self._write(self.checkpoint_path, lambda tmp: torch.save({**state, "run": self.dir.name}, tmp))
 
     def load_checkpoint(self) -> dict[str, Any]:
         try:
@@ -348,14 +401,27 @@ class RunRecord:
             raise RecordError(f"{self.checkpoint_path} is damaged ({reason})") from None
         if not isinstance(state, dict) or CHECKPOINT_KEYS - state.keys():
             raise RecordError(f"{self.checkpoint_path} is damaged (not a checkpoint of this runner)")
+        if state["run"] != self.dir.name:  # copied in by hand: a damaged file of this record
+            raise RecordError(f"{self.checkpoint_path} is the checkpoint of {state['run']}, not of this run")
         if not 0 < state["step"] <= self.config["train"]["steps"]:
             raise RecordError(f"{self.checkpoint_path} is at step {state['step']}, outside this run")
         return state
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """A record's config, in this format's spelling whichever format wrote it."""
-    return upgrade(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
+    """A record's config, in this format's spelling whichever format wrote it; a missing or
+    damaged one is a one-line ``RecordError`` naming the file."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        raise RecordError(f"{path} is missing") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RecordError(f"{path} is damaged (not YAML: {reason})") from None
+    if not isinstance(config, dict):
+        raise RecordError(f"{path} is damaged (a {type(config).__name__}, not a config)")
+    return upgrade(config)
 
 
 def find_records(root: str | Path) -> list[Path]:

@@ -37,6 +37,7 @@ from brn_repro.config import (
     apply_precision,
     build_lr_schedule,
     build_optimizer,
+    check_model_fits,
     memory_format,
     norm_factory,
     relaxation_warning,
@@ -159,6 +160,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     if done is not None:  # before loading anything: re-running a finished sweep is quick
         ctx.say(f"already {done['status']}: {record.dir} (test_acc {done['test_acc']}); nothing to do")
         return done
+    record.check_threads()
+    check_model_fits(cfg, device, ctx.world_size)
     data, model = prepare(cfg, ctx)
     if note := relaxation_warning(cfg):
         ctx.say(note, file=sys.stderr)

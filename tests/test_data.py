@@ -260,6 +260,26 @@ def test_imagefolder_missing_or_empty_split_is_named(tmp_path):
         load_imagefolder(None)
 
 
+@pytest.mark.parametrize("loader_workers", [0, 1])
+@pytest.mark.parametrize("bad", ["zero-byte PNG", "text file named .png"])
+def test_an_unreadable_image_is_one_line_naming_it(tmp_path, monkeypatch, capsys, bad, loader_workers):
+    """Issue 21.8: an image that does not decode, met in training (in the main process or a
+    DataLoader worker), is one line naming the file and the fix, exit 2, not a traceback."""
+    from test_faults import main
+
+    write_pngs(tmp_path / "data", {"cat": (1, 2, 3), "dog": (4, 5, 6)})
+    broken = tmp_path / "data" / "train" / "dog" / "1.png"
+    broken.write_bytes(b"") if bad == "zero-byte PNG" else broken.write_text("not an image\n")
+    argv = ["dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=16",
+            f"dataset.loader_workers={loader_workers}", "model.width=4", "data.per_worker_batch=2",
+            "data.workers=2", "train.steps=4", "train.eval_every=2", "train.threads=1", "train.progress=false",
+            "logger=none", f"paths.runs={tmp_path / 'runs'}"]
+    code, lines = main(argv, monkeypatch, capsys)
+    why = "an empty file" if bad == "zero-byte PNG" else "not an image format PIL reads"
+    assert code == 2 and lines == [f"error: imagefolder: {broken} is not a readable image ({why}); "
+                                   "remove it or replace it with a readable one"], lines
+
+
 def test_build_dataset_dispatches_and_names_bad_values(tmp_path, no_debian):
     fake_fashion(tmp_path)
     assert build_dataset("fashion_mnist", tmp_path, download=False, cache=tmp_path).num_classes == 10

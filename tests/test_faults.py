@@ -5,7 +5,9 @@ summary of one that never was (bit for bit, as the runner promises on a CPU)."""
 
 import os
 import random
+import re
 import runpy
+import shutil
 import subprocess
 import sys
 import warnings
@@ -17,7 +19,7 @@ from hydra import compose, initialize_config_dir
 
 from brn_repro.config import resolve
 from brn_repro.files import TMP_NAME, write_atomic
-from brn_repro.records import RecordError, RunRecord
+from brn_repro.records import RecordError, RunRecord, read_config
 from brn_repro.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,6 +233,72 @@ def test_damaged_or_empty_summary_is_finished_again_from_the_final_checkpoint(
     assert_matches(record, reference)
 
 
+@pytest.mark.parametrize("damage", ["damaged metrics line", "late metrics row", "missing metrics",
+                                    "config.yaml not YAML", "config.yaml a scalar"])
+def test_a_finished_run_whose_record_does_not_read_back_is_trained_again(tmp_path, tiny_fashion_mnist, reference,
+                                                                        capsys, damage):
+    """Issue 21.7: a completed record counts as done only when its summary, metrics and
+    config read back; otherwise the rerun says what is damaged in one line and trains the
+    run again from step 0 (its earlier evaluations cannot be rebuilt from the final
+    checkpoint; retraining is deterministic and gives the same numbers)."""
+    config = make_config(tmp_path, tiny_fashion_mnist)
+    run(config)
+    record = RunRecord(tmp_path, config)
+    lines = record.metrics_path.read_text().splitlines()
+    if damage == "damaged metrics line":
+        record.metrics_path.write_text("\n".join([lines[0], "{oops", *lines[2:]]) + "\n")
+    elif damage == "late metrics row":  # a late writer's row (issue 21.2)
+        record.metrics_path.write_text("\n".join([*lines, lines[1]]) + "\n")
+    elif damage == "missing metrics":
+        record.metrics_path.unlink()
+    else:
+        record.config_path.write_text("{not: [yaml\n" if damage == "config.yaml not YAML" else "a scalar\n")
+    damaged = record.config_path if damage.startswith("config") else record.metrics_path
+    capsys.readouterr()
+    assert run(config)["test_acc"] == reference[1]["test_acc"]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"note: {damaged}"), lines
+    assert lines[0].endswith(f"training {record.dir.name} again from step 0"), lines
+    assert_matches(record, reference)
+    assert read_config(record.dir)["seed"] == config["seed"]
+
+
+@pytest.mark.parametrize("text,needle", [("{not: [yaml\n", "not YAML"), ("a scalar\n", "a str, not a config")])
+def test_a_damaged_config_yaml_is_one_record_error_naming_it(tmp_path, text, needle):
+    (tmp_path / "config.yaml").write_text(text)
+    with pytest.raises(RecordError) as err:
+        read_config(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / 'config.yaml'} is damaged (") and needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_another_runs_checkpoint_is_trained_over_from_step_0(tmp_path, tiny_fashion_mnist, reference, capsys):
+    """Issue 21.8: a checkpoint carries its run's directory name; another run's (another
+    seed's) is a damaged file of this record, said in one line and trained over."""
+    other = make_config(tmp_path, tiny_fashion_mnist, "seed=1", "train.stop_at_step=10")
+    run(other)
+    record = stopped_at_10(tmp_path, tiny_fashion_mnist)
+    shutil.copyfile(RunRecord(tmp_path, other).checkpoint_path, record.checkpoint_path)
+    capsys.readouterr()
+    run(make_config(tmp_path, tiny_fashion_mnist))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"note: {record.checkpoint_path} is the checkpoint of {RunRecord(tmp_path, other).dir.name}, "
+                     f"not of this run; training {record.dir.name} again from step 0"]
+    assert_matches(record, reference)
+
+
+def test_resuming_with_other_threads_is_refused_in_one_line(tmp_path, tiny_fashion_mnist, monkeypatch, capsys):
+    """Issue 21.8: torch's CPU kernels split their sums by thread, so a run resumed with
+    another train.threads would not end with the numbers it promises; refused, nothing written."""
+    record = stopped_at_10(tmp_path, tiny_fashion_mnist)  # train.threads=1
+    before = {p.name: p.read_bytes() for p in record.dir.iterdir()}
+    code, lines = main(overrides(tmp_path, tiny_fashion_mnist, "train.threads=2"), monkeypatch, capsys)
+    assert code == 2 and lines == [
+        f"error: {record.dir} was started with train.threads=1 and resumes from its checkpoint; "
+        "train.threads=2 would change its numbers: rerun with train.threads=1"], lines
+    assert {p.name: p.read_bytes() for p in record.dir.iterdir()} == before
+
+
 def test_a_summary_without_its_numbers_is_never_written(tmp_path, tiny_fashion_mnist):
     record = RunRecord(tmp_path, make_config(tmp_path, tiny_fashion_mnist))
     with pytest.raises(RecordError, match="completed without test_acc"):
@@ -371,6 +439,8 @@ BAD_INPUT = [
     (["sampler=noniid", "sampler.labels_per_batch=3"], "data.per_worker_batch=4"),
     (["data.per_worker_batch=0"], "data.per_worker_batch=0"),
     (["model=inception_v3", "~model.width"], "model=inception_v3 needs images of at least 75x75"),
+    (["dataset.image_size=4", "data.per_worker_batch=1"],
+     "model=small_cnn model.width=4 on 4x4 images with data.per_worker_batch=1: batch statistics need more"),
     (["norm.name=batchnorm"], "norm.name='batchnorm'"),
     (["optim.name=lbfgs"], "optim.name='lbfgs'"),
 ]
@@ -391,6 +461,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_fashion_mnist, monkeypa
 def test_model_sizes_are_checked_before_the_data_is_loaded(tmp_path, tiny_fashion_mnist, monkeypatch, capsys):
     argv = overrides(tmp_path / "runs", tmp_path / "nowhere", "model.width=0")
     assert main(argv, monkeypatch, capsys)[1] == ["error: model.width=0 must be a positive integer"]
+
+
+@pytest.mark.parametrize("bad", [["model.width=65536"], ["dataset.image_size=4", "data.per_worker_batch=1"]])
+def test_a_model_that_cannot_train_is_refused_before_the_data_is_loaded(tmp_path, monkeypatch, capsys, bad):
+    """Issue 21.8: a model whose training would not fit in memory (model.width=65536: 5.8e11
+    parameters) or whose norms would see one value per channel is one line before any data."""
+    code, lines = main(overrides(tmp_path / "runs", tmp_path / "nowhere", *bad), monkeypatch, capsys)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: model=small_cnn "), lines
+    if bad == ["model.width=65536"]:
+        assert re.search(r"needs about [\d.]+ TB to train \(5\.8e\+11 parameters.*, more than the "
+                         r"[\d.]+ [GT]B free", lines[0]), lines[0]
+    assert not (tmp_path / "runs").exists()
 
 
 # --- secrets -----------------------------------------------------------------------------

@@ -6,10 +6,15 @@ then ends with the numbers of one that never met a lock (``test_faults.reference
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from test_faults import (  # noqa: F401 (autouse fixture)
+    ROOT,
     _restore_threads,
     assert_matches,
     main,
@@ -110,3 +115,76 @@ def test_waiters_racing_for_a_stale_lock_hold_it_one_at_a_time(tmp_path):
         thread.join()
     assert most[0] == 1 and sorted(held) == list(range(6))
     assert not list(tmp_path.iterdir())  # no lock, breaker or candidate left
+
+
+# Runs the CLI with one function wrapped to SIGSTOP the process (every thread, the
+# heartbeat's too) at a chosen moment: before its n-th metrics row, or once the n-th
+# checkpoint's temporary file is written (before it is renamed into place).
+STOPPER = r"""
+import os, signal, sys, runpy
+import torch
+from brn_repro import records
+
+point, when = sys.argv[1], int(sys.argv[2])
+del sys.argv[1:3]
+calls = [0]
+
+def stop(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == when:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+def wrap(owner, name, before=None, after=None):
+    original = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        if before:
+            before()
+        result = original(*args, **kwargs)
+        if after:
+            after()
+        return result
+    setattr(owner, name, wrapper)
+
+if point == "metrics row":
+    wrap(records.RunRecord, "log_metrics", before=stop)
+elif point == "checkpoint":
+    wrap(torch, "save", after=stop)
+sys.argv[0] = "brn_repro.train"
+runpy.run_module("brn_repro.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def wait_until_stopped(pid: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, "the process never stopped"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("point,when", [
+    ("metrics row", 3),  # paused before the row of step 15: the other resumes from step 10
+    ("checkpoint", 1),   # paused with the step-10 checkpoint written, not renamed: the other starts afresh
+])
+def test_a_paused_holder_writes_nothing_once_another_finished_the_run(tmp_path, tiny_fashion_mnist, reference,
+                                                                    capsys, point, when):
+    """Issue 21.2: a holder paused (SIGSTOP) past paths.lock_stale is taken over; the other
+    process finishes the run; continued (SIGCONT), the first stops in one line, exit 2,
+    before any write: the finished record keeps the uninterrupted numbers."""
+    runs, extra = tmp_path / "runs", "paths.lock_stale=1"
+    command = [sys.executable, "-c", STOPPER, point, str(when), *overrides(runs, tiny_fashion_mnist, extra),
+               f"hydra.run.dir={tmp_path / 'out'}"]
+    paused = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_stopped(paused.pid)
+        config = make_config(runs, tiny_fashion_mnist, extra)
+        capsys.readouterr()
+        assert run(config)["status"] == "completed"
+        assert "note: taking over" in capsys.readouterr().err
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+        stderr = paused.communicate(timeout=120)[1]
+    record = RunRecord(runs, config)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert paused.returncode == 2 and len(lines) == 1, stderr[-2000:]
+    assert lines[0].startswith(f"error: lost the lock of {record.dir} to nobody (the lock file was removed)")
+    assert_matches(record, reference)

@@ -44,6 +44,7 @@ DATASET_NAMES = ("fashion_mnist", "cifar10", "cifar100", "imagefolder")
 # Classes of the built-in sets, known before any file is read (config validation
 # checks the probe's labels per batch against them); an ImageFolder's come from its folders.
 NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+IMAGE_SIZES = {"fashion_mnist": 28, "cifar10": 32, "cifar100": 32}  # native; the model check reads it before loading
 TRAIN_IMAGES = {"fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}  # for epochs
 GZIP_MAGIC = b"\x1f\x8b"
 
