@@ -9,7 +9,10 @@ looked in (and where a download goes): training on another copy than the one
 asked for would be a silent mistake, so a missing or incomplete root is an error.
 Each file is checked as it is read, so a truncated or corrupt file is
 a one-line ``DatasetError`` naming it, not a numpy or pickle traceback deep in a
-sweep's log. ``build_dataset`` picks the source from ``dataset.name``.
+sweep's log. CIFAR's pickles are read by an unpickler that builds only arrays and
+plain data (:class:`CifarUnpickler`): a file that names anything else, code or a
+missing module, is refused in one line before anything in it runs.
+``build_dataset`` picks the source from ``dataset.name``.
 """
 
 from __future__ import annotations
