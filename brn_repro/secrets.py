@@ -16,6 +16,10 @@ directly or through another key: ``config.resolve`` lists these keys under
   the command line among it, is off: ``loggers.PRIVATE_SETTINGS``);
 * :class:`ScrubHydraOutput` -- a Hydra callback (conf/config.yaml) for secrets written in
   config files: it drops them from the composed config before Hydra saves it.
+
+Why two places for Hydra: the command line is cleaned where it enters, which covers every
+file, log line and launcher (joblib, SLURM) at once; what config files hold is composed by
+Hydra and saved before any of the project's code runs, so only a callback can reach it.
 """
 
 from __future__ import annotations
