@@ -35,6 +35,7 @@ from brn_repro.schema import (
     legacy_keys,
     upgrade,
 )
+from brn_repro.secrets import FROM_ENVIRONMENT, env_valued_keys
 
 
 def _divide(total: int, part: int) -> int:
@@ -60,8 +61,8 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
     """The composed config as a plain dict. A resolver's or interpolation's failure
     (``${div:...}`` of numbers that do not divide, a missing key) is one ConfigError
     naming the key. Keys whose value comes from the environment (``${oc.env:...}``,
-    directly or through another key) are listed under ``env_keys``: the run record
-    leaves them out, and so does the run's identity (``records.public_config``)."""
+    directly or through another key) are listed under ``secrets.FROM_ENVIRONMENT``: the
+    run record leaves them out, and so do the run's identity and W&B (``secrets.scrub``)."""
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
@@ -70,39 +71,14 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
         reason = re.sub(r"^\w+ raised while resolving interpolation: ", "", reason)
         key = getattr(err, "full_key", None)
         raise ConfigError(f"{key}: {reason}" if key else reason) from None
-    if keys := env_keys(OmegaConf.to_container(cfg, resolve=False)):
-        config["env_keys"] = keys
+    if keys := env_valued_keys(OmegaConf.to_container(cfg, resolve=False)):
+        config[FROM_ENVIRONMENT] = keys
     if old := legacy_keys(config):  # a config file of one's own, written for format 1
         renames = {v: k for k, v in LEGACY_SPELLINGS.items()} | LEGACY_RECIPE
         print(f"note: {', '.join(f'{k} is now {renames[k]}' for k in old)} (the old keys work until "
               "the next release)", file=sys.stderr)
         config = upgrade(config)
     return config
-
-
-def env_keys(raw: dict[str, Any]) -> list[str]:
-    """Dotted keys of an unresolved config whose values come from ``${oc.env:...}``,
-    directly or by interpolating such a key (or a node above one)."""
-    flat: dict[str, str] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = str(node)
-
-    walk(raw, "")
-    found = {key for key, value in flat.items() if "oc.env:" in value}
-    grown = True
-    while grown:  # keys interpolating a found key are found too
-        grown = False
-        for key, value in flat.items():
-            refs = re.findall(r"\$\{([A-Za-z0-9_.]+)\}", value)
-            if key not in found and any(f == r or f.startswith(f"{r}.") for r in refs for f in found):
-                found.add(key)
-                grown = True
-    return sorted(found)
 
 
 def norm_batch(config: RunConfig | dict[str, Any]) -> int:

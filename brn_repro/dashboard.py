@@ -33,7 +33,7 @@ import pandas as pd
 
 from brn_repro.experiments import claim_experiments
 from brn_repro.experiments import figures as figures_of
-from brn_repro.loggers import resolve_wandb_mode, wandb_run_id
+from brn_repro.loggers import PRIVATE_SETTINGS, resolve_wandb_mode, wandb_run_id
 
 # Runs of a profile are grouped by these, in order, in the workspace and the report.
 GROUP_BY = ("norm.name", "data.per_worker_batch", "sampler.name")
@@ -175,7 +175,8 @@ def publish(out: Path, runs_root: Path, runs: pd.DataFrame, summaries: dict[str,
     lines = []
     run = wandb.init(project=project, entity=entity, job_type="aggregate", name=f"aggregate-{profile}",
                      group=f"{profile}/aggregate", dir=str(runs_root), mode=mode,
-                     reinit="finish_previous", settings=wandb.Settings(quiet=True, console="off"))
+                     reinit="finish_previous",
+                     settings=wandb.Settings(quiet=True, console="off", **PRIVATE_SETTINGS))
     for experiment, summary in summaries.items():
         run.log({f"{experiment}/summary": wandb.Table(dataframe=summary)})
         for fig in figures.get(experiment, []):

@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
+from brn_repro.secrets import scrub
+
 __all__ = [
     "RunLogger",
     "NullLogger",
@@ -40,8 +42,6 @@ __all__ = [
     "progress_bar",
     "wandb_run_id",
     "flatten_config",
-    "scrub_secrets",
-    "is_secret_key",
     "has_wandb_credentials",
     "resolve_wandb_mode",
     "offline_hint",
@@ -51,13 +51,6 @@ WANDB_MODES = ("auto", "online", "offline", "disabled", "shared")
 # Older spellings wandb still accepts in WANDB_MODE; mapped so the hint logic sees one name.
 _WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
-
-# A key is a secret when one of its underscore-separated words (camelCase and
-# dashes normalised to underscores) is one of these. Word boundaries keep
-# harmless names such as ``tokenizer`` or ``max_tokens`` in the config.
-_SECRET_KEY_PATTERN = re.compile(
-    r"(?:^|_)(?:api_?key|apikey|token|access_?key|password|passwd|secret|secrets|credentials?)(?:$|_)"
-)
 
 
 @runtime_checkable
@@ -91,52 +84,6 @@ class NullLogger:
 # --------------------------------------------------------------------------- config
 
 
-def is_secret_key(key: object) -> bool:
-    """True for keys named like a credential (api_key, apiKey, HF_TOKEN, db-password, ...)."""
-    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(key))  # camelCase -> camel_Case
-    name = re.sub(r"[^a-z0-9]+", "_", name.lower())
-    return bool(_SECRET_KEY_PATTERN.search(name))
-
-
-def _looks_like_live_api_key(value: object) -> bool:
-    """True when a string carries a secret of this environment: the value of a variable
-    named like a credential (WANDB_API_KEY, HF_TOKEN, ...), e.g. through ``${oc.env:...}``."""
-    if not isinstance(value, str):
-        return False
-    return any(len(secret) >= 8 and secret in value
-               for name, secret in os.environ.items() if is_secret_key(name))
-
-
-def _to_plain(tree: Any) -> Any:
-    """Turn an OmegaConf DictConfig/ListConfig into plain dicts/lists (resolved); else identity."""
-    if type(tree).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(tree, resolve=True)
-    return tree
-
-
-def scrub_secrets(tree: Any) -> Any:
-    """Copy of ``tree`` without secret-named keys at any depth (inside lists too).
-
-    A secret-named key is dropped together with its whole subtree, and any string
-    holding a secret of the environment (``WANDB_API_KEY``, any ``*_TOKEN``, ...) is
-    dropped as well, so that neither a config group like ``secrets: {...}`` nor an
-    ``${oc.env:WANDB_API_KEY}`` interpolation can reach the W&B record, which may be
-    public, or the local run record (``records.public_config``).
-    """
-    tree = _to_plain(tree)
-    if isinstance(tree, Mapping):
-        return {
-            key: scrub_secrets(value)
-            for key, value in tree.items()
-            if not is_secret_key(key) and not _looks_like_live_api_key(value)
-        }
-    if isinstance(tree, list | tuple):
-        return [scrub_secrets(item) for item in tree if not _looks_like_live_api_key(item)]
-    return tree
-
-
 def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flatten a nested config into dotted keys (``norm.name``, ``optim.lr``), secrets dropped.
 
@@ -145,7 +92,7 @@ def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     keeps ``[0.5, 0.75]``); empty sub-dicts produce no key.
     """
     flat: dict[str, Any] = {}
-    for key, value in scrub_secrets(cfg).items():
+    for key, value in scrub(cfg).items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping):
             flat.update(flatten_config(value, prefix=f"{dotted}."))
@@ -232,9 +179,12 @@ def resolve_wandb_mode(
 # ---------------------------------------------------------------------------- wandb
 
 
+# W&B's run metadata holds the command line as typed (secrets included, and W&B uploads it
+# on sync), the host and the git remote: every W&B run of the project leaves it off. The
+# config's ``git_commit`` says which code ran.
+PRIVATE_SETTINGS = {"x_disable_meta": True}
 # The runner's own progress bar and record say what happened; keep wandb's console
-# wrapping and system sampling out of a CPU training loop. Git stays on: the run page
-# shows the commit (the config's ``git_commit`` holds it too).
+# wrapping and system sampling out of a CPU training loop.
 RUNNER_SETTINGS = {"quiet": True, "console": "off", "x_disable_stats": True, "save_code": False}
 
 
@@ -308,7 +258,7 @@ class WandbLogger:
             dir=str(run_dir),
             mode=self.mode,
             reinit="finish_previous",
-            settings=wandb.Settings(**settings) if settings else None,
+            settings=wandb.Settings(**{**(settings or {}), **PRIVATE_SETTINGS}),
         )
         # Plot every metric against the training step we pass, not wandb's call counter.
         self._run.define_metric("step")
@@ -355,7 +305,7 @@ class WandbLogger:
         diverged run is tagged :data:`DIVERGED_TAG`."""
         self._commit_pending_row()
         values = {k: v for k, v in values.items() if k not in BEST_AND_LAST}
-        self._run.summary.update(_jsonable(scrub_secrets(values)))
+        self._run.summary.update(_jsonable(scrub(values)))
         if values.get("status") == "diverged" and DIVERGED_TAG not in self._run.tags:
             self._run.tags = (*self._run.tags, DIVERGED_TAG)
 

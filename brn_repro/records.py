@@ -43,9 +43,9 @@ import yaml
 
 from brn_repro.files import TMP_NAME, RecordError, write_atomic, writing
 from brn_repro.lease import Lease
-from brn_repro.loggers import scrub_secrets
 from brn_repro.norm import norm_spec
 from brn_repro.schema import legacy_spelling, upgrade
+from brn_repro.secrets import scrub
 
 # How a run was executed, not what it computes: a record's own values are the truth for
 # these (a later call that finds the run recorded may plan it with other threads or logger).
@@ -77,23 +77,10 @@ def _drop(config: dict[str, Any], dotted: str) -> None:
 
 
 def public_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config without secrets: keys named like credentials, values holding a
-    secret of the environment (``loggers.scrub_secrets``, as for W&B), and every key
-    that took its value from the environment (``env_keys``, see ``config.resolve``)."""
-    public = json.loads(json.dumps(config))
-    for dotted in public.pop("env_keys", None) or ():
-        _drop(public, dotted)
-    public = scrub_secrets(public)
-    _drop_emptied(config, public)  # a group that held only secrets leaves no trace either
-    return public
-
-
-def _drop_emptied(before: dict[str, Any], after: dict[str, Any]) -> None:
-    for key, value in list(after.items()):
-        if isinstance(value, dict):
-            _drop_emptied(before[key], value)
-            if not value and before[key]:
-                del after[key]
+    """The config without secrets (``secrets.scrub``: keys named like credentials, values
+    holding one of the environment, keys read from the environment): what config.yaml,
+    the run's identity and W&B hold."""
+    return scrub(json.loads(json.dumps(config)))
 
 
 def split_blind(config: dict[str, Any]) -> bool:

@@ -61,6 +61,7 @@ from brn_repro.norm import norm_diagnostics
 from brn_repro.provenance import git_commit
 from brn_repro.records import RecordError, RunRecord, public_config, run_name
 from brn_repro.schema import RunConfig
+from brn_repro.secrets import public_argv
 
 # How often the host reads whether the loss went non-finite (on a CPU a read is free).
 DIVERGENCE_SYNC_EVERY = {"cpu": 1, "cuda": 50}
@@ -289,9 +290,11 @@ def cli() -> None:
     """``brn-train`` (pyproject's [project.scripts]) and ``python -m brn_repro.train``:
     Hydra's command line, with its config-group mistakes (``+experiment=NAME``, an
     unknown option) as one line and exit 2 before Hydra composes anything; record format
-    1's keys (``schema.LEGACY_SPELLINGS``) upgraded with a note."""
+    1's keys (``schema.LEGACY_SPELLINGS``) upgraded with a note; overrides that set a
+    secret left out with a note (``secrets.public_argv``: Hydra's files and logs never see them)."""
+    sys.argv[1:], left_out = public_argv(sys.argv[1:])  # first: no note below repeats a secret
     sys.argv[1:], notes = upgrade_command_line(sys.argv[1:])
-    for note in notes:
+    for note in left_out + notes:
         print(note, file=sys.stderr)
     try:
         check_command_line(sys.argv[1:])

@@ -31,7 +31,7 @@ from brn_repro.config import resolve  # (and registers the config resolvers)
 from brn_repro.dashboard import offline_sync_line
 from brn_repro.experiments import reproduction
 from brn_repro.files import write_atomic
-from brn_repro.records import MEMBERSHIP_FILE, RunRecord
+from brn_repro.records import MEMBERSHIP_FILE, RunRecord, public_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -74,7 +74,7 @@ def expand_cached(experiment: str, base: list[str], cache_dir: Path, conf: Path 
         return json.loads(cache.read_text())
     configs = expand(experiment, base, conf)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(cache, json.dumps(configs))
+    write_atomic(cache, json.dumps([public_config(c) for c in configs]))
     return configs
 
 
@@ -115,8 +115,8 @@ def main() -> None:
     plan = {name: expand_cached(name, base, Path(runs)) for name in names}
     records = {name: [RunRecord(runs, c) for c in configs] for name, configs in plan.items()}
     every = list({r.dir: r for rs in records.values() for r in rs}.values())  # shared runs once
-    membership = {name: [{"run_dir": str(r.dir), "config": c} for r, c in zip(records[name], configs,
-                                                                              strict=True)]
+    membership = {name: [{"run_dir": str(r.dir), "config": public_config(c)}
+                         for r, c in zip(records[name], configs, strict=True)]
                   for name, configs in plan.items()}
     Path(runs).mkdir(parents=True, exist_ok=True)
     # Merged with earlier calls', so reproducing one experiment keeps the others in the report.

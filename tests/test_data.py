@@ -3,8 +3,11 @@ pickles, PNG folders), samplers checked against the structure they promise, and
 the in-memory loader against hand-computed values."""
 
 import gzip
+import os
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -179,7 +182,13 @@ def test_truncated_and_corrupt_idx_files_are_named(tmp_path, no_debian):
 # --- CIFAR ------------------------------------------------------------------------------
 
 
-def write_cifar(root, name, per_batch=4, seed=0):
+def real_format(batch):
+    """A batch pickled as the real CIFAR files are: protocol 2, numpy arrays under numpy
+    1's module names (``numpy.core.multiarray._reconstruct``), labels a list of ints."""
+    return pickle.dumps(batch, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+
+
+def write_cifar(root, name, per_batch=4, seed=0, dumps=pickle.dumps):
     rng = np.random.default_rng(seed)
     key = b"labels" if name == "cifar10" else b"fine_labels"
     folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
@@ -189,14 +198,16 @@ def write_cifar(root, name, per_batch=4, seed=0):
     for f in files:
         data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10 if name == "cifar10" else 100, per_batch).tolist()
-        (folder / f).write_bytes(pickle.dumps({b"data": data, key: labels, b"batch_label": b"x"}))
+        (folder / f).write_bytes(dumps({b"data": data, key: labels, b"batch_label": b"x",
+                                        b"filenames": [b"%d.png" % i for i in range(per_batch)]}))
         written[f] = (torch.from_numpy(data.reshape(-1, 3, 32, 32)), torch.tensor(labels))
     return folder, files, written
 
 
+@pytest.mark.parametrize("dumps", [pickle.dumps, real_format], ids=["protocol5", "real_format"])
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
-def test_cifar_pickle_batches_read_back_exactly(tmp_path, name):
-    folder, files, written = write_cifar(tmp_path, name)
+def test_cifar_pickle_batches_read_back_exactly(tmp_path, name, dumps):
+    folder, files, written = write_cifar(tmp_path, name, dumps=dumps)
     data = load_cifar(name, tmp_path, download=False, cache=tmp_path / "cache")
     train_files, test_file = files[:-1], files[-1]
     assert torch.equal(data.train_x, torch.cat([written[f][0] for f in train_files]))
@@ -207,6 +218,45 @@ def test_cifar_pickle_batches_read_back_exactly(tmp_path, name):
     (folder / test_file).write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)})[:-5])
     with pytest.raises(DatasetError, match=f"{test_file}: cannot read"):
         load_cifar(name, tmp_path, download=False, cache=tmp_path / "cache")
+
+
+class RunsCode:
+    """Unpickled, calls ``os.system``: what a tampered CIFAR batch can do to a plain pickle.load."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize(("payload", "needle"), [
+    (lambda marker: pickle.dumps({b"data": RunsCode(marker), b"labels": []}), "posix.system"),
+    (lambda marker: b"cno_such_module\nloader\n.", "no_such_module.loader"),  # item 8: was a traceback
+])
+def test_a_cifar_pickle_naming_anything_but_data_is_refused_in_one_line(tmp_path, payload, needle):
+    folder, _, _ = write_cifar(tmp_path, "cifar10")
+    marker = tmp_path / "code-ran"
+    (folder / "data_batch_2").write_bytes(payload(marker))
+    with pytest.raises(DatasetError) as err:
+        load_cifar("cifar10", tmp_path, download=False, cache=tmp_path / "cache")
+    message = str(err.value)
+    assert "\n" not in message and "data_batch_2" in message and needle in message
+    assert not marker.exists()
+
+
+def test_a_cifar_pickle_that_runs_code_stops_the_run_in_one_line(tmp_path):
+    folder, _, _ = write_cifar(tmp_path, "cifar10")
+    marker = tmp_path / "code-ran"
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": RunsCode(marker)}))
+    done = subprocess.run([sys.executable, "-m", "brn_repro.train", "dataset=cifar10", f"dataset.root={tmp_path}",
+                           "dataset.download=false", "logger=none", f"paths.runs={tmp_path / 'runs'}",
+                           "hydra.output_subdir=null", f"hydra.run.dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and not marker.exists()
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "test_batch" in lines[0], lines
+    assert not (tmp_path / "runs").exists()
 
 
 def test_missing_cifar_is_one_line(tmp_path, offline):

@@ -9,7 +9,10 @@ looked in (and where a download goes): training on another copy than the one
 asked for would be a silent mistake, so a missing or incomplete root is an error.
 Each file is checked as it is read, so a truncated or corrupt file is
 a one-line ``DatasetError`` naming it, not a numpy or pickle traceback deep in a
-sweep's log. ``build_dataset`` picks the source from ``dataset.name``.
+sweep's log. CIFAR's pickles are read by an unpickler that builds only arrays and
+plain data (:class:`CifarUnpickler`): a file that names anything else, code or a
+missing module, is refused in one line before anything in it runs.
+``build_dataset`` picks the source from ``dataset.name``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -222,11 +226,39 @@ def _missing_idx(directory: Path) -> str:
 # --- CIFAR python pickles -----------------------------------------------------------
 
 
+# What a CIFAR batch's pickle may name: numpy arrays (real CIFAR files, written by Python
+# 2, use numpy 1's module names; numpy 2 writes numpy._core; protocol 5 uses _frombuffer),
+# and bytes as Python 3 writes them in protocol 2. A pickle can call anything it names.
+CIFAR_PICKLE_GLOBALS = frozenset({
+    *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
+    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that builds only what a CIFAR batch holds (dicts, lists, bytes,
+    numbers, numpy arrays): any other name is refused before it is imported or called."""
+
+    def __init__(self, path: Path, file: Any) -> None:
+        super().__init__(file, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise DatasetError(f"{self.path}: refused: it names {module}.{name}, which a CIFAR batch never "
+                               "holds (a pickle runs what it names; nothing was run); get the dataset again "
+                               "from its source")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with path.open("rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as err:
+            batch = CifarUnpickler(path, f).load()
+    except DatasetError:
+        raise
+    except Exception as err:  # noqa: BLE001 - only data is built, so any failure is a damaged file
         raise DatasetError(f"{path}: cannot read the CIFAR batch ({_short_reason(err)}); the file "
                            "is truncated or corrupt") from None
     if not isinstance(batch, dict):
