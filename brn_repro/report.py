@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from brn_repro.claims import VERDICT_RULES, Claim, stats
 from brn_repro.experiments import EXPERIMENTS, claim_experiments
 from brn_repro.files import write_atomic
+from brn_repro.machines import machines_section
 from brn_repro.norm import NORM_NAMES, norm_spec
 from brn_repro.protocol import protocol_section
 from brn_repro.provenance import git_commit
@@ -21,11 +19,6 @@ from brn_repro.provenance import git_commit
 GN_PAPER_ERROR = {"bn": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},
                   "gn": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1},
                   "brn": {4: 26.3}}
-
-
-def _machine() -> str:
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-            f"torch {torch.__version__}" + (", CUDA" if torch.cuda.is_available() else ", CPU only"))
 
 
 def _commits(runs: pd.DataFrame) -> str:
@@ -138,13 +131,12 @@ def write_report(out: Path, runs: pd.DataFrame, summaries: dict[str, pd.DataFram
         f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m brn_repro.aggregate` "
         "from the run records; every number below comes from a run that happened.", "",
         f"- profile: {profiles or '-'}; dataset: {datasets or '-'}; model: {models or '-'}",
-        f"- machine: {_machine()}",
         f"- code: {_commits(runs)}",
         f"- runs: {len(distinct)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}), "
         f"{len(runs)} experiment memberships (experiments share runs); "
         f"training time summed over runs: {run_wall / 60:.1f} min"
         + _wall_text(wall_seconds, runs_trained, len(distinct)),
-        "", *protocol_section(runs, curves),
+        "", *machines_section(runs, out), *protocol_section(runs, curves),
         "## Verdicts", "", "**Verdict rules (pre-registered).** " + VERDICT_RULES, "",
         *claims_table(claims), "",
         "## The claims in detail", "", *_claim_sections(claims, figures, out),
