@@ -59,7 +59,7 @@ def report(outputs: dict[str, list[str]]) -> str:
 
     blocks = "\n\n".join(f"{title}:\n\n```console\n" + "\n".join(lines) + "\n```"
                          for title, lines in outputs.items())
-    return f"""# [inductor] FX graph cache ignores the CPU vector ISA (ATEN_CPU_CAPABILITY): wrong results, heap corruption
+    return f"""# [inductor] FX graph cache ignores the vector ISA (ATEN_CPU_CAPABILITY): wrong results, heap corruption
 
 torch {torch.__version__} ({torch.version.git_version}), {cpu_model()}, Linux x86_64, gcc.
 Found by brn-repro (a compiled BatchRenorm model trained to NaN at step 1 under
