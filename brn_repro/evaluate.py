@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from brn_repro.models import as_layout
 from brn_repro.norm import BatchRenorm1d, BatchRenorm2d, MovingAverageNorm1d, MovingAverageNorm2d
-from brn_repro.norm._grouped import batch_stats, layout_of, normalize
+from brn_repro.norm._grouped import batch_stats, layout_of, normalize, sqrt
 from brn_repro.norm.registry import batch_statistics_layer
 
 
@@ -102,7 +102,7 @@ def _moving_estimates(layer: nn.Module) -> tuple[Tensor, Tensor] | None:
     if isinstance(layer, nn.modules.batchnorm._BatchNorm):
         if not layer.track_running_stats or layer.running_mean is None:
             return None
-        return layer.running_mean.double(), (layer.running_var.double() + layer.eps).sqrt()
+        return layer.running_mean.double(), sqrt(layer.running_var.double() + layer.eps)
     if isinstance(layer, BatchRenorm1d | BatchRenorm2d | MovingAverageNorm1d | MovingAverageNorm2d):
         return layer.running_mean.double(), layer.running_std.double()  # eps already inside
     return None
@@ -158,7 +158,7 @@ def moving_average_errors(model: nn.Module, batches: Iterable[tuple[Tensor, Tens
                 cut = x[:whole * group_size].reshape(whole, group_size, *x.shape[1:])
                 var, mean = torch.var_mean(cut, dim=[1, *range(3, cut.dim())], correction=0)
                 mean, var = mean.double(), var.double()
-                stats.append(torch.stack([mean, (var + eps).sqrt()]))
+                stats.append(torch.stack([mean, sqrt(var + eps)]))
                 parts.append((mean, var, group_size * per_example))
             rest = x[whole * group_size:] if whole else x
             if rest.shape[0]:
@@ -191,7 +191,7 @@ def moving_average_errors(model: nn.Module, batches: Iterable[tuple[Tensor, Tens
     for i, ((_, layer), (total, squares, count), stats) in enumerate(zip(layers, sums, groups, strict=True)):
         mu_ema, sigma_ema = _moving_estimates(layer)
         mu = total / count
-        sigma = ((squares / count - mu.square()).clamp_min(0) + layer.eps).sqrt()
+        sigma = sqrt((squares / count - mu.square()).clamp_min(0) + layer.eps)
         rows.append(torch.stack([((mu_ema - mu).abs() / sigma).mean(),
                                  (sigma_ema / sigma - 1).abs().mean(), count[0]]))
         if stats:

@@ -10,11 +10,12 @@ thousands of steps (results/kernels/spread.csv measures by how much).
 (AVX2 + FMA: Intel since Haswell, AMD since Zen) runs the same way: ATen and inductor at
 AVX2, inductor's C++ built for x86-64-v3 rather than ``-march=native``, oneDNN at AVX2,
 and MKL on its COMPATIBLE branch (on AMD CPUs MKL ignores ``MKL_CBWR=AVX2``: the only
-vendor-independent branch). A compiled run pinned so trained to the same bits on this
-machine's AMD EPYC (AVX-512) and on an emulated Intel Haswell (``make check-kernels``,
-results/kernels/emulated.csv). Not covered: another torch build or C++ compiler (the
-record names both), and eager runs' ``Tensor.sqrt``, which torch hands to MKL's VML,
-whose last bit depends on the CPU whatever the branch.
+vendor-independent branch). Pinned so, a compiled and an eager run trained to the same bits
+on this machine's AMD EPYC (AVX-512) and on an emulated Intel Haswell (``make
+check-kernels``, results/kernels/emulated.csv); the norms take their square roots by
+ATen's kernels, not ``Tensor.sqrt``, which torch hands to MKL's VML, whose last bit
+depends on the CPU whatever the branch (``norm._grouped.sqrt``). Not covered: another
+torch build or C++ compiler (the record names both), and GPUs.
 
 The pin is environment variables read once, at each library's first use in a process,
 so it must come before the process runs any torch op: ``pin`` checks that it took.
@@ -55,7 +56,8 @@ def pin(cpu_isa: str) -> None:
                           f"({platform.machine()}): use train.cpu_isa=native (its numbers differ from the "
                           "committed ones by about the spread in results/kernels/spread.csv)")
     os.environ.update(PINNED_ENV)
-    inductor_config().cpp.march = PINNED_MARCH
+    inductor = inductor_config()
+    inductor.cpp.march, inductor.cpp.simdlen = PINNED_MARCH, 256  # in the graph cache's key (below)
     if (running := torch.backends.cpu.get_cpu_capability()) != "AVX2":
         raise ConfigError(f"train.cpu_isa=avx2: this process already runs {running} kernels (torch ran "
                           "before the pin); start a new process, or set train.cpu_isa=native")

@@ -1,10 +1,11 @@
 import os
 
-from brn_repro.kernels import PINNED_ENV
+from brn_repro.kernels import pin
 
-# The kernels of the quick profile (train.cpu_isa=avx2) for the whole session, set before
-# any torch op fixes them: a run of that profile in this process checks that they hold.
-os.environ.update(PINNED_ENV)
+# The kernels of the quick profile (train.cpu_isa=avx2) for the whole session, pinned
+# before any torch op fixes them (subprocesses inherit them): a run of that profile in
+# this process checks that they hold, and graphs compiled here are cached under them.
+pin("avx2")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

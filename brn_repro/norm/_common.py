@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from brn_repro.norm._grouped import check_input_dim, check_per_worker_batch, normalize, num_groups
+from brn_repro.norm._grouped import check_input_dim, check_per_worker_batch, normalize, num_groups, sqrt
 from brn_repro.schedules import Schedule, as_schedule, schedule_bounds
 
 
@@ -123,4 +123,4 @@ class MovingStdNorm(StepCounter):
         moving std sqrt(var + eps), so the model keeps its inference outputs."""
         copy_batchnorm_state(self, bn)
         if bn.running_var is not None:
-            self.running_std.copy_((bn.running_var + bn.eps).sqrt())
+            self.running_std.copy_(sqrt(bn.running_var + bn.eps))

@@ -148,6 +148,16 @@ def normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias:
     return y if bias is None else y + bias.view(shape)
 
 
+def sqrt(t: Tensor) -> Tensor:
+    """``t.sqrt()``, but on a CPU in eager mode by ATen's own vector kernels: there
+    ``Tensor.sqrt`` goes to MKL's VML, whose last bit depends on the CPU even with the
+    kernels pinned (brn_repro.kernels; results/kernels/emulated.csv). 1 / rsqrt is within
+    an ulp and the same on every x86 CPU at one instruction set."""
+    if t.is_cuda or torch.compiler.is_compiling():
+        return t.sqrt()
+    return t.rsqrt().reciprocal_()
+
+
 def fused_kernels() -> bool:
     """Eager: torch's fused batchnorm kernels. Compiling: plain ops the compiler fuses."""
     return not torch.compiler.is_compiling()
@@ -236,7 +246,7 @@ class _GroupedBatchNorm(torch.autograd.Function):
         x_grouped = to_groups(x, groups)
         mean, var = batch_stats(x_grouped)
         var_eps = var + eps
-        std = var_eps.sqrt()
+        std = sqrt(var_eps)
         factors = adjust(mean, var, std)
         gamma = repeat_groups(weight, groups)
         beta = repeat_groups(bias, groups)

@@ -43,6 +43,7 @@ from brn_repro.norm._grouped import (
     num_groups,
     reduce_dims,
     repeat_groups,
+    sqrt,
     to_groups,
 )
 
@@ -65,8 +66,8 @@ class _MABNFunction(torch.autograd.Function):
         buffer_x2[slot] = x2
         use_sma = iteration > size and iteration >= layer.warmup_iters
         var = buffer_x2.mean(0) if use_sma else x2
-        std = (var + layer.eps).sqrt()
-        running_std = (repeat_groups(layer.running_var, groups) + layer.eps).sqrt()
+        std = sqrt(var + layer.eps)
+        running_std = sqrt(repeat_groups(layer.running_var, groups) + layer.eps)
         if iteration <= layer.r_warmup:
             r = torch.ones_like(std)
         else:

@@ -37,6 +37,7 @@ from brn_repro.norm._grouped import (
     moving_stats,
     normalize,
     plain_batch_stats,
+    sqrt,
     to_groups,
 )
 from brn_repro.schedules import Schedule
@@ -70,7 +71,7 @@ class _MovingAverageNorm(MovingStdNorm):
             else:
                 _, batch_mean, batch_var = plain_batch_stats(x.detach(), groups)
             batch_mean = batch_mean.view(groups, -1).mean(0)
-            batch_std = (batch_var + self.eps).sqrt_().view(groups, -1).mean(0)
+            batch_std = sqrt(batch_var + self.eps).view(groups, -1).mean(0)
             if self.init_from_batch:  # the first step starts the averages at its batch
                 self._start_averages(step == 0, batch_mean, batch_std)
         # Copies: the update below is in place, and autograd saved the values used here.
