@@ -22,7 +22,8 @@ DATASET ?= fashion_mnist
 WANDB ?=
 WANDB_FLAG := $(if $(filter-out 0,$(WANDB)),--wandb)
 
-.PHONY: help setup data reproduce reproduce-full aggregate test test-slow test-all bench gpu-check lint clean
+.PHONY: help setup data reproduce reproduce-full aggregate verify-results kernel-spread check-kernels test test-slow \
+	test-all bench gpu-check lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -52,6 +53,15 @@ reproduce-full:  ## the default reproduction plus the sweeps that decide no clai
 aggregate: $(STAMP)  ## re-aggregate existing run records into results/
 	$(BIN)/python -m brn_repro.aggregate --runs runs/$(PROFILE) --out results $(WANDB_FLAG)
 
+verify-results: $(STAMP)  ## retrain 2 committed runs at random, compare with results/runs.csv (exactly, or within the kernel spread)
+	$(BIN)/python scripts/verify_results.py --sample 2
+
+kernel-spread: $(STAMP)  ## how far numbers move on other CPU kernels -> results/kernels/spread.csv (after make reproduce)
+	$(BIN)/python scripts/kernel_spread.py --reference-runs runs/$(PROFILE)
+
+check-kernels: $(STAMP)  ## a pinned run here and on an emulated Intel Haswell (qemu-user) -> results/kernels/emulated.csv
+	$(BIN)/python scripts/check_kernels.py
+
 test: $(STAMP)  ## the fast test suite (CPU, minutes)
 	$(BIN)/python -m pytest -q
 
@@ -61,9 +71,10 @@ test-slow: $(STAMP)  ## only the long tests
 test-all: $(STAMP)  ## every test
 	$(BIN)/python -m pytest -q -m 'slow or not slow'
 
-bench: $(STAMP)  ## time a ResNet-20 step per norm, and the runner's own step -> results/bench/{norm,step}.csv
+bench: $(STAMP)  ## time a ResNet-20 step per norm, the runner's own step, pinned kernels -> results/bench/{norm,step,isa}.csv
 	$(BIN)/python scripts/bench_norm.py --out results/bench/norm.csv
 	$(BIN)/python scripts/bench_step.py --out results/bench/step.csv
+	$(BIN)/python scripts/bench_isa.py --out results/bench/isa.csv
 
 gpu-check: $(STAMP)  ## on a CUDA machine: gpu tests, numerics, the runner -> results/gpu/check.csv; images/s -> results/bench/gpu.csv
 	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
