@@ -27,9 +27,11 @@ from typing import Any
 import hydra
 import torch
 import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from brn_repro import distributed
+from brn_repro import distributed, signals
 from brn_repro.cli import check_command_line, upgrade_command_line
 from brn_repro.config import (
     CONF_DIR,
@@ -169,6 +171,16 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         return train_run(config, record, data, model, ctx, device)
 
 
+def stop_signalled(step: int, every: int, ctx: distributed.Context, device: torch.device) -> bool:
+    """Whether a SIGTERM or SIGINT was noted (``brn_repro.signals``); the processes of a
+    multi-process run agree every ``every`` steps, so all stop at the same step."""
+    if not ctx.enabled:
+        return signals.received() is not None
+    if step % every:
+        return False
+    return distributed.all_reduce_sum([float(signals.received() is not None)], ctx, device)[0] > 0
+
+
 def open_logger(config: dict[str, Any], cfg: RunConfig, record: RunRecord, ctx: distributed.Context) -> RunLogger:
     """One W&B run per record (same id across resumes), grouped by profile and experiment,
     tagged with every experiment the run serves; rank 0 logs for all."""
@@ -214,6 +226,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
                        initial=progress.step, desc=run_name(config), unit="step")
     model.train()
     progress.start_clocks()
+    signalled = False
     for step in range(progress.step + 1, train.steps + 1):
         # --- forward and backward (the moving statistics synchronized over processes)
         x, y = place(data.train_batch(), device, dtype, layout)
@@ -222,7 +235,8 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
         if compiled and progress.compile_seconds is None:  # the first step compiles forward and backward
             progress.compile_seconds = time.perf_counter() - step_start
         evaluating = step % train.eval_every == 0 or step == train.steps
-        stopping = step == train.stop_at_step
+        signalled = stop_signalled(step, divergence.every, ctx, device)  # SIGTERM / SIGINT: checkpoint, stop
+        stopping = step == train.stop_at_step or signalled
         saving = step % train.checkpoint_every == 0 or step == train.steps or stopping
         # --- divergence: no update, evaluation or checkpoint after a non-finite loss
         if (bad := divergence.check(loss, step, read_now=evaluating or saving)) is not None:
@@ -259,6 +273,12 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
             progress.last = evaluate(model, training.ema, data, cfg, True, ctx, device)
         logger.log(progress.last, progress.step)
     summary = summarize(progress, config, record, data.global_batch, compiled, ctx, device)
+    if signalled and progress.status == "stopped":  # checkpointed at this step, no summary yet
+        logger.finish()
+        signum = signals.received()
+        ctx.say(f"stopped by {signals.name(signum) if signum else 'a signal to another process'} at step "
+                f"{progress.step}: checkpointed in {record.dir}; rerun the same command to resume", file=sys.stderr)
+        return summary
     finish(summary, record, logger, ctx)
     return summary
 
@@ -270,8 +290,13 @@ def main(cfg: DictConfig) -> float:
     """One run (Hydra calls it once per job of a sweep). Returns the final test accuracy,
     NaN for a run without one (diverged, or stopped at train.stop_at_step), so that a
     sweeper that optimizes it (Optuna) records a failed trial instead of aborting on None."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        signals.note_from_now()  # a sweep's worker (joblib, submitit); under cli's handlers, nothing changes
+    if signals.received() is not None:  # the sweep was stopped before this run began
+        return float("nan")
     try:
-        summary = run(resolve(cfg))
+        with signals.running():
+            summary = run(resolve(cfg))
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -292,7 +317,13 @@ def cli() -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    main()
+    # SIGTERM / SIGINT: a run stops at its next step, checkpointed; a sweep's parent passes them on
+    sweep = {"-m", "--multirun"} & set(sys.argv[1:])
+    with signals.noted(signals.pass_on_to_workers if sweep else None):
+        main()
+        signum = signals.received()
+    if signum is not None:
+        sys.exit(signals.exit_code(signum))
 
 
 if __name__ == "__main__":
