@@ -52,8 +52,8 @@ def _members(runs_root: Path) -> list[tuple[Path, dict[str, Any]]]:
     trained for (a plain ``-m`` sweep), unless that experiment's plan does not hold it.
     Each run left out is one warning line naming it and why."""
     if (runs_root / "experiments.json").is_file():
-        print(f"note: {runs_root / 'experiments.json'} is the older membership file, no longer read; rerun "
-              f"scripts/reproduce.py (make reproduce) to plan its experiments again", file=sys.stderr)
+        print(f"note: {runs_root / 'experiments.json'} is the older membership file and no longer read "
+              "(scripts/reproduce.py writes experiments/<name>.json); remove it", file=sys.stderr)
     plan = read_membership(runs_root)
     members = [(runs_root / m["run"], as_ran(upgrade(m["config"]), _own_config(runs_root / m["run"])[0]))
                for entries in plan.values() for m in entries]

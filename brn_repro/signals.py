@@ -22,7 +22,7 @@ from contextlib import contextmanager, suppress
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _received: int | None = None  # the first stop signal noted
 _noting = False  # this process's handlers are ours
-_in_run = False  # a run trains in this process (the in-process launcher of ``-m``, or one run)
+_in_training = False  # a run trains in this process (``training``)
 
 
 def received() -> int | None:
@@ -78,24 +78,35 @@ def note_from_now() -> None:
 
 
 @contextmanager
-def running() -> Iterator[None]:
-    """A run trains in this process while inside (it stops at a step boundary on a signal)."""
-    global _in_run
-    _in_run = True
+def training() -> Iterator[None]:
+    """A run trains in this process while inside: a signal stops it at its next step, with
+    a checkpoint. Outside (composing, loading data, waiting for a run's lock) there is
+    nothing to checkpoint, and ``stop_unless_training`` stops the process at once."""
+    global _in_training
+    _in_training = True
     try:
         yield
     finally:
-        _in_run = False
+        _in_training = False
+
+
+def stop_unless_training(signum: int) -> None:
+    """Exit now, 128 + ``signum``, unless a run trains in this process (it stops itself)."""
+    if not _in_training:
+        print(f"stopped by {name(signum)}: no run was training; rerun the same command to go on", file=sys.stderr)
+        raise SystemExit(exit_code(signum))
 
 
 def pass_on_to_workers(signum: int) -> None:
-    """The ``-m`` parent's handler: the signal to its joblib workers (loky processes are
-    multiprocessing children; each stops its run at the next step and starts no other).
-    Before any worker or run started there is nothing to checkpoint: it stops at once."""
+    """The ``-m`` parent's handler: on the joblib launcher, the signal to its workers (loky
+    processes are its multiprocessing children; each stops its run at the next step and
+    starts no other job); before they exist, or between the runs of Hydra's in-process
+    launcher, nothing trains: exit at once."""
+    if _in_training:  # the in-process launcher: its run stops itself (its children are DataLoader workers)
+        return
     workers = multiprocessing.active_children()
     for worker in workers:
         with suppress(ProcessLookupError):
             os.kill(worker.pid, signum)
-    if not workers and not _in_run:
-        print(f"stopped by {name(signum)}: no run was training; rerun the same command to go on", file=sys.stderr)
-        raise SystemExit(exit_code(signum))
+    if not workers:
+        stop_unless_training(signum)

@@ -14,7 +14,8 @@ per-worker batch (the paper's synchronized workers), the gradient is over all of
 it. Under torchrun (or SLURM tasks) the same global batch is spread over the
 processes, each normalizing its own workers (``brn_repro.distributed``). The run
 leaves one record (``brn_repro.records``); re-running a finished config does
-nothing, an interrupted one resumes from its checkpoint.
+nothing, an interrupted one resumes from its checkpoint. SIGTERM or SIGINT stops a run
+at its next step with a checkpoint (``brn_repro.signals``), exit code 143 or 130.
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         if done is not None:
             ctx.say(f"already {done['status']} by another process: {record.dir}; nothing to do")
             return done
-        return train_run(config, record, data, model, ctx, device)
+        with signals.training():  # from here a signal stops the run at its next step, checkpointed
+            return train_run(config, record, data, model, ctx, device)
 
 
 def stop_signalled(step: int, every: int, ctx: distributed.Context, device: torch.device) -> bool:
@@ -235,7 +237,8 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
         if compiled and progress.compile_seconds is None:  # the first step compiles forward and backward
             progress.compile_seconds = time.perf_counter() - step_start
         evaluating = step % train.eval_every == 0 or step == train.steps
-        signalled = stop_signalled(step, divergence.every, ctx, device)  # SIGTERM / SIGINT: checkpoint, stop
+        # SIGTERM / SIGINT: checkpoint and stop (at the last step the run simply ends)
+        signalled = step < train.steps and stop_signalled(step, divergence.every, ctx, device)
         stopping = step == train.stop_at_step or signalled
         saving = step % train.checkpoint_every == 0 or step == train.steps or stopping
         # --- divergence: no update, evaluation or checkpoint after a non-finite loss
@@ -288,15 +291,15 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """One run (Hydra calls it once per job of a sweep). Returns the final test accuracy,
-    NaN for a run without one (diverged, or stopped at train.stop_at_step), so that a
-    sweeper that optimizes it (Optuna) records a failed trial instead of aborting on None."""
+    NaN for a run without one (diverged, stopped at train.stop_at_step or by a signal, or
+    not started after one), so that a sweeper that optimizes it (Optuna) records a failed
+    trial instead of aborting on None."""
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         signals.note_from_now()  # a sweep's worker (joblib, submitit); under cli's handlers, nothing changes
     if signals.received() is not None:  # the sweep was stopped before this run began
         return float("nan")
     try:
-        with signals.running():
-            summary = run(resolve(cfg))
+        summary = run(resolve(cfg))
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -319,7 +322,7 @@ def cli() -> None:
         sys.exit(2)
     # SIGTERM / SIGINT: a run stops at its next step, checkpointed; a sweep's parent passes them on
     sweep = {"-m", "--multirun"} & set(sys.argv[1:])
-    with signals.noted(signals.pass_on_to_workers if sweep else None):
+    with signals.noted(signals.pass_on_to_workers if sweep else signals.stop_unless_training):
         main()
         signum = signals.received()
     if signum is not None:

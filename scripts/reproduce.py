@@ -41,7 +41,7 @@ from brn_repro.config import ConfigError, resolve  # (and registers the config r
 from brn_repro.dashboard import offline_sync_line
 from brn_repro.experiments import configured, reproduction
 from brn_repro.files import RecordError, write_atomic
-from brn_repro.records import RunRecord, write_membership
+from brn_repro.records import RunRecord, read_membership, write_membership
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -181,6 +181,7 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[str], dict[str, list[dict
     configs = {name: expand_cached(name, base, runs) for name in names}
     for name, planned_configs in configs.items():
         write_membership(runs, name, planned_configs)
+    read_membership(runs)  # another experiment's damaged plan: said now, not after training
     return runs, base, configs
 
 
