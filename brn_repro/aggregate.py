@@ -62,7 +62,7 @@ def _members(runs_root: Path) -> list[tuple[Path, dict[str, Any]]]:
         if run_dir.name in planned:
             continue
         config, reason = _own_config(run_dir)
-        if config is not None and config.get("experiment") in plan:
+        if config is not None and isinstance(config.get("experiment"), str) and config["experiment"] in plan:
             experiment = config["experiment"]
             reason = (f"trained for {experiment}{_differing(config, plan[experiment])}, which its plan "
                       f"({membership_path(runs_root, experiment)}) does not hold")
@@ -82,7 +82,7 @@ def _own_config(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
         config = read_config(run_dir)
         if not isinstance(config, dict):
             raise ValueError("not a mapping")
-    except (OSError, ValueError, yaml.YAMLError) as err:
+    except (OSError, ValueError, AttributeError, TypeError, yaml.YAMLError) as err:
         return None, f"its config.yaml does not parse ({str(err).splitlines()[0]})"
     return config, None
 
@@ -90,14 +90,16 @@ def _own_config(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
 def _differing(config: dict[str, Any], members: list[dict[str, Any]]) -> str:
     """`` with train.steps=40 (its plan: 3600)``: the keys of the run's identity that differ
     from the nearest planned run's (the first three)."""
-    mine = flatten_config(identity(config))
-
     def differences(member: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         theirs = flatten_config(identity(upgrade(member["config"])))
         return [(k, mine.get(k), theirs.get(k)) for k in sorted(mine.keys() | theirs.keys())
                 if mine.get(k) != theirs.get(k)]
 
-    nearest = min((differences(m) for m in members), key=len, default=[])
+    try:
+        mine = flatten_config(identity(config))
+        nearest = min((differences(m) for m in members), key=len, default=[])
+    except (AttributeError, KeyError, TypeError, ValueError):  # no keys an identity needs: no detail
+        return ""
     return "".join(f" with {k}={a} (its plan: {b})" if i == 0 else f", {k}={a} ({b})"
                    for i, (k, a, b) in enumerate(nearest[:3]))
 
