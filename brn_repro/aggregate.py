@@ -13,23 +13,28 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
+import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from brn_repro.experiments import described
 from brn_repro.files import write_atomic
 from brn_repro.loggers import flatten_config
 from brn_repro.records import (
     EXECUTION_KEYS,
-    MEMBERSHIP_FILE,
+    PLAIN_NAME,
     RecordError,
     find_records,
+    identity,
+    membership_path,
     read_config,
+    read_membership,
     read_metrics_file,
     read_summary,
 )
@@ -41,21 +46,62 @@ METRICS = ("test_acc", "train_acc", "minibatch_stats_acc")
 
 
 def _members(runs_root: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """(run directory, config) per member of each experiment. ``make reproduce`` writes
-    the membership (runs are shared between experiments and between split-blind
-    conditions); without it, each record counts for the experiment that wrote it."""
-    membership = runs_root / MEMBERSHIP_FILE
-    if not membership.exists():
-        return [(d, read_config(d)) for d in find_records(runs_root)]
-    plan = json.loads(membership.read_text())
-    recorded: dict[str, dict[str, Any] | None] = {}
-    for members in plan.values():
-        for m in members:
-            if m["run_dir"] not in recorded:
-                config_path = Path(m["run_dir"]) / "config.yaml"
-                recorded[m["run_dir"]] = read_config(m["run_dir"]) if config_path.exists() else None
-    return [(Path(m["run_dir"]), as_ran(upgrade(m["config"]), recorded[m["run_dir"]]))
-            for members in plan.values() for m in members]
+    """(run directory, config) per member of each experiment: the runs each experiment's
+    plan names (``make reproduce`` writes it: runs are shared between experiments and
+    between split-blind conditions), then every other record for the experiment it was
+    trained for (a plain ``-m`` sweep), unless that experiment's plan does not hold it.
+    Each run left out is one warning line naming it and why."""
+    if (runs_root / "experiments.json").is_file():
+        print(f"note: {runs_root / 'experiments.json'} is the older membership file and no longer read "
+              "(scripts/reproduce.py writes experiments/<name>.json); remove it", file=sys.stderr)
+    plan = read_membership(runs_root)
+    members = [(runs_root / m["run"], as_ran(upgrade(m["config"]), _own_config(runs_root / m["run"])[0]))
+               for entries in plan.values() for m in entries]
+    planned = {m["run"] for entries in plan.values() for m in entries}
+    for run_dir in find_records(runs_root):
+        if run_dir.name in planned:
+            continue
+        config, reason = _own_config(run_dir)
+        if config is not None and isinstance(config.get("experiment"), str) and config["experiment"] in plan:
+            experiment = config["experiment"]
+            reason = (f"trained for {experiment}{_differing(config, plan[experiment])}, which its plan "
+                      f"({membership_path(runs_root, experiment)}) does not hold")
+        if reason is None:
+            members.append((run_dir, config))
+        else:
+            print(f"warning: the report leaves out {run_dir}: {reason}", file=sys.stderr)
+    return members
+
+
+def _own_config(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A record's config, or None and why not."""
+    if not (run_dir / "config.yaml").is_file():
+        return None, ("no config.yaml, so what it ran is unknown (remove the directory and rerun its "
+                      "config to train it again)")
+    try:
+        config = read_config(run_dir)
+        if not isinstance(config, dict):
+            raise ValueError("not a mapping")
+    except (OSError, ValueError, AttributeError, TypeError, yaml.YAMLError) as err:
+        return None, f"its config.yaml does not parse ({str(err).splitlines()[0]})"
+    return config, None
+
+
+def _differing(config: dict[str, Any], members: list[dict[str, Any]]) -> str:
+    """`` with train.steps=40 (its plan: 3600)``: the keys of the run's identity that differ
+    from the nearest planned run's (the first three)."""
+    def differences(member: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        theirs = flatten_config(identity(upgrade(member["config"])))
+        return [(k, mine.get(k), theirs.get(k)) for k in sorted(mine.keys() | theirs.keys())
+                if mine.get(k) != theirs.get(k)]
+
+    try:
+        mine = flatten_config(identity(config))
+        nearest = min((differences(m) for m in members), key=len, default=[])
+    except (AttributeError, KeyError, TypeError, ValueError):  # no keys an identity needs: no detail
+        return ""
+    return "".join(f" with {k}={a} (its plan: {b})" if i == 0 else f", {k}={a} ({b})"
+                   for i, (k, a, b) in enumerate(nearest[:3]))
 
 
 def as_ran(planned: dict[str, Any], recorded: dict[str, Any] | None) -> dict[str, Any]:
@@ -102,7 +148,11 @@ def load_runs(runs_root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         runs.append(row)
         if str(run_dir) not in seen:
             seen.add(str(run_dir))
-            curves += [{"run_dir": str(run_dir), **row} for row in read_metrics_file(run_dir / "metrics.jsonl")]
+            try:
+                rows = read_metrics_file(run_dir / "metrics.jsonl")
+            except RecordError as err:  # a damaged metrics log: rerunning that run repairs it
+                raise RecordError(f"{err}; rerun that run's config to repair it") from None
+            curves += [{"run_dir": str(run_dir), **row} for row in rows]
     return pd.DataFrame(runs), pd.DataFrame(curves)
 
 
@@ -187,6 +237,29 @@ def write_atomic_csv(frame: pd.DataFrame, path: Path) -> None:
     write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.4g"))
 
 
+def check_out(out: Path) -> None:
+    """``--out`` is, or can become, a writable directory (before anything is read or trained)."""
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if existing == out.absolute() and not existing.is_dir():
+        raise RecordError(f"--out {out} is a file, not a directory; point --out at a directory")
+    if not existing.is_dir():
+        raise RecordError(f"--out {out}: {existing} is a file, not a directory; point --out at a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RecordError(f"--out {out}: {existing} is not writable; point --out at a writable directory")
+
+
+def plain_experiments(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose experiment is a plain name: it names a folder under ``--out``, so a
+    name like ``../../X`` would write outside it. Each run left out is one warning line."""
+    if runs.empty:
+        return runs
+    plain = runs["experiment"].map(lambda name: isinstance(name, str) and bool(PLAIN_NAME.fullmatch(name)))
+    for _, row in runs[~plain].iterrows():
+        print(f"warning: the report leaves out {row['run_dir']}: its experiment {row['experiment']!r} is not "
+              "a plain name (letters, digits, _ . -), and names a folder of the results", file=sys.stderr)
+    return runs[plain].reset_index(drop=True)
+
+
 def aggregate(runs_root: str | Path, out: str | Path, wall_seconds: float | None = None,
               source: str = "local", project: str = "brn-repro", entity: str | None = None,
               log_to_wandb: bool = False, runs_trained: int | None = None) -> Path:
@@ -197,17 +270,20 @@ def aggregate(runs_root: str | Path, out: str | Path, wall_seconds: float | None
     from brn_repro.report import write_report
 
     out = Path(out)
+    check_out(out)
+    from_tables = False
     if source == "wandb":
         runs, curves = load_wandb_runs(project, entity), pd.DataFrame()
     else:
         runs, curves = load_runs(runs_root)
-        if runs.empty and (out / RUNS_CSV).exists():  # re-analysis without the records
+        if from_tables := runs.empty and (out / RUNS_CSV).exists():  # re-analysis without the records
             runs, curves = read_tables(out)
-        elif not runs.empty:
-            write_tables(runs, curves, out)
+    runs = plain_experiments(runs)
     if runs.empty:
-        raise SystemExit(f"no run records under {runs_root}; run an experiment first "
-                         "(python -m brn_repro.train -m experiment=fig1_baseline profile=quick)")
+        raise RecordError(f"no run records under {runs_root}; run an experiment first "
+                          "(python -m brn_repro.train -m experiment=fig1_baseline profile=quick)")
+    if source == "local" and not from_tables:
+        write_tables(runs, curves, out)
     summaries, figures = {}, {}
     for experiment, frame in runs.groupby("experiment", sort=True):
         by = condition_columns(frame, experiment) or ["norm.name"]
@@ -246,8 +322,12 @@ def main() -> None:
     try:
         report = aggregate(args.runs, args.out, args.wall_seconds, args.source, args.project,
                            args.entity, args.wandb, runs_trained=args.runs_trained)
-    except RecordError as err:  # a damaged metrics log: rerunning that run repairs it
-        raise SystemExit(f"error: {err}; rerun that run's config to repair it") from None
+    except RecordError as err:  # a damaged record or plan, no records, an --out that is no directory
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:  # every file is replaced whole: results/ holds the last complete one
+        print("stopped by SIGINT; nothing half-written", file=sys.stderr)
+        sys.exit(130)
     print(f"wrote {report} ({time.perf_counter() - start:.1f} s)")
 
 

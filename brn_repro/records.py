@@ -60,9 +60,14 @@ NON_IDENTITY_KEYS = ("experiment", "git_commit", "profile_name", "recipe", *EXEC
 # "run": the directory name (identity) of the run that wrote it, so no run resumes another's
 CHECKPOINT_KEYS = {"run", "step", "best_test_acc", "wall_seconds", "model", "optimizer", "scheduler", "data", "ema",
                    "kernels", "kernels_mixed"}
-# Under paths.runs: which experiments each run belongs to (scripts/reproduce.py writes it;
-# a run can serve several experiments and several split-blind conditions).
-MEMBERSHIP_FILE = "experiments.json"
+# Under paths.runs: each experiment's planned runs, experiments/<name>.json (scripts/reproduce.py
+# writes it whole; one file per experiment, so reproductions of different experiments never
+# race). A run can serve several experiments and several split-blind conditions.
+MEMBERSHIP_DIR = "experiments"
+# An experiment's name is a file name under results/ and experiments/, never a path.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# The files a run directory can hold: a directory with any of them is a run's record.
+RECORD_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "checkpoint.pt")
 LOCK_TIMEOUT, LOCK_STALE = 6 * 3600.0, 60.0  # defaults when paths.lock_* are not set
 
 
@@ -226,16 +231,14 @@ class RunRecord:
         return None
 
     def experiments(self) -> list[str]:
-        """Every experiment this run belongs to: the one that asked for it, and those the
-        reproduction's membership file (:data:`MEMBERSHIP_FILE`) lists it under."""
-        names = {self.config["experiment"]}
+        """Every experiment this run belongs to: the one that asked for it, and those whose
+        planned runs (:data:`MEMBERSHIP_DIR`) hold it."""
         try:
-            plan = json.loads((self.root / MEMBERSHIP_FILE).read_text())
-        except (OSError, ValueError):
+            plan = read_membership(self.root)
+        except RecordError:  # a damaged plan costs the run its tags, not its training
             plan = {}
-        for experiment, members in plan.items():
-            if any(Path(m["run_dir"]).name == self.dir.name for m in members):
-                names.add(experiment)
+        names = {self.config["experiment"]}
+        names.update(e for e, members in plan.items() if any(m["run"] == self.dir.name for m in members))
         return sorted(names)
 
     def has_checkpoint(self) -> bool:
@@ -412,5 +415,37 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def find_records(root: str | Path) -> list[Path]:
-    """Every run directory under ``root`` (those holding a config.yaml)."""
-    return sorted(p.parent for p in Path(root).glob("*/config.yaml"))
+    """Every run directory under ``root``: those holding a record's file (a completed run
+    whose config.yaml was lost included)."""
+    return sorted(p for p in Path(root).glob("*/") if any((p / name).exists() for name in RECORD_FILES))
+
+
+def membership_path(root: str | Path, experiment: str) -> Path:
+    return Path(root) / MEMBERSHIP_DIR / f"{experiment}.json"
+
+
+def write_membership(root: str | Path, experiment: str, configs: list[dict[str, Any]]) -> None:
+    """``experiment``'s planned runs under ``root``: each run by its directory's name (relative
+    to ``root``, so the runs directory can move) with the config planned for it, secrets left out."""
+    path = membership_path(root, experiment)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps([{"run": run_dir_name(c), "config": public_config(c)} for c in configs]))
+
+
+def read_membership(root: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """{experiment: [{"run": directory name, "config": planned config}]} from every plan under
+    ``root``; a damaged plan is a ``RecordError`` naming it and the fix."""
+    plan = {}
+    for path in sorted((Path(root) / MEMBERSHIP_DIR).glob("*.json")):
+        try:
+            members = json.loads(path.read_text())
+            if not (PLAIN_NAME.fullmatch(path.stem) and isinstance(members, list) and all(
+                    isinstance(m, dict) and isinstance(m.get("config"), dict)
+                    and PLAIN_NAME.fullmatch(str(m.get("run"))) for m in members)):
+                raise ValueError("not a list of planned runs")
+        except (OSError, ValueError) as err:
+            raise RecordError(f"{path} is damaged ({str(err).splitlines()[0]}); rerun scripts/reproduce.py "
+                              f"--experiments {path.stem} to write it again, or remove it") from None
+        plan[path.stem] = members
+    return plan

@@ -14,7 +14,8 @@ per-worker batch (the paper's synchronized workers), the gradient is over all of
 it. Under torchrun (or SLURM tasks) the same global batch is spread over the
 processes, each normalizing its own workers (``brn_repro.distributed``). The run
 leaves one record (``brn_repro.records``); re-running a finished config does
-nothing, an interrupted one resumes from its checkpoint.
+nothing, an interrupted one resumes from its checkpoint. SIGTERM or SIGINT stops a run
+at its next step with a checkpoint (``brn_repro.signals``), exit code 143 or 130.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from typing import Any
 import hydra
 import torch
 import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from brn_repro import distributed, kernels
+from brn_repro import distributed, kernels, signals
 from brn_repro.cli import check_command_line, upgrade_command_line
 from brn_repro.config import (
     CONF_DIR,
@@ -172,7 +175,18 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         if done is not None:
             ctx.say(f"already {done['status']} by another process: {record.dir}; nothing to do")
             return done
-        return train_run(config, record, data, model, ctx, device)
+        with signals.training():  # from here a signal stops the run at its next step, checkpointed
+            return train_run(config, record, data, model, ctx, device)
+
+
+def stop_signalled(step: int, every: int, ctx: distributed.Context, device: torch.device) -> bool:
+    """Whether a SIGTERM or SIGINT was noted (``brn_repro.signals``); the processes of a
+    multi-process run agree every ``every`` steps, so all stop at the same step."""
+    if not ctx.enabled:
+        return signals.received() is not None
+    if step % every:
+        return False
+    return distributed.all_reduce_sum([float(signals.received() is not None)], ctx, device)[0] > 0
 
 
 def open_logger(config: dict[str, Any], cfg: RunConfig, record: RunRecord, ctx: distributed.Context) -> RunLogger:
@@ -221,6 +235,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
                        initial=progress.step, desc=run_name(config), unit="step")
     model.train()
     progress.start_clocks()
+    signalled = False
     for step in range(progress.step + 1, train.steps + 1):
         # --- forward and backward (the moving statistics synchronized over processes)
         x, y = place(data.train_batch(), device, dtype, layout)
@@ -229,7 +244,9 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
         if compiled and progress.compile_seconds is None:  # the first step compiles forward and backward
             progress.compile_seconds = time.perf_counter() - step_start
         evaluating = step % train.eval_every == 0 or step == train.steps
-        stopping = step == train.stop_at_step
+        # SIGTERM / SIGINT: checkpoint and stop (at the last step the run simply ends)
+        signalled = step < train.steps and stop_signalled(step, divergence.every, ctx, device)
+        stopping = step == train.stop_at_step or signalled
         saving = step % train.checkpoint_every == 0 or step == train.steps or stopping
         # --- divergence: no update, evaluation or checkpoint after a non-finite loss
         if (bad := divergence.check(loss, step, read_now=evaluating or saving)) is not None:
@@ -266,6 +283,12 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
             progress.last = evaluate(model, training.ema, data, cfg, True, ctx, device)
         logger.log(progress.last, progress.step)
     summary = summarize(progress, config, record, data.global_batch, compiled, ctx, device)
+    if signalled and progress.status == "stopped":  # checkpointed at this step, no summary yet
+        logger.finish()
+        signum = signals.received()
+        ctx.say(f"stopped by {signals.name(signum) if signum else 'a signal to another process'} at step "
+                f"{progress.step}: checkpointed in {record.dir}; rerun the same command to resume", file=sys.stderr)
+        return summary
     finish(summary, record, logger, ctx)
     return summary
 
@@ -275,8 +298,13 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """One run (Hydra calls it once per job of a sweep). Returns the final test accuracy,
-    NaN for a run without one (diverged, or stopped at train.stop_at_step), so that a
-    sweeper that optimizes it (Optuna) records a failed trial instead of aborting on None."""
+    NaN for a run without one (diverged, stopped at train.stop_at_step or by a signal, or
+    not started after one), so that a sweeper that optimizes it (Optuna) records a failed
+    trial instead of aborting on None."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        signals.note_from_now()  # a sweep's worker (joblib, submitit); under cli's handlers, nothing changes
+    if signals.received() is not None:  # the sweep was stopped before this run began
+        return float("nan")
     try:
         summary = run(resolve(cfg))
     except USER_ERRORS as err:
@@ -301,7 +329,13 @@ def cli() -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    main()
+    # SIGTERM / SIGINT: a run stops at its next step, checkpointed; a sweep's parent passes them on
+    sweep = {"-m", "--multirun"} & set(sys.argv[1:])
+    with signals.noted(signals.pass_on_to_workers if sweep else signals.stop_unless_training):
+        main()
+        signum = signals.received()
+    if signum is not None:
+        sys.exit(signals.exit_code(signum))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 
 from brn_repro.aggregate import aggregate, load_runs, summarize
 from brn_repro.claims import NOT_REPRODUCED, NOT_RUN, REPRODUCED, evaluate_claims
-from brn_repro.records import MEMBERSHIP_FILE, RunRecord, find_records, read_config
+from brn_repro.records import RunRecord, find_records, read_config, write_membership
 
 
 def write_run(root, experiment, norm, seed, acc, pwb=32, sampler="iid", status="completed",
@@ -38,7 +38,7 @@ def write_run(root, experiment, norm, seed, acc, pwb=32, sampler="iid", status="
 def test_a_later_plan_does_not_rewrite_how_a_recorded_run_ran(tmp_path):
     """The membership holds the last reproduce call's plan (here: no W&B, 2 threads); the
     runs table takes how each run was executed from its record, the conditions from the plan."""
-    write_run(tmp_path, "fig1_baseline", "bn", 0, 80.0)
+    write_run(tmp_path, "fig1_baseline", "gn", 0, 80.0)
     (run_dir,) = find_records(tmp_path)
     ran = read_config(run_dir)
     ran["logger"] = {"name": "wandb", "project": "brn-repro"}
@@ -47,11 +47,10 @@ def test_a_later_plan_does_not_rewrite_how_a_recorded_run_ran(tmp_path):
     planned = copy.deepcopy(ran)
     planned["logger"] = {"name": "none"}
     planned["train"]["threads"] = 2
-    planned["data"]["per_worker_batch"] = 4  # a split-blind condition sharing the run: the plan's
+    planned["data"].update(per_worker_batch=4, workers=16)  # a split-blind condition sharing the run: the plan's
     unstarted = {**copy.deepcopy(planned), "seed": 1}
-    (tmp_path / MEMBERSHIP_FILE).write_text(json.dumps({"fig1_baseline": [
-        {"run_dir": str(run_dir), "config": planned},
-        {"run_dir": str(tmp_path / "not-started"), "config": unstarted}]}))
+    write_membership(tmp_path, "fig1_baseline", [planned, unstarted])
+    assert RunRecord(tmp_path, planned).dir == run_dir
     runs = load_runs(tmp_path)[0].set_index("seed")
     done, waiting = runs.loc[0], runs.loc[1]
     assert (done["logger.name"], done["logger.project"], done["train.threads"]) == ("wandb", "brn-repro", 1)

@@ -14,7 +14,7 @@ from test_wandb_logger import offline_env, read_final_state, read_records  # noq
 
 from brn_repro.loggers import wandb_run_id
 from brn_repro.provenance import ROOT, git_commit
-from brn_repro.records import MEMBERSHIP_FILE, RunRecord
+from brn_repro.records import RunRecord, write_membership
 from brn_repro.train import run
 
 
@@ -43,9 +43,8 @@ def test_an_interrupted_run_is_one_wandb_run_with_its_group_tags_and_commit(
     assert run(config)["status"] == "stopped"  # interrupted at step 20, checkpointed
     record = RunRecord(runs, config)
     # The reproduction learns that the run also serves fig3_noniid (its i.i.d. arm).
-    (runs / MEMBERSHIP_FILE).write_text(json.dumps({
-        name: [{"run_dir": str(record.dir), "config": config}]
-        for name in ("fig2_small_batch", "fig3_noniid")}))
+    for name in ("fig2_small_batch", "fig3_noniid"):
+        write_membership(runs, name, [config])
     resumed = {**config, "train": {**config["train"], "stop_at_step": None}}
     assert run(resumed)["status"] == "completed"
 
