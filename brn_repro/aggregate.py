@@ -142,6 +142,9 @@ def load_runs(runs_root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                                if not isinstance(v, list | dict)}
         summary = read_summary(run_dir / "summary.json") or {}  # damaged: counted as incomplete
         row.update({k: summary.get(k) for k in SUMMARY_FIELDS})
+        # what computed it beyond the config (brn_repro.kernels): the report names it, verify-results reads it
+        row.update({f"kernels.{k}": v for k, v in (summary.get("kernels") or {}).items()})
+        row["kernels_mixed"] = summary.get("kernels_mixed")
         row["status"] = summary.get("status", "incomplete")
         row["run_dir"] = str(run_dir)
         row["git_commit"] = _trained_at(run_dir)
@@ -175,8 +178,9 @@ def condition_columns(frame: pd.DataFrame, experiment: str) -> list[str]:
     a run outside the table (``experiment=adhoc``) every column that varies but the seed."""
     if description := described(experiment):
         return [c for c in description.conditions if c in frame.columns]
-    skip = {"seed", "run_dir", *SUMMARY_FIELDS}
-    return [c for c in frame.columns if c not in skip and frame[c].astype(str).nunique() > 1]
+    skip = {"seed", "run_dir", "kernels_mixed", *SUMMARY_FIELDS}
+    return [c for c in frame.columns
+            if c not in skip and not c.startswith("kernels.") and frame[c].astype(str).nunique() > 1]
 
 
 def summarize(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
