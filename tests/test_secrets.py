@@ -187,7 +187,7 @@ def test_reproductions_plans_hold_no_secret(planted_env, tiny_fashion_mnist):
 @pytest.mark.slow  # a miniature make reproduce (~1 min)
 def test_a_reproduction_writes_no_secret_anywhere(planted_env, tiny_fashion_mnist):
     """scripts/reproduce.py with planted overrides, logged to W&B offline: plans,
-    experiments.json, logs/, the records, their W&B runs and the aggregate's (whose process
+    experiments/<name>.json, logs/, the records, their W&B runs and the aggregate's (whose process
     holds the overrides in its command line), the sweep's Hydra output and results/."""
     command = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--profile", "quick", "--jobs", "1", "--wandb",
                "--experiments", "fig1_baseline", "--runs", str(planted_env / "runs"),
@@ -198,6 +198,6 @@ def test_a_reproduction_writes_no_secret_anywhere(planted_env, tiny_fashion_mnis
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=os.environ.copy())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert list((planted_env / "runs" / "logs").glob("*.log"))
-    assert (planted_env / "runs" / "experiments.json").is_file()
+    assert (planted_env / "runs" / "experiments" / "fig1_baseline.json").is_file()
     assert list((planted_env / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))  # the aggregate's
     assert leaks(planted_env) == []
