@@ -40,11 +40,11 @@ def emulated_text(results: Path) -> str | None:
     if not path.exists():
         return None
     rows = pd.read_csv(path)
-    lines = []
-    for (setting, cpu), group in rows.groupby(["setting", "cpu"], sort=False):
-        lines.append(f"{setting} on {cpu}: {'the same bits' if group['identical'].all() else 'other numbers'} "
-                     f"as on this CPU ({', '.join(sorted(group['compared'].unique()))})")
-    return "; ".join(lines)
+    cpus = ", ".join(rows["cpu"].unique())
+    verdicts = "; ".join(f"{r.setting}: {'the same bits' if r.identical else 'other numbers'} "
+                         f"(largest weight difference {r.max_weight_difference:.2g})" for r in rows.itertuples())
+    return (f"a short run ({rows['steps'].iloc[0]} steps; {rows['compared'].iloc[0]}) here and on {cpus}: "
+            f"{verdicts}")
 
 
 def spread_text(results: Path, runs: pd.DataFrame) -> str | None:
