@@ -13,7 +13,6 @@ tolerance where this machine's kernels differ from those a committed run recorde
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from brn_repro.files import write_atomic
-from brn_repro.records import find_records, read_summary
+from brn_repro.records import find_records, read_metrics_file, read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 # One seed of each claim's primary conditions: (experiment, the override that picks the condition).
@@ -63,7 +62,7 @@ def collect(runs: Path, setting: str) -> list[dict]:
         summary = read_summary(run_dir / "summary.json")
         if summary is None:
             continue
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        metrics = read_metrics_file(run_dir / "metrics.jsonl")  # none: diverged before its first evaluation
         rows.append({"run": run_dir.name, "setting": setting, "status": summary["status"],
                      "test_acc": summary["test_acc"], "train_acc": summary["train_acc"],
                      "final_loss": metrics[-1]["loss"] if metrics else None,
