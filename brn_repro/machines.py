@@ -47,27 +47,41 @@ def emulated_text(results: Path) -> str | None:
             f"{verdicts}")
 
 
-def spread_text(results: Path, runs: pd.DataFrame) -> str | None:
-    """How far the final test accuracy moves between kernel settings, beside the seed-to-seed
-    standard deviation of the same conditions."""
+def spread_lines(results: Path, runs: pd.DataFrame) -> list[str]:
+    """How far the final test accuracy moves between kernel settings, per sampled run, beside
+    the seed-to-seed standard deviation of its condition (a table; none without the file)."""
     path = results / "kernels" / "spread.csv"
     if not path.exists():
-        return None
+        return []
     spread = pd.read_csv(path)
     table = spread.pivot(index="run", columns="setting", values="test_acc")
-    delta = table.drop(columns=SPREAD_REFERENCE).sub(table[SPREAD_REFERENCE], axis=0).abs()
-    diverged = spread[spread["status"] == "diverged"]
-    seed_sd = [s for s in (_seed_sd(runs, name) for name in table.index) if s is not None]
-    settings = ", ".join(c for c in table.columns if c != SPREAD_REFERENCE)
-    text = (f"seed 0 of {len(table)} primary conditions, each trained under the reproduction's pinned kernels "
-            f"and under {settings}: the final test accuracy differs from the pinned run's by up to "
-            f"{delta.max().max():.2f} points (median {delta.stack().median():.2f}; largest per setting: "
-            + ", ".join(f"{c} {delta[c].max():.2f}" for c in delta.columns) + ")")
-    if seed_sd:
-        text += f"; the seed-to-seed sd of the same conditions is {pd.Series(seed_sd).median():.2f} (median)"
-    if len(diverged):
-        text += "; diverged: " + ", ".join(f"{r.run} under {r.setting}" for r in diverged.itertuples())
-    return text
+    others = [c for c in table.columns if c != SPREAD_REFERENCE]
+    delta = table[others].sub(table[SPREAD_REFERENCE], axis=0).abs()
+    lines = [f"| run | {SPREAD_REFERENCE} (the reproduction's) | " + " | ".join(others)
+             + " | largest difference | seed sd of its condition |", "|---|" + "---|" * (len(others) + 3)]
+    for run, row in table.iterrows():
+        sd = _seed_sd(runs, run)
+        cells = [_acc(row[c]) for c in [SPREAD_REFERENCE, *others]]
+        lines.append(f"| {run} | " + " | ".join(cells) + f" | {_acc(delta.loc[run].max())} | {_acc(sd)} |")
+    return lines + ["", "Final test accuracy (%; diverged: a run that stopped on a non-finite loss). "
+                    f"Largest difference over the runs: {delta.max().max():.2f} points (median "
+                    f"{delta.stack().median():.2f})."]
+
+
+def settings_text(results: Path) -> str:
+    """Each setting of spread.csv by the kernels its runs recorded."""
+    spread = pd.read_csv(results / "kernels" / "spread.csv")
+    parts = []
+    for setting, rows in spread.groupby("setting", sort=False):
+        k = rows.iloc[0]
+        compiled = f"inductor {k['kernels.inductor']}" if pd.notna(k.get("kernels.inductor")) else "eager"
+        parts.append(f"`{setting}`: ATen {k['kernels.aten']}, oneDNN {k['kernels.onednn']}, MKL {k['kernels.mkl']}, "
+                     + compiled)
+    return "; ".join(parts)
+
+
+def _acc(value: float | None) -> str:
+    return "diverged" if value is None or pd.isna(value) else f"{value:.2f}"
 
 
 def _seed_sd(runs: pd.DataFrame, name: str) -> float | None:
@@ -94,8 +108,9 @@ def machines_section(runs: pd.DataFrame, results: Path) -> list[str]:
     if emulated := emulated_text(results):
         lines.append(f"- **Another CPU** (`make check-kernels`, [kernels/emulated.csv](kernels/emulated.csv)): "
                      f"{emulated}.")
-    if spread := spread_text(results, runs):
-        lines.append(f"- **Other kernels** (`make kernel-spread`, [kernels/spread.csv](kernels/spread.csv)): "
-                     f"{spread}. A number from other kernels compares with ours within that spread, not bit for "
-                     "bit.")
+    if spread := spread_lines(results, runs):
+        lines += ["- **Other kernels** (`make kernel-spread`, [kernels/spread.csv](kernels/spread.csv)): seed 0 of "
+                  "each claim's primary conditions, trained on the reproduction's pinned kernels and on others "
+                  f"({settings_text(results)}). A number from other kernels compares with ours within these "
+                  "differences, not bit for bit.", "", *spread]
     return lines + [""]

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from brn_repro.machines import kernels_text, machines_section, spread_text
+from brn_repro.machines import kernels_text, machines_section, spread_lines
 
 PINNED = {"kernels.cpu": "AMD EPYC", "kernels.aten": "AVX2", "kernels.onednn": "AVX2", "kernels.mkl": "COMPATIBLE",
           "kernels.inductor": "avx2", "kernels.march": "x86-64-v3", "kernels.compiler": "g++ 12.2.0",
@@ -30,14 +30,15 @@ def test_the_kernels_are_counted_by_set_and_a_mixed_resume_is_said():
 def test_the_spread_is_the_largest_change_from_the_pinned_run_beside_the_seed_sd(tmp_path):
     (tmp_path / "kernels").mkdir()
     run = "bn-pwb32x4-iid-s0-abc"
-    pd.DataFrame([{"run": run, "setting": "pinned", "status": "completed", "test_acc": 88.0},
-                  {"run": run, "setting": "native", "status": "completed", "test_acc": 88.3},
-                  {"run": run, "setting": "eager", "status": "completed", "test_acc": 87.5}]
+    kernels = {"kernels.aten": "AVX2", "kernels.onednn": "AVX2", "kernels.mkl": "COMPATIBLE", "kernels.inductor": None}
+    pd.DataFrame([{"run": run, "setting": "pinned", "status": "completed", "test_acc": 88.0, **kernels},
+                  {"run": run, "setting": "native", "status": "completed", "test_acc": 88.3, **kernels},
+                  {"run": run, "setting": "eager", "status": "completed", "test_acc": 87.5, **kernels}]
                  ).to_csv(tmp_path / "kernels" / "spread.csv", index=False)
-    text = spread_text(tmp_path, runs_frame())
-    assert "differs from the pinned run's by up to 0.50 points (median 0.40" in text
-    assert "eager 0.50, native 0.30" in text
+    lines = spread_lines(tmp_path, runs_frame())
     # the sd over seeds 0-2 of bn at per-worker 32: 88.0, 88.4, 87.6
-    assert f"seed-to-seed sd of the same conditions is {pd.Series([88.0, 88.4, 87.6]).std():.2f}" in text
+    sd = pd.Series([88.0, 88.4, 87.6]).std()
+    assert f"| {run} | 88.00 | 87.50 | 88.30 | 0.50 | {sd:.2f} |" in lines
+    assert "Largest difference over the runs: 0.50 points (median 0.40)." in lines[-1]
     section = machines_section(runs_frame(), tmp_path)
-    assert section[0] == "## Numbers across machines" and any("kernels/spread.csv" in line for line in section)
+    assert section[0] == "## Numbers across machines" and any("`native`: ATen AVX2" in line for line in section)
