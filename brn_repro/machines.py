@@ -77,7 +77,7 @@ def settings_text(results: Path) -> str:
         compiled = f"inductor {k['kernels.inductor']}" if pd.notna(k.get("kernels.inductor")) else "eager"
         parts.append(f"`{setting}`: ATen {k['kernels.aten']}, oneDNN {k['kernels.onednn']}, MKL {k['kernels.mkl']}, "
                      + compiled)
-    return "; ".join(parts)
+    return "; ".join(parts) + "; MKL off: no fixed branch, MKL picks its code path by CPU"
 
 
 def _acc(value: float | None) -> str:
