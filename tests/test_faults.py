@@ -165,7 +165,8 @@ KILL_POINTS = [
     ("mid_metrics", 3),     # half of the row of step 15 written
     ("mid_checkpoint", 2),  # half of the final checkpoint written
     ("before_summary", 1),  # the final checkpoint written, its summary not
-    ("step", random.Random().randint(1, 20)),  # anywhere (the step is in the test's id)
+    # anywhere (the step is in the test's id); under pytest-xdist every worker draws the same
+    ("step", random.Random(os.environ.get("PYTEST_XDIST_TESTRUNUID")).randint(1, 20)),
 ]
 
 

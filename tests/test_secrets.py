@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from test_wandb_logger import offline_env  # noqa: F401 (a fixture)
 
 from brn_repro.config import resolve
 from brn_repro.secrets import is_secret_key, public_argv, scrub
@@ -47,17 +48,11 @@ def leaks(root: Path) -> list[str]:
 
 
 @pytest.fixture
-def planted_env(tmp_path, monkeypatch):
-    """The planted environment, offline W&B without credentials, HOME inside tmp_path."""
-    home = tmp_path / "home"
-    home.mkdir()
-    for name in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "WANDB_ENTITY"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in (ENV_SECRET, ENV_PLAIN, ("HOME", str(home)), ("NETRC", str(home / ".netrc")),
-                        ("WANDB_MODE", "offline"), ("WANDB_SILENT", "true"), ("WANDB_DISABLE_GIT", "true"),
-                        ("WANDB__DISABLE_STATS", "true")):
+def planted_env(offline_env, monkeypatch):  # noqa: F811
+    """The planted environment, on offline W&B without credentials (HOME inside tmp_path)."""
+    for name, value in (ENV_SECRET, ENV_PLAIN):
         monkeypatch.setenv(name, value)
-    return tmp_path
+    return offline_env
 
 
 def train(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
