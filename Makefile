@@ -18,6 +18,10 @@ PROFILE ?= quick
 JOBS ?= 2
 THREADS ?= 1
 DATASET ?= fashion_mnist
+# make test spreads the tests over this many processes (pytest-xdist; 1: in this process).
+# Both cores: 3.6 min instead of 6.6 here (540 tests, two runs each way).
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS))
 # make reproduce WANDB=1: log every run and the aggregate to W&B (offline without credentials)
 WANDB ?=
 WANDB_FLAG := $(if $(filter-out 0,$(WANDB)),--wandb)
@@ -63,13 +67,13 @@ check-kernels: $(STAMP)  ## a pinned run here and on an emulated Intel Haswell (
 	$(BIN)/python scripts/check_kernels.py
 
 test: $(STAMP)  ## the fast test suite (CPU, minutes)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 test-slow: $(STAMP)  ## only the long tests
-	$(BIN)/python -m pytest -q -m slow || test $$? -eq 5  # 5: no slow test collected
+	$(BIN)/python -m pytest -q $(XDIST) -m slow || test $$? -eq 5  # 5: no slow test collected
 
 test-all: $(STAMP)  ## every test
-	$(BIN)/python -m pytest -q -m 'slow or not slow'
+	$(BIN)/python -m pytest -q $(XDIST) -m 'slow or not slow'
 
 bench: $(STAMP)  ## time a ResNet-20 step per norm, the runner's own step, pinned kernels -> results/bench/{norm,step,isa}.csv
 	$(BIN)/python scripts/bench_norm.py --out results/bench/norm.csv
