@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import re
 import sys
 import time
@@ -21,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from brn_repro.experiments import described
-from brn_repro.files import write_atomic
+from brn_repro.files import check_writable_dir, write_atomic
 from brn_repro.loggers import flatten_config
 from brn_repro.records import (
     EXECUTION_KEYS,
@@ -75,16 +73,11 @@ def _members(runs_root: Path) -> list[tuple[Path, dict[str, Any]]]:
 
 def _own_config(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
     """A record's config, or None and why not."""
-    if not (run_dir / "config.yaml").is_file():
-        return None, ("no config.yaml, so what it ran is unknown (remove the directory and rerun its "
-                      "config to train it again)")
     try:
-        config = read_config(run_dir)
-        if not isinstance(config, dict):
-            raise ValueError("not a mapping")
-    except (OSError, ValueError, AttributeError, TypeError, yaml.YAMLError) as err:
-        return None, f"its config.yaml does not parse ({str(err).splitlines()[0]})"
-    return config, None
+        return read_config(run_dir), None
+    except RecordError as err:
+        return None, (f"{err}, so what it ran is unknown (remove the directory and rerun its config to train "
+                      "it again)")
 
 
 def _differing(config: dict[str, Any], members: list[dict[str, Any]]) -> str:
@@ -243,13 +236,7 @@ def write_atomic_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def check_out(out: Path) -> None:
     """``--out`` is, or can become, a writable directory (before anything is read or trained)."""
-    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
-    if existing == out.absolute() and not existing.is_dir():
-        raise RecordError(f"--out {out} is a file, not a directory; point --out at a directory")
-    if not existing.is_dir():
-        raise RecordError(f"--out {out}: {existing} is a file, not a directory; point --out at a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RecordError(f"--out {out}: {existing} is not writable; point --out at a writable directory")
+    check_writable_dir(out, "--out")
 
 
 def plain_experiments(runs: pd.DataFrame) -> pd.DataFrame:

@@ -47,6 +47,17 @@ def writing(path: Path) -> Iterator[None]:
         raise
 
 
+def check_writable_dir(path: Path, option: str) -> None:
+    """Before anything is read or trained: ``path`` (the value of ``option``, e.g.
+    ``paths.runs`` or ``--out``) is, or can become, a writable directory; one line otherwise."""
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise RecordError(f"{option}={path}: {existing} is a file, not a directory; point {option} at a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RecordError(f"{option}={path}: {existing} is not writable (read-only?); "
+                          f"point {option} at a writable directory")
+
+
 # What tmp_path names look like (and a lock candidate, ".run.lock.<tag>", does not).
 TMP_NAME = re.compile(r"\.[^/]+\.tmp(\.[A-Za-z0-9]+)?")
 

@@ -63,6 +63,11 @@ def pin(cpu_isa: str) -> None:
                           "before the pin); start a new process, or set train.cpu_isa=native")
 
 
+def unpinned_environ() -> dict[str, str]:
+    """This process's environment without the pin: for a child that pins, or not, by itself."""
+    return {k: v for k, v in os.environ.items() if k not in PINNED_ENV}
+
+
 def inductor_config() -> Any:
     import torch._inductor.config
 

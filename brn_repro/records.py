@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import yaml
 
-from brn_repro.files import TMP_NAME, RecordError, write_atomic, writing
+from brn_repro.files import TMP_NAME, RecordError, check_writable_dir, write_atomic, writing
 from brn_repro.lease import Lease
 from brn_repro.norm import norm_spec
 from brn_repro.schema import legacy_spelling, upgrade
@@ -247,13 +247,7 @@ class RunRecord:
     @_rank_zero
     def check_writable(self) -> None:
         """Before any data is loaded: ``paths.runs`` is, or can become, a writable directory."""
-        existing = next(p for p in (self.root.absolute(), *self.root.absolute().parents) if p.exists())
-        if not existing.is_dir():
-            raise RecordError(f"paths.runs={self.root}: {existing} is a file, not a directory; "
-                              "point paths.runs at a directory")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise RecordError(f"paths.runs={self.root}: {existing} is not writable (read-only?); "
-                              "point paths.runs at a writable directory")
+        check_writable_dir(self.root, "paths.runs")
 
     @contextmanager
     def lock(self) -> Iterator[bool]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -60,9 +59,9 @@ def main() -> None:
     if args.worker:
         return worker(args.worker)
     from brn_repro.files import write_csv
-    from brn_repro.kernels import PINNED_ENV
+    from brn_repro.kernels import unpinned_environ
 
-    env = {k: v for k, v in os.environ.items() if k not in PINNED_ENV}
+    env = unpinned_environ()
     workers = {isa: subprocess.Popen([sys.executable, __file__, "--worker", isa], cwd=ROOT, env=env, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                for isa in ("native", "avx2")}

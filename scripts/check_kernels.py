@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from brn_repro.files import write_atomic
-from brn_repro.kernels import PINNED_ENV
+from brn_repro.kernels import unpinned_environ
 
 ROOT = Path(__file__).resolve().parents[1]
 EMULATED_CPU = "Haswell"
@@ -53,7 +53,7 @@ def qemu() -> str:
 
 def train(overrides: list[str], runs: Path, emulator: list[str]) -> Path:
     """One run in a fresh process (on the emulated CPU when ``emulator``); its record."""
-    env = {k: v for k, v in os.environ.items() if k not in PINNED_ENV}  # the run sets its own
+    env = unpinned_environ()  # the run pins its own
     env["TORCHINDUCTOR_CACHE_DIR"] = str(runs / "inductor")  # compiled here, for this run's CPU
     command = [*emulator, sys.executable, "-m", "brn_repro.train", *RUN, *overrides, f"paths.runs={runs}"]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -13,7 +13,6 @@ tolerance where this machine's kernels differ from those a committed run recorde
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from brn_repro.files import write_atomic
+from brn_repro.kernels import unpinned_environ
 from brn_repro.records import find_records, read_metrics_file, read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,8 +50,7 @@ def train(experiment: str, condition: str, setting: str, runs: Path, profile: st
     overrides, env = SETTINGS[setting]
     command = [sys.executable, "-m", "brn_repro.train", f"experiment={experiment}", f"profile={profile}",
                condition, "seed=0", f"paths.runs={runs}", "logger=none", "train.progress=false", *overrides]
-    clean = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")}
-    done = subprocess.run(command, cwd=ROOT, env=clean | env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=ROOT, env=unpinned_environ() | env, capture_output=True, text=True)
     if done.returncode not in (0, 1):  # 1: a diverged run, which is a result
         raise SystemExit(f"error: {' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-400:]}")
 

@@ -71,15 +71,15 @@ def spread_bound(results: Path, name: str) -> float | None:
 
 
 def kernels_of(row: pd.Series) -> dict:
-    return {k: (None if pd.isna(row.get(f"kernels.{k}")) else row.get(f"kernels.{k}")) for k in DECIDING}
+    """The kernels runs.csv recorded for the run (its threads read back as a number)."""
+    kernels = {k: (None if pd.isna(row.get(f"kernels.{k}")) else row.get(f"kernels.{k}")) for k in DECIDING}
+    return kernels | {"threads": None if kernels["threads"] is None else int(kernels["threads"])}
 
 
 def compare(name: str, row: pd.Series, curve: pd.DataFrame, summary: dict, run_dir: Path,
             bound: float | None) -> tuple[bool, str]:
     """(agrees, one line saying how)."""
     recorded, here = kernels_of(row), {k: summary["kernels"].get(k) for k in DECIDING}
-    here["threads"] = int(here["threads"]) if here["threads"] is not None else None
-    recorded["threads"] = None if recorded["threads"] is None else int(recorded["threads"])
     got = {k: summary.get(k) for k in SUMMARY}
     want = {k: (None if pd.isna(row[k]) else row[k]) for k in SUMMARY}
     metrics = pd.DataFrame(read_metrics_file(run_dir / "metrics.jsonl"))

@@ -22,9 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def python(code: str, **env: str) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter, with the session's pinned kernels taken out of its
     environment (``env`` puts back what a case wants)."""
-    clean = {k: v for k, v in os.environ.items() if k not in kernels.PINNED_ENV}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True,
-                          text=True, env=clean | env, timeout=600)
+                          text=True, env=kernels.unpinned_environ() | env, timeout=600)
 
 
 COMPILE_AND_COMPARE = """

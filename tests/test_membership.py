@@ -215,7 +215,7 @@ def test_every_run_the_report_leaves_out_is_named_with_its_reason(tmp_path, plan
     (stray_line,) = [w for w in warnings if stray.dir.name in w]
     assert "fig2_small_batch" in stray_line and "train.steps=40" in stray_line
     (lost_line,) = [w for w in warnings if lost.dir.name in w]
-    assert "no config.yaml" in lost_line
+    assert "config.yaml is missing" in lost_line
 
 
 def test_a_completed_run_without_config_yaml_is_named(tmp_path, plans, capsys):
@@ -226,7 +226,7 @@ def test_a_completed_run_without_config_yaml_is_named(tmp_path, plans, capsys):
     runs = load_runs(tmp_path)[0]
     assert list(runs["norm.name"]) == ["brn"]
     (warning,) = left_out(capsys)
-    assert lost.dir.name in warning and "no config.yaml" in warning
+    assert lost.dir.name in warning and "config.yaml is missing" in warning
 
 
 def test_a_damaged_summary_is_not_recorded_and_its_sweep_runs(tmp_path, plans, monkeypatch, capsys):
@@ -281,8 +281,8 @@ def test_aggregate_out_that_is_a_file_is_one_line_and_exit_2(tmp_path, plans, mo
     (tmp_path / "afile").write_text("x")
     code, lines = aggregate_main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "afile")],
                                  monkeypatch, capsys)
-    assert code == 2 and lines == [f"error: --out {tmp_path / 'afile'} is a file, not a directory; "
-                                   "point --out at a directory"]
+    assert code == 2 and lines == [f"error: --out={tmp_path / 'afile'}: {tmp_path / 'afile'} is a file, not a "
+                                   "directory; point --out at a directory"]
 
 
 def test_an_unknown_experiment_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
