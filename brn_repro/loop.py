@@ -70,6 +70,7 @@ class Progress:
     compile_seconds: float | None = None  # this call's first step, when compiled
     kernels: dict[str, Any] | None = None  # what computed the steps so far (brn_repro.kernels.describe)
     kernels_mixed: bool = False  # resumed on other kernels than the steps before
+    weight_norm_init: float | None = None  # at step 0: claim 4 measures growth from initialization
     started: float = 0.0  # this call's loop began (perf_counter)
     window_started: float = 0.0  # the throughput's window: since the last evaluation
     window_steps: int = 0
@@ -78,11 +79,13 @@ class Progress:
     def from_checkpoint(cls, state: dict[str, Any]) -> Progress:
         return cls(step=state["step"], best_test_acc=state["best_test_acc"], wall_before=state["wall_seconds"],
                    eval_seconds=state.get("eval_seconds", 0.0),  # older checkpoints lack it
-                   start_step=state["step"], kernels=state["kernels"], kernels_mixed=state["kernels_mixed"])
+                   start_step=state["step"], kernels=state["kernels"], kernels_mixed=state["kernels_mixed"],
+                   weight_norm_init=state.get("weight_norm_init"))
 
     def checkpoint(self) -> dict[str, Any]:
         return {"step": self.step, "best_test_acc": self.best_test_acc, "wall_seconds": self.wall_seconds(),
-                "eval_seconds": self.eval_seconds, "kernels": self.kernels, "kernels_mixed": self.kernels_mixed}
+                "eval_seconds": self.eval_seconds, "kernels": self.kernels, "kernels_mixed": self.kernels_mixed,
+                "weight_norm_init": self.weight_norm_init}
 
     def use_kernels(self, here: dict[str, Any], ctx: distributed.Context) -> None:
         """This call's kernels; a resume on other ones than the steps before is said and recorded."""
@@ -187,6 +190,7 @@ def summarize(progress: Progress, config: dict[str, Any], record: RunRecord, glo
         "device": device.type,
         "kernels": progress.kernels,  # the last call's; kernels_mixed: an earlier call's differed
         "kernels_mixed": progress.kernels_mixed,
+        "weight_norm_init": progress.weight_norm_init,
     }
 
 

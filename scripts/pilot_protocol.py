@@ -45,6 +45,7 @@ SETTINGS = [  # one home for the pilot's numbers; every evaluation on the whole 
     "data.workers='${div:${data.global_batch},${data.per_worker_batch}}'",
     "train.compile=true", "train.eval_test_size=null",
 ]  # (stage crossing overrides eval_test_size: it reads the averages, not the accuracy)
+REGIME_EVAL = ["train.eval_every=75", "train.eval_test_size=1000", "train.checkpoint_every=1800"]
 # Stage 1 (alpha, relax_start): both splits, three rates. Stage 2 (run length): per-worker
 # 32 at twice the length. alpha changes BN's inference statistics, never its training.
 STAGES = {
@@ -96,15 +97,35 @@ STAGES = {
                  "train.lr_schedule=step", "train.steps=3600", "train.eval_every=75",
                  "train.eval_test_size=1000", "train.checkpoint_every=3600",
                  "data.per_worker_batch=32,4", "recipe.norm_momentum=0.1", "optim.lr=0.2", "seed=0,1"],
+    # Stage 9 (regime, issue 22): the quick profile as it stands, BN only, on seeds 100-102
+    # (apart from the deciding seeds 0..n-1, so no regime is chosen on the runs that are
+    # then tested), evaluated every 75 steps on 1000 test images (the last on all of them).
+    # Three sweeps: (1) i.i.d. at per-worker 32..1: where BN's small-batch problem starts,
+    # its size (claim 2's per-worker batch and regime margin) and the paired seed-to-seed
+    # spread every margin and power derives from; when the averages beat one worker's batch
+    # at 32 (claim 1's relaxation). (2) non-i.i.d. at per-worker 32, recipes 2 x 16, 4 x 8,
+    # 8 x 4: claim 3's recipe and regime margin, and when the averages beat a non-i.i.d.
+    # worker's batch (batch_noise_noniid: claim 3's relaxation). (3) constant lr without
+    # weight decay: BN's weight growth from initialization (claim 4's threshold).
+    "regime": [
+        ["data.per_worker_batch=32,8,4,2,1", "seed=100,101,102", *REGIME_EVAL],
+        ["sampler=noniid", "data.per_worker_batch=32", "recipe.noniid.labels_per_batch=2,4,8",
+         "recipe.noniid.images_per_label='${div:32,${recipe.noniid.labels_per_batch}}'",
+         "seed=100,101,102", *REGIME_EVAL],
+        ["data.per_worker_batch=32", "train.lr_schedule=constant", "optim.weight_decay=0.0",
+         "seed=100,101,102", *REGIME_EVAL],
+    ],
 }
 KEYS = ["per_worker_batch", "alpha", "lr", "steps", "train_size", "lr_schedule"]  # what a stage varies besides the seed
 
 
 def train(runs: Path, jobs: int, stage: str) -> None:
-    command = [sys.executable, "-m", "brn_repro.train", "-m", *SETTINGS, *STAGES[stage], f"paths.runs={runs}",
-               "hydra/launcher=local", f"hydra.launcher.n_jobs={jobs}"]
-    print(" ".join(command), flush=True)
-    subprocess.run(command, cwd=ROOT, check=True)
+    sweeps = STAGES[stage] if isinstance(STAGES[stage][0], list) else [STAGES[stage]]
+    for sweep in sweeps:
+        command = [sys.executable, "-m", "brn_repro.train", "-m", *SETTINGS, *sweep, f"paths.runs={runs}",
+                   "hydra/launcher=local", f"hydra.launcher.n_jobs={jobs}"]
+        print(" ".join(command), flush=True)
+        subprocess.run(command, cwd=ROOT, check=True)
 
 
 def crossing(curves: pd.DataFrame) -> pd.DataFrame:

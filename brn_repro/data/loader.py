@@ -168,6 +168,19 @@ class InMemoryBatches:
         indices = fixed_subset_indices(len(self.tensors.train_y), size)
         return self.chunks("train", chunk, indices)
 
+    def recipe_subset_batches(self, size: int, labels_per_batch: int, images_per_label: int,
+                              chunk: int = 1000):
+        """The fixed training subset's images regrouped the way training's non-i.i.d. sampler
+        groups them (``labels_per_batch`` labels drawn with replacement x ``images_per_label``),
+        about ``size`` images in consecutive groups, the same for every run: the batch noise a
+        non-i.i.d. worker normalizes with (``moving_average_errors``' ``group_size``)."""
+        subset = fixed_subset_indices(len(self.tensors.train_y), size)
+        group = labels_per_batch * images_per_label
+        sampler = NonIIDSampler(self.tensors.train_y[subset], max(1, size // group), group,
+                                NONIID_TEST_SEED, labels_per_batch, images_per_label)
+        per_chunk = max(1, chunk // group) * group  # whole groups per forward pass
+        return self.chunks("train", per_chunk, subset[sampler.next()])
+
     def noniid_test_batches(self, labels_per_batch: int = 25, images_per_label: int = 2,
                             seed: int = NONIID_TEST_SEED, batches: int | None = None):
         """Test batches drawn the non-i.i.d. way (paper: 25 distinct labels x 2), one

@@ -124,6 +124,11 @@ class TrainingData(ABC):
     def train_subset_batches(self) -> Batches:
         """A fixed training subset (same for every run) for train accuracy in inference mode."""
 
+    def recipe_subset_batches(self, labels_per_batch: int, images_per_label: int) -> Batches | None:
+        """The training subset grouped by the non-i.i.d. recipe (``InMemoryBatches``); None
+        where the data streams from disk (no such groups: the metric is left out)."""
+        return None
+
     def noniid_test_batches(self, size: int | None = None) -> Batches:
         """Test batches drawn the non-i.i.d. way (paper: 25 distinct labels x 2), fixed across
         runs: as many as fill the test set once, or the first ones holding ``size``
@@ -181,6 +186,10 @@ class InMemoryTrainingData(TrainingData):
 
     def _noniid_batches(self, labels: int, images: int, count: int | None) -> Batches:
         return self._shard(self.batches.noniid_test_batches(labels, images, batches=count))
+
+    def recipe_subset_batches(self, labels_per_batch: int, images_per_label: int) -> Batches:
+        return self._shard(self.batches.recipe_subset_batches(
+            self.train_eval_size, labels_per_batch, images_per_label, self.eval_batch))
 
     def state_dict(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict(), "augment": self.batches.state_dict()["generator"],
