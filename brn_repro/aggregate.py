@@ -39,7 +39,7 @@ from brn_repro.records import (
 from brn_repro.schema import upgrade
 
 SUMMARY_FIELDS = ("status", "test_acc", "train_acc", "minibatch_stats_acc", "best_test_acc",
-                  "steps_done", "diverged_step", "wall_seconds", "images_per_second")
+                  "steps_done", "diverged_step", "wall_seconds", "images_per_second", "weight_norm_init")
 METRICS = ("test_acc", "train_acc", "minibatch_stats_acc")
 
 

@@ -207,6 +207,151 @@ def replot(out: Path) -> None:
     figure(curves, out / "ema_error_vs_batch_noise.png")
 
 
+# --- stage regime (issue 22): the protocol's numbers, each derived from BN alone -------------
+# The paper's effect sizes the powers are computed at: Fig 2, BRN recovers 76.5 - 74.2 = 2.3 of
+# BN's 78.3 - 74.2 = 4.1 points lost to microbatches of 4; Fig 3, BRN non-i.i.d. (78.6) recovers
+# all of BN's 78.3 - 67.0 = 11.3 points.
+SHARE_FIG2, SHARE_FIG3 = 2.3 / 4.1, 1.0
+POWER = 0.8  # the power every margin is set for
+SEED_COUNTS = (5, 10, 15)  # deciding seeds per condition, the fewest that give POWER
+SAME_ORDER = 10.0  # accuracy points: a penalty above is another regime (its spread is not pooled)
+
+
+def relaxation(start: int, steps: int) -> dict[str, int]:
+    """BRN's schedule from the step the averages beat a worker's batch (rounded up to 100):
+    the paper's proportions relax_start : d_max end : r_max end = 5 : 25 : 40, with r_max's end
+    brought forward to 2/3 of the run where it would lie later (then d_max's end keeps its
+    place between them: 20/35), so r_max = 3 and d_max = 5 hold for at least the last third."""
+    start = -(-start // 100) * 100
+    r_end = min(8 * start, 2 * steps // 3)
+    return {"relax_start": start, "d_max_end_step": start + round((r_end - start) * 20 / 35 / 100) * 100
+            if r_end < 8 * start else 5 * start, "r_max_end_step": r_end}
+
+
+def regime(runs: pd.DataFrame, curves: pd.DataFrame, out: Path) -> None:
+    from brn_repro.stats import effect_for_power, power_equivalence, power_superiority, superiority
+
+    runs = runs.assign(recipe=runs["recipe.noniid.labels_per_batch"].astype(int).astype(str) + " x "
+                       + runs["recipe.noniid.images_per_label"].astype(int).astype(str))
+    step_lr = runs[runs["lr_schedule"] == "step"]
+    iid = step_lr[step_lr["sampler.name"] == "iid"].pivot(index="seed", columns="per_worker_batch",
+                                                          values="test_acc")
+    rows = []  # BN's small-batch penalty against per-worker 32, paired by seed
+    for b in sorted(iid.columns, reverse=True):
+        pen = iid[32] - iid[b]
+        test = superiority(pen) if b != 32 else None
+        rows.append({"per_worker_batch": b, "bn_test_acc": round(iid[b].mean(), 2),
+                     "penalty_vs_32": round(pen.mean(), 2), "penalty_sd": round(pen.std(ddof=1), 3),
+                     "penalty_per_seed": " ".join(f"{v:+.2f}" for v in pen),
+                     "one_sided_p": round(test.p, 4) if test else None})
+    small = pd.DataFrame(rows)
+    non = step_lr[step_lr["sampler.name"] == "noniid"]
+    rows = []
+    for recipe, group in non.groupby("recipe", sort=False):
+        acc = group.set_index("seed")
+        pen = iid[32].loc[acc.index] - acc["test_acc"]
+        rows.append({"recipe": recipe, "labels_per_batch": int(acc["recipe.noniid.labels_per_batch"].iloc[0]),
+                     "bn_test_acc": round(acc["test_acc"].mean(), 2),
+                     "bn_train_acc": round(acc["train_acc"].mean(), 2),
+                     "penalty_vs_iid_32": round(pen.mean(), 2), "penalty_sd": round(pen.std(ddof=1), 3),
+                     "penalty_per_seed": " ".join(f"{v:+.2f}" for v in pen)})
+    noniid = pd.DataFrame(rows).sort_values("labels_per_batch", ascending=False)
+    # When BN's averages beat one worker's batch (mean over seeds), i.i.d. and non-i.i.d.
+    rows = []
+    for (sampler, pwb, recipe, schedule), group in curves.groupby(
+            ["sampler.name", "per_worker_batch", "recipe", "lr_schedule"]):
+        noise = "batch_noise_noniid/mean" if sampler == "noniid" else "batch_noise/mean"
+        mean = group.groupby("step")[["ema_error/mean", noise]].mean()
+        rows.append({"sampler": sampler, "per_worker_batch": pwb, "recipe": recipe if sampler == "noniid" else "-",
+                     "lr_schedule": schedule, "noise": noise.split("/")[0],
+                     "below_from_step": below_from(mean["ema_error/mean"] < mean[noise]),
+                     "ema_error_end": round(mean["ema_error/mean"].iloc[-1], 4),
+                     "noise_end": round(mean[noise].iloc[-1], 4)})
+    cross = pd.DataFrame(rows)
+    # BN's weight growth from initialization (claim 4's setting, and the profile's)
+    last = curves.sort_values("step").groupby("run_dir").tail(1).set_index("run_dir")["weight_norm"]
+    bn32 = runs[(runs["sampler.name"] == "iid") & (runs["per_worker_batch"] == 32)]
+    growth = bn32.assign(weight_norm_end=bn32["run_dir"].map(last))
+    growth = growth.assign(growth_from_init=growth["weight_norm_end"] - growth["weight_norm_init"])
+    growth = growth[["lr_schedule", "optim.weight_decay", "seed", "weight_norm_init", "weight_norm_end",
+                     "growth_from_init"]].round({"weight_norm_init": 3, "weight_norm_end": 3, "growth_from_init": 3})
+    # --- the design, each number from the tables above
+    steps = int(runs["steps"].iloc[0])
+    design = {}
+    by_b = small.set_index("per_worker_batch")
+    # The paired spread, pooled over the candidates whose penalty is under SAME_ORDER points
+    # (3 seeds each give too rough a sd; a penalty of tens of points, per-worker 1 or the
+    # 2 x 16 recipe, is another regime with another spread).
+    def pooled_sd(table: pd.DataFrame, penalty: str) -> float:
+        same = table[(table[penalty] > 0) & (table[penalty] < SAME_ORDER)]
+        return float((same["penalty_sd"] ** 2).mean() ** 0.5)
+
+    sd2 = pooled_sd(small, "penalty_vs_32")
+    design["paired_sd_small_batch"] = sd2
+
+    def tost_seeds(delta: float, sd: float) -> int | None:
+        return next((n for n in SEED_COUNTS if power_equivalence(0.0, delta, sd, n) >= POWER), None)
+
+    def regime_margin(sd: float, n: int, share: float) -> float:
+        """The BN penalty at which the claim's test has POWER if BRN recovers ``share`` of it."""
+        return effect_for_power(sd, n, power=POWER) / share
+
+    def first_fit(candidates, sd: float, share: float):
+        """The first (candidate, n) whose pilot penalty clears the regime margin with POWER:
+        the regime check (one-sided against the margin) is then expected to pass."""
+        for key, penalty in candidates:
+            for n in SEED_COUNTS:
+                m = regime_margin(sd, n, share)
+                if power_superiority(penalty, sd, n, shift=m) >= POWER:
+                    return key, n, m
+        return None, None, None
+
+    # Claim 2: the paper's 4 first, then the larger of the smaller batches.
+    b2, n2, m2 = first_fit([(b, float(by_b.loc[b, "penalty_vs_32"])) for b in (4, 2, 1) if b in by_b.index],
+                           sd2, SHARE_FIG2)
+    penalty2 = float(by_b.loc[b2, "penalty_vs_32"]) if b2 else float("nan")
+    delta = penalty2 / 2  # "matches": closer to BN at 32 than halfway to the small-batch problem
+    design |= {"claim2_per_worker_batch": b2, "claim2_seeds": n2, "claim2_regime_margin": m2,
+               "bn_penalty_at_claim2_batch": penalty2, "equivalence_margin": delta}
+    # Claim 3: the recipe with the most labels (the paper's 2 images per label) first.
+    sd3 = pooled_sd(noniid, "penalty_vs_iid_32") * 2 ** 0.5  # d holds two penalties
+    recipe3, n3, m3 = first_fit([(r["recipe"], float(r["penalty_vs_iid_32"])) for _, r in noniid.iterrows()],
+                                sd3, SHARE_FIG3)
+    design |= {"paired_sd_did": sd3, "claim3_recipe": recipe3, "claim3_seeds": n3, "claim3_regime_margin": m3}
+    at = {c["per_worker_batch"] if c["sampler"] == "iid" else c["recipe"]: c["below_from_step"]
+          for _, c in cross[cross["lr_schedule"] == "step"].iterrows()}
+    for claim, key in (("claim1", 32), ("claim2", b2), ("claim3", recipe3)):
+        if at.get(key) is not None:
+            design |= {f"{claim}_{k}": v for k, v in relaxation(int(at[key]), steps).items()}
+    # Claim 1 pairs with claim 2's BN at 32 (its regime check), claim 3(b) is a TOST too: each
+    # takes at least the seeds its TOST needs for POWER at a true difference of 0.
+    n_tost = tost_seeds(delta, sd2) or max(SEED_COUNTS)
+    n1, n3 = max(n2 or 0, n_tost), max(n3 or 0, n_tost)
+    design |= {"claim1_seeds": n1, "claim3_seeds": n3}
+    if recipe3:  # the margin at the seeds claim 3 runs with
+        design["claim3_regime_margin"] = regime_margin(sd3, n3, SHARE_FIG3)
+    design["power_claim1_tost"] = power_equivalence(0.0, delta, sd2, n1)
+    if n2:
+        design["power_claim2"] = power_superiority(SHARE_FIG2 * penalty2, sd2, n2)
+    if recipe3:
+        p3 = float(noniid.set_index("recipe").loc[recipe3, "penalty_vs_iid_32"])
+        design["power_claim3a"] = power_superiority(SHARE_FIG3 * p3, sd3, n3)
+        design["power_claim3b_tost"] = power_equivalence(0.0, delta, sd2, n3)
+    growth_const = growth[growth["lr_schedule"] == "constant"]["growth_from_init"]
+    design |= {"bn_constant_lr_growth_min": float(growth_const.min()),
+               "bn_constant_lr_growth_max": float(growth_const.max())}
+    out.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame([{"quantity": k, "value": round(v, 4) if isinstance(v, float) else v}
+                          for k, v in design.items()])
+    for frame, name in ((runs, "pilot_runs.csv"), (curves, "pilot_curves.csv"), (small, "small_batch.csv"),
+                        (noniid, "noniid.csv"), (cross, "crossing.csv"), (growth, "weight_growth.csv"),
+                        (table, "design.csv")):
+        write_atomic(out / name, lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
+    pd.set_option("display.width", 200)
+    for frame in (small, noniid, cross, growth, table):
+        print(frame.to_string(index=False), end="\n\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=sorted(STAGES), default="alpha")
@@ -224,6 +369,8 @@ def main() -> None:
     if not args.analyse:
         train(ROOT / args.runs, args.jobs, args.stage)
     runs, curves = load_runs(ROOT / args.runs)
+    if args.stage == "regime":
+        return _regime_main(runs, curves, ROOT / args.out)
     runs = runs.rename(columns={"norm.name": "norm", "data.per_worker_batch": "per_worker_batch",
                                 "norm.momentum": "alpha", "optim.lr": "lr", "train.steps": "steps",
                                 "data.train_size": "train_size",
@@ -247,6 +394,19 @@ def main() -> None:
     print(table.to_string(index=False))
     print(conv.to_string(index=False))
     print(conv.groupby(KEYS, dropna=False)[["test_acc_end", "gain_last_quarter"]].mean().round(2).to_string())
+
+
+def _regime_main(runs: pd.DataFrame, curves: pd.DataFrame, out: Path) -> None:
+    runs = runs.rename(columns={"data.per_worker_batch": "per_worker_batch", "train.steps": "steps",
+                                "train.lr_schedule": "lr_schedule"})
+    if (runs["norm.name"] != "bn").any():
+        sys.exit("error: the pilot reads batchnorm runs only")
+    keys = ["run_dir", "sampler.name", "per_worker_batch", "lr_schedule", "seed",
+            "recipe.noniid.labels_per_batch", "recipe.noniid.images_per_label"]
+    curves = curves.drop(columns=[k for k in keys[1:] if k in curves]).merge(runs[keys], on="run_dir")
+    curves["recipe"] = (curves["recipe.noniid.labels_per_batch"].astype(int).astype(str) + " x "
+                        + curves["recipe.noniid.images_per_label"].astype(int).astype(str))
+    regime(runs, curves, out)
 
 
 if __name__ == "__main__":
