@@ -31,7 +31,7 @@ class Experiment:
 
     ``conditions``: the config columns that tell one condition from another (seed aside);
     the summary, the figures' lines and the paired comparisons group by them.
-    ``decides``: the claim whose primary comparison its runs decide (5 paired seeds).
+    ``decides``: the claim whose primary comparison its runs decide (seeds: its config).
     ``supports``: claims whose secondary rows also read its runs.
     ``figures``: figures beyond ``COMMON_FIGURES`` (plots.FIGURES names).
     ``claim_figure``: the figure shown beside the claim it decides in REPORT.md.
@@ -60,8 +60,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("fig1_baseline", "Fig. 1 baseline (per-worker batch 32)", ("norm.name",),
                decides="1", supports=("2",)),
     Experiment("fig2_small_batch", "Fig. 2 small per-worker batch",
-               ("norm.name", "data.per_worker_batch"), decides="2",
-               figures=("acc_vs_per_worker_batch",)),
+               ("norm.name", "data.per_worker_batch"), decides="2"),
+    Experiment("fig2_paper_batch", "Fig. 2 at the paper's per-worker 4",
+               ("norm.name", "data.per_worker_batch"), supports=("2",)),
     Experiment("fig3_noniid", "Fig. 3 non-i.i.d. minibatches", ("norm.name", "sampler.name"),
                decides="3", figures=("train_acc_vs_step",)),
     # claim 4's primary (constant lr, no weight decay) and the profile's setting
@@ -78,8 +79,6 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                ("norm.relax_start", "norm.r_max_end_step", "norm.d_max_end_step")),
     Experiment("moving_average_schedules", "Moving-average rates",
                ("norm.name", "norm.momentum", "norm.momentum_start")),
-    Experiment("batch_size_sweep_extended", "Batch-size sweep with later norms",
-               ("norm.name", "data.per_worker_batch"), figures=("acc_vs_per_worker_batch",)),
 )}
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from brn_repro.claims import VERDICT_RULES, Claim, stats
+from brn_repro.claims import VERDICT_RULES, Claim, multiplicity, stats
 from brn_repro.experiments import EXPERIMENTS, claim_experiments
 from brn_repro.files import write_atomic
 from brn_repro.machines import machines_section
 from brn_repro.norm import NORM_NAMES, norm_spec
-from brn_repro.protocol import protocol_section
+from brn_repro.protocol import deviations_section, protocol_section
 from brn_repro.provenance import git_commit
 
 # Group Norm paper (Wu & He 2018), ResNet-50 ImageNet top-1 *error* by images per GPU.
@@ -30,11 +30,13 @@ def _commits(runs: pd.DataFrame) -> str:
 
 
 def claims_table(claims: list[Claim]) -> list[str]:
-    lines = ["| # | claim | paper | ours (completed runs: mean ± std, n) | primary comparison "
-             "(paired by seed) | verdict |", "|---|---|---|---|---|---|"]
+    lines = ["| # | claim | paper | ours (completed runs: mean ± std, n) | regime check (on BN) | "
+             "primary comparison (paired by seed) | verdict |", "|---|---|---|---|---|---|---|"]
     for c in claims:
-        lines.append(f"| {c.key} | {c.text} | {c.paper} | {c.ours} | {c.primary} | **{c.verdict}** |")
-    return lines
+        regime = f"{c.regime.verdict}: {c.regime.ours}" if c.regime else "-"
+        lines.append(f"| {c.key} | {c.text} | {c.paper} | {c.ours} | {regime} | {c.primary} | "
+                     f"**{c.verdict}** |")
+    return lines + ["", multiplicity(claims)]
 
 
 def _claim_sections(claims: list[Claim], figures: dict[str, list[Path]], out: Path) -> list[str]:
@@ -50,9 +52,13 @@ def _claim_sections(claims: list[Claim], figures: dict[str, list[Path]], out: Pa
             lines += [c.detail, ""]
         if c.rows:
             lines += ["| comparison | role | paper | ours | result |", "|---|---|---|---|---|"]
-            lines += [f"| {r.label} | {'primary' if r.primary else 'secondary'} | {r.paper} | "
-                      f"{r.ours} | {r.verdict} |" for r in c.rows]
+            rows = [(c.regime, "regime check (gates the verdict)")] if c.regime else []
+            rows += [(r, "primary" if r.primary else "secondary") for r in c.rows]
+            lines += [f"| {r.label} | {role} | {r.paper} | {r.ours} | {r.verdict} |" for r, role in rows]
             lines.append("")
+        lines += [f"- **{name}**: {text}" for name, text in (("Robustness", c.robust), ("Power", c.power))
+                  if text]
+        lines.append("")
         elif c.verdict == "not run":
             lines += ["The experiment behind this claim has no runs in this aggregate.", ""]
     return lines
@@ -88,21 +94,11 @@ def _batch_rows(runs: pd.DataFrame, experiment: str, norms: tuple[str, ...],
                     "not the levels.", ""]
 
 
-def _group_norm_rows(runs: pd.DataFrame) -> list[str]:
-    return _batch_rows(runs, "batch_size_sweep", ("bn", "gn", "brn", "ln", "moving_average"),
-                       [("GN paper (ImageNet, 100 - error)", GN_PAPER_ERROR)])
-
-
-def _later_rows(runs: pd.DataFrame) -> list[str]:
-    if runs[runs["experiment"] == "batch_size_sweep_extended"].empty:
-        return []
-    return ["## Later answers: MABN, FRN, EvoNorm-S0, GN + WS", "",
-            "`batch_size_sweep_extended` (`make reproduce-full`): the post-2017 normalizations "
-            "next to BN, BRN and GN, global batch fixed. MABN's published row is its paper's "
-            "Table (normalization batch 2).", "",
-            *_batch_rows(runs, "batch_size_sweep_extended", LATER_NORMS,
-                         [("GN paper (ImageNet, 100 - error)", GN_PAPER_ERROR),
-                          ("MABN paper (ImageNet, 100 - error)", MABN_PAPER_ERROR)])]
+def _batch_size_rows(runs: pd.DataFrame) -> list[str]:
+    """The batch-size sweep beside the Group Norm paper's and MABN's published rows."""
+    return _batch_rows(runs, "batch_size_sweep", tuple(dict.fromkeys(("bn", "brn", "moving_average", "gn", *LATER_NORMS))),
+                       [("GN paper (ImageNet, 100 - error)", GN_PAPER_ERROR),
+                        ("MABN paper (ImageNet, 100 - error)", MABN_PAPER_ERROR)])
 
 
 def _wall_text(wall_seconds: float | None, trained: int | None, total: int) -> str:
@@ -113,6 +109,18 @@ def _wall_text(wall_seconds: float | None, trained: int | None, total: int) -> s
     return (f"; wall time of the `make reproduce` call that wrote this report: "
             f"{wall_seconds / 60:.1f} min, install and data included, training {trained} of the "
             f"{total} runs (the others were already recorded)")
+
+
+HISTORY = "PROTOCOL_HISTORY.md"  # hand-written: what earlier protocols gave, and what was seen when
+
+
+def _history(out: Path) -> list[str]:
+    """results/PROTOCOL_HISTORY.md, as the report's "Protocol history" section."""
+    path = out / HISTORY
+    if not path.is_file():
+        return []
+    return ["## Protocol history", "", f"(from [{HISTORY}]({HISTORY}))", "",
+            *path.read_text().splitlines()[1:], ""]  # its own title line left out
 
 
 def write_report(out: Path, runs: pd.DataFrame, summaries: dict[str, pd.DataFrame],
@@ -136,12 +144,13 @@ def write_report(out: Path, runs: pd.DataFrame, summaries: dict[str, pd.DataFram
         f"{len(runs)} experiment memberships (experiments share runs); "
         f"training time summed over runs: {run_wall / 60:.1f} min"
         + _wall_text(wall_seconds, runs_trained, len(distinct)),
-        "", *machines_section(runs, out), *protocol_section(runs, curves),
+        "", *machines_section(runs, out), *protocol_section(runs, curves), *deviations_section(runs),
+        *_history(out),
         "## Verdicts", "", "**Verdict rules (pre-registered).** " + VERDICT_RULES, "",
         *claims_table(claims), "",
         "## The claims in detail", "", *_claim_sections(claims, figures, out),
-        "## Group Norm paper's batch-size row, for comparison", "", *_group_norm_rows(runs),
-        *_later_rows(runs),
+        "## Accuracy against the per-worker batch (the Group Norm paper's figure)", "",
+        *_batch_size_rows(runs),
         "## Experiments", "",
     ]
     for experiment, summary in summaries.items():

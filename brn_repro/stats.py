@@ -96,18 +96,114 @@ class _Paired:
         tail = f"n = {self.n} paired {seeds} ({_diverged_text(self.diverged)})"
         if self.n < 2:
             return (f"{self.mean:+.2f} points, " if self.n else "") + f"{tail}: {INSUFFICIENT}"
-        p = "p < 0.0001" if self.p < 1e-4 else f"p = {self.p:.4f}"
         return (f"{self.mean:+.2f} points [{self.ci_level:.0%} CI {self.ci_low:+.2f}, "
-                f"{self.ci_high:+.2f}], {self._test()}{p}, {tail}")
+                f"{self.ci_high:+.2f}], {self._test()}{_p_text(self.p)}, {tail}")
+
+
+def _p_text(p: float) -> str:
+    return "p < 0.0001" if p < 1e-4 else f"p = {p:.4f}"
+
+
+@dataclass(frozen=True)
+class Robustness:
+    """The same decision by tests that assume no normal differences: Wilcoxon's signed-rank
+    test (exact for n <= 50, scipy) and a percentile bootstrap CI of the paired mean (scipy,
+    9999 resamples, seeded); ``agrees``: both reach the t-test's decision."""
+
+    wilcoxon_p: float
+    boot_low: float
+    boot_high: float
+    boot_level: float
+    decision: bool  # what the robust tests decide (significant / equivalent)
+    agrees: bool
+
+    def text(self) -> str:
+        return (f"Wilcoxon signed-rank {_p_text(self.wilcoxon_p)}; bootstrap {self.boot_level:.0%} CI "
+                f"[{self.boot_low:+.2f}, {self.boot_high:+.2f}]: "
+                + ("agrees" if self.agrees else "**disagrees**") + " with the t-test")
+
+
+def _bootstrap(x: np.ndarray, level: float) -> tuple[float, float]:
+    if x.max() == x.min():
+        return float(x[0]), float(x[0])
+    ci = sps.bootstrap((x,), np.mean, confidence_level=level, n_resamples=9999, method="percentile",
+                       random_state=np.random.default_rng(0)).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def _wilcoxon(x: np.ndarray, alternative: str) -> float:
+    """One-sided exact signed-rank p; 1 where every difference is zero (no evidence)."""
+    if not np.any(x):
+        return 1.0
+    return float(sps.wilcoxon(x, alternative=alternative).pvalue)
+
+
+def robust_superiority(diffs, alpha: float, shift: float, t_decision: bool) -> Robustness:
+    """H1: mean > ``shift``: Wilcoxon on the differences minus the shift; the bootstrap's
+    one-sided (1 - alpha) bound is the lower end of its (1 - 2 alpha) interval."""
+    x = np.asarray(diffs, dtype=float)
+    p = _wilcoxon(x - shift, "greater")
+    low, high = _bootstrap(x, 1 - 2 * alpha)
+    decision = p < alpha and low > shift
+    return Robustness(p, low, high, 1 - 2 * alpha, decision, decision == t_decision)
+
+
+def robust_equivalence(diffs, margin: float, alpha: float, t_decision: bool) -> Robustness:
+    """Two one-sided Wilcoxon tests (H1: mean > -margin, H1: mean < +margin), p = the larger;
+    the bootstrap's (1 - 2 alpha) interval inside (-margin, margin)."""
+    x = np.asarray(diffs, dtype=float)
+    p = max(_wilcoxon(x + margin, "greater"), _wilcoxon(x - margin, "less"))
+    low, high = _bootstrap(x, 1 - 2 * alpha)
+    decision = p < alpha and -margin < low and high < margin
+    return Robustness(p, low, high, 1 - 2 * alpha, decision, decision == t_decision)
+
+
+def power_superiority(effect: float, sd: float, n: int, alpha: float = 0.05, shift: float = 0.0) -> float:
+    """Power of the one-sided paired t-test of H1: mean > ``shift`` at a true mean ``effect``
+    and differences' sd ``sd``: the noncentral t's tail (scipy has no power function)."""
+    df = n - 1
+    return float(sps.nct.sf(sps.t.ppf(1 - alpha, df), df, (effect - shift) / (sd / math.sqrt(n))))
+
+
+def power_equivalence(true: float, margin: float, sd: float, n: int, alpha: float = 0.05,
+                      draws: int = 200_000) -> float:
+    """Power of TOST at a true mean difference ``true``, by simulation of the paired mean and
+    sd (normal differences, seeded): the share of draws whose two one-sided tests both reject."""
+    rng = np.random.default_rng(0)
+    mean = rng.normal(true, sd / math.sqrt(n), draws)
+    se = sd * np.sqrt(rng.chisquare(n - 1, draws) / (n - 1)) / math.sqrt(n)
+    crit = sps.t.ppf(1 - alpha, n - 1)
+    return float(np.mean(((mean + margin) / se > crit) & ((mean - margin) / se < -crit)))
+
+
+def effect_for_power(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean the one-sided paired t-test detects with ``power``."""
+    from scipy.optimize import brentq
+
+    return float(brentq(lambda e: power_superiority(e, sd, n, alpha) - power, 1e-9, 100 * sd + 1e-6))
+
+
+def holm(pvalues: Mapping[str, float]) -> dict[str, float]:
+    """Holm's step-down adjusted p-values (scipy has only Benjamini-Hochberg): the k-th
+    smallest of m times (m - k + 1), made monotone, capped at 1."""
+    order = sorted(pvalues, key=pvalues.get)
+    adjusted, running = {}, 0.0
+    for k, name in enumerate(order):
+        running = max(running, min(1.0, (len(order) - k) * pvalues[name]))
+        adjusted[name] = running
+    return adjusted
 
 
 @dataclass(frozen=True)
 class Superiority(_Paired):
     t: float
     significant: bool
+    shift: float = 0.0  # H1: mean > shift (a regime check's margin); 0 for "beats"
+    robust: Robustness | None = None
 
     def _test(self) -> str:
-        return f"t({self.n - 1}) = {self.t:.2f}, one-sided "
+        against = f" against {self.shift:g}" if self.shift else ""
+        return f"t({self.n - 1}) = {self.t:.2f}{against}, one-sided "
 
 
 @dataclass(frozen=True)
@@ -116,6 +212,7 @@ class Equivalence(_Paired):
     p_lower: float  # H1: mean > -margin
     p_upper: float  # H1: mean < +margin
     equivalent: bool
+    robust: Robustness | None = None
 
     def _test(self) -> str:
         return f"TOST ±{self.margin:g}: "
@@ -133,26 +230,28 @@ def _moments(diffs: Sequence[float] | pd.Series) -> tuple[int, float, float]:
 
 
 def superiority(diffs: Sequence[float] | pd.Series, alpha: float = 0.05,
-                diverged: Mapping[str, int] | None = None) -> Superiority:
-    """One-sided paired t-test (Student, n - 1 df) of H1: mean difference > 0, with the
-    two-sided 95% t CI of the mean difference. If all differences are equal (sd = 0)
-    there is no sampling noise to test against: t = ±inf (NaN at 0), p = 0 if the
-    mean is > 0 else 1, and the CI is the single point."""
+                diverged: Mapping[str, int] | None = None, shift: float = 0.0) -> Superiority:
+    """One-sided paired t-test (Student, n - 1 df) of H1: mean difference > ``shift`` (0:
+    "beats"; a regime check's margin otherwise), with the two-sided 95% t CI of the mean
+    difference and the robustness check beside it. If all differences are equal (sd = 0)
+    there is no sampling noise to test against: t = ±inf (NaN at the shift), p = 0 if the
+    mean is above the shift else 1, and the CI is the single point."""
     n, mean, se = _moments(diffs)
     counts = tuple((diverged or {}).items())
     nan = float("nan")
     if n < 2:
-        return Superiority(n, mean, nan, nan, CI_LEVEL, nan, counts, INSUFFICIENT, nan, False)
+        return Superiority(n, mean, nan, nan, CI_LEVEL, nan, counts, INSUFFICIENT, nan, False, shift)
     if se == 0:
-        t = math.copysign(math.inf, mean) if mean else nan
-        p, half = (0.0 if mean > 0 else 1.0), 0.0
+        t = math.copysign(math.inf, mean - shift) if mean != shift else nan
+        p, half = (0.0 if mean > shift else 1.0), 0.0
     else:
-        t = mean / se
+        t = (mean - shift) / se
         p = float(sps.t.sf(t, n - 1))
         half = float(sps.t.ppf(0.5 + CI_LEVEL / 2, n - 1)) * se
     significant = p < alpha
     return Superiority(n, mean, mean - half, mean + half, CI_LEVEL, p, counts,
-                       "significant" if significant else "not significant", t, significant)
+                       "significant" if significant else "not significant", t, significant, shift,
+                       robust_superiority(diffs, alpha, shift, significant))
 
 
 def equivalence(diffs: Sequence[float] | pd.Series, margin: float = 1.0, alpha: float = 0.05,
@@ -181,8 +280,9 @@ def equivalence(diffs: Sequence[float] | pd.Series, margin: float = 1.0, alpha: 
     equivalent = n >= 2 and not n_diverged and p < alpha
     verdict = (f"not equivalent: {n_diverged} run{'s' * (n_diverged > 1)} diverged" if n_diverged
                else INSUFFICIENT if n < 2 else "equivalent" if equivalent else "not equivalent")
+    robust = robust_equivalence(diffs, margin, alpha, equivalent) if n >= 2 else None
     return Equivalence(n, mean, low, high, 1 - 2 * alpha, p, counts, verdict, margin,
-                       p_lower, p_upper, equivalent)
+                       p_lower, p_upper, equivalent, robust)
 
 
 def difference_in_differences(bn_iid: pd.DataFrame, bn_noniid: pd.DataFrame,

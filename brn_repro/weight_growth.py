@@ -1,12 +1,14 @@
-"""Claim 4's numbers: weight-norm growth and final training loss against BN, by seed.
+"""Claim 4's numbers: per seed, the moving-average run's weight growth from initialization
+against the BN run with the same seed, and when a run went non-finite.
 
-The paper's "blows up" (section 2) is parameters growing without bound while the loss
-does not improve. A run that diverges shows it outright; one that does not is judged
-on its curves (``metrics.jsonl``: ``weight_norm`` and the training ``loss`` at each
-evaluation) against the BN run with the same seed, over the evaluation steps both
-logged, so a run that stopped early (diverged) is compared with BN over the same steps
-rather than against a longer BN curve. The verdict is claims.py's; this module only
-measures.
+The paper's "blows up" (section 2) is parameters growing without bound: the gradient step
+can grow a bias or scale the weights although normalization would cancel the effect on the
+loss. A run that diverges after the start-up window shows it outright; a NaN inside the
+window (the first steps, before the moving averages forgot their first batch) is a start-up
+instability, reported apart. A run that does not diverge is judged on its weight norm:
+final (``metrics.jsonl``'s last ``weight_norm``) minus at initialization (the summary's
+``weight_norm_init``), against the same for BN with the same seed and initial weights.
+The rule is claims.py's; this module only measures.
 """
 
 from __future__ import annotations
@@ -15,66 +17,60 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from brn_repro.stats import FINISHED
-
-CURVE_COLUMNS = ("run_dir", "step", "weight_norm", "loss")
+BLOWS_UP_DIVERGED, BLOWS_UP_GROWTH = "blows up (diverged)", "blows up (weight norm)"
+STARTUP_NAN, NO_BLOW_UP, UNMEASURED = "start-up NaN", "does not blow up", "unmeasured"
 
 
 @dataclass(frozen=True)
-class Growth:
-    """Means over ``n`` paired seeds: growth = weight norm at the last shared evaluation
-    minus at the first; loss = training loss at the last shared evaluation."""
-
-    n: int
-    ma_growth: float
-    bn_growth: float
-    ma_loss: float
-    bn_loss: float
-    factor: float = 2.0
-
-    @property
-    def threshold(self) -> float:
-        """``factor`` times the magnitude of BN's growth: with BN's weights shrinking
-        (weight decay), "twice BN's growth" would be negative and any growth would pass."""
-        return self.factor * abs(self.bn_growth)
-
-    @property
-    def blows_up(self) -> bool:
-        return self.ma_growth > self.threshold and self.ma_loss >= self.bn_loss
+class SeedGrowth:
+    seed: int
+    verdict: str
+    ma_growth: float | None  # weight norm: final minus initial (None: diverged or no curve)
+    bn_growth: float | None
+    diverged_step: int | None
 
     def text(self) -> str:
-        seeds = "seed" if self.n == 1 else "seeds"
-        return (f"weight-norm growth {self.ma_growth:+.3g} vs BN {self.bn_growth:+.3g} "
-                f"(threshold {self.threshold:.3g}); final training loss {self.ma_loss:.4g} vs "
-                f"BN {self.bn_loss:.4g}; n = {self.n} paired {seeds}")
+        if self.diverged_step is not None:
+            return f"seed {self.seed}: NaN at step {self.diverged_step} ({self.verdict})"
+        growth = "-" if self.ma_growth is None else f"{self.ma_growth:+.1f}"
+        bn = "-" if self.bn_growth is None else f"{self.bn_growth:+.1f}"
+        return f"seed {self.seed}: {growth} vs BN {bn} ({self.verdict})"
 
 
-def _curve(curves: pd.DataFrame, run_dir: str) -> pd.DataFrame:
-    rows = curves.loc[curves["run_dir"] == run_dir, ["step", "weight_norm", "loss"]]
-    rows = rows.apply(pd.to_numeric, errors="coerce").dropna()
-    return rows.drop_duplicates("step", keep="last").set_index("step").sort_index()
-
-
-def weight_growth(ma: pd.DataFrame, bn: pd.DataFrame, curves: pd.DataFrame | None,
-                  factor: float = 2.0) -> Growth | None:
-    """Growth of one moving-average schedule's runs against BN's, paired by seed over the
-    finished runs of both; None when no pair has two shared evaluations (no curves)."""
-    if curves is None or not set(CURVE_COLUMNS) <= set(curves.columns):
+def _final_norm(curves: pd.DataFrame | None, run_dir: str) -> float | None:
+    if curves is None or "weight_norm" not in curves:
         return None
-    finished = {name: f[f["status"].isin(FINISHED)].drop_duplicates("seed").set_index("seed")
-                for name, f in (("ma", ma), ("bn", bn))}
-    pairs = []
-    for seed in sorted(set(finished["ma"].index) & set(finished["bn"].index)):
-        a = _curve(curves, str(finished["ma"].at[seed, "run_dir"]))
-        b = _curve(curves, str(finished["bn"].at[seed, "run_dir"]))
-        steps = a.index.intersection(b.index)
-        if len(steps) < 2:
+    rows = curves.loc[curves["run_dir"] == run_dir, ["step", "weight_norm"]]
+    rows = rows.apply(pd.to_numeric, errors="coerce").dropna().sort_values("step")
+    return float(rows["weight_norm"].iloc[-1]) if len(rows) else None
+
+
+def _growth(run: pd.Series, curves: pd.DataFrame | None) -> float | None:
+    final, init = _final_norm(curves, str(run["run_dir"])), pd.to_numeric(run.get("weight_norm_init"),
+                                                                         errors="coerce")
+    return None if final is None or pd.isna(init) else final - float(init)
+
+
+def seed_growth(ma: pd.DataFrame, bn: pd.DataFrame, curves: pd.DataFrame | None,
+                factor: float, startup_steps: int) -> list[SeedGrowth]:
+    """One entry per moving-average seed: diverged after ``startup_steps`` or grown more than
+    ``factor`` times BN's growth from initialization (same seed): blows up; a NaN within
+    ``startup_steps``: a start-up NaN; otherwise does not blow up (unmeasured without BN's
+    run of the seed or the curves)."""
+    bn_by_seed = {int(r["seed"]): r for _, r in bn.iterrows() if r["status"] == "completed"}
+    out = []
+    for _, run in ma.sort_values("seed").iterrows():
+        seed = int(run["seed"])
+        if run["status"] == "diverged":
+            step = int(run["diverged_step"])
+            out.append(SeedGrowth(seed, STARTUP_NAN if step <= startup_steps else BLOWS_UP_DIVERGED,
+                                  None, None, step))
             continue
-        first, last = steps[0], steps[-1]
-        pairs.append((a.at[last, "weight_norm"] - a.at[first, "weight_norm"],
-                      b.at[last, "weight_norm"] - b.at[first, "weight_norm"],
-                      a.at[last, "loss"], b.at[last, "loss"]))
-    if not pairs:
-        return None
-    means = pd.DataFrame(pairs).mean()
-    return Growth(len(pairs), *(float(m) for m in means), factor=factor)
+        growth = _growth(run, curves) if run["status"] == "completed" else None
+        bn_growth = _growth(bn_by_seed[seed], curves) if seed in bn_by_seed else None
+        if growth is None or bn_growth is None:
+            verdict = UNMEASURED
+        else:
+            verdict = BLOWS_UP_GROWTH if growth > factor * abs(bn_growth) else NO_BLOW_UP
+        out.append(SeedGrowth(seed, verdict, growth, bn_growth, None))
+    return out

@@ -52,7 +52,7 @@ class NormSpec:
     builds that hold batch or moving statistics, by which a built model's layers are
     found. ``conv``: the convolution it pairs with (``convert.CONV_KINDS``) or None.
     ``later``: in the comparison of the post-2017 answers (MABN, FRN, EvoNorm-S0, GN + WS
-    beside BN, BRN and GN): the rows of the report's ``batch_size_sweep_extended`` table.
+    beside BN, BRN and GN): rows of the report's batch-size table.
     ``description``: one line for a reader of the table.
     """
 
