@@ -19,6 +19,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from brn_repro.experiments import deciding, supporting
+from brn_repro.schedules import ramp
 from brn_repro.stats import (
     FINISHED,
     chance_level,
@@ -255,18 +256,23 @@ def relaxation_check(brn: pd.DataFrame, curves: pd.DataFrame | None) -> tuple[Ro
     paper = "r_max 3, d_max 5 from 40k of 130k steps"
     if brn.empty:
         return Row(label, paper, "-", NOT_RUN), None
+    needed = ("train.steps", "norm.relax_start", "norm.r_max", "norm.d_max")
+    if missing := [k for k in needed if k not in brn or pd.isna(brn.iloc[0][k])]:
+        return Row(label, paper, "-", f"{INCONCLUSIVE}: the BRN runs' configs lack {', '.join(missing)}"), None
     c = brn.iloc[0]
-    steps, start = int(c["train.steps"]), float(c["norm.relax_start"])
-    third = 2 * steps / 3
-    reached = {}
+    steps, start = int(c["train.steps"]), int(c["norm.relax_start"])
+    third = -(-2 * steps // 3)  # the ramps only rise: their value here is their least over the last third
+    reached, ends = {}, {}
     for name, low in (("r_max", 1.0), ("d_max", 0.0)):
-        final, end = float(c[f"norm.{name}"]), float(c[f"norm.{name}_end_step"])
-        reached[name] = low + (final - low) * min(max((third - start) / max(end - start, 1), 0.0), 1.0)
+        end = c.get(f"norm.{name}_end_step")
+        ends[name] = "constant" if end is None or pd.isna(end) else f"at {int(end)}"
+        schedule = ramp(str(c.get("norm.shape", "linear") or "linear"), low, float(c[f"norm.{name}"]), start,
+                        None if ends[name] == "constant" else int(end), name)
+        reached[name] = float(schedule(third))
     passed = min(reached.values()) >= RELAXED_AT_LEAST
-    ours = (f"relax from step {int(start)}, d_max {float(c['norm.d_max']):g} at "
-            f"{int(c['norm.d_max_end_step'])}, r_max {float(c['norm.r_max']):g} at "
-            f"{int(c['norm.r_max_end_step'])} of {steps}: r_max {reached['r_max']:.2f}, d_max "
-            f"{reached['d_max']:.2f} from step {int(third)}; {_clip_fractions(brn, curves, third)}")
+    ours = (f"relax from step {start}, d_max {float(c['norm.d_max']):g} {ends['d_max']}, r_max "
+            f"{float(c['norm.r_max']):g} {ends['r_max']} of {steps}: r_max {reached['r_max']:.2f}, d_max "
+            f"{reached['d_max']:.2f} from step {third}; {_clip_fractions(brn, curves, third)}")
     return Row(label, paper, ours, PASSES if passed else FAILS), passed
 
 
@@ -323,7 +329,7 @@ def claim_2(runs: pd.DataFrame, chance: float) -> Claim:
     claim.primary = sup.text() if sup else "-"
     claim.robust = _robust(sup)
     claim.rows.append(_row(f"BRN > BN at per-worker batch {small}", "76.5 vs 74.2 (at 4)", sup, why, True))
-    for name in supporting("2"):  # the paper's per-worker 4 and any other batch: secondary
+    for name in (experiment, *supporting("2")):  # the paper's per-worker 4, any other batch: secondary
         other = runs[runs["experiment"] == name]
         for b in sorted({int(v) for v in other["data.per_worker_batch"].dropna()} - {small, 32}):
             pick = {norm: _select(runs, name, norm__name=norm, data__per_worker_batch=b) for norm in ("brn", "bn")}
@@ -487,10 +493,15 @@ def claim_4(runs: pd.DataFrame, curves: pd.DataFrame | None) -> Claim:
         primary = schedule == "constant" and float(decay) == 0.0
         rows.append(_setting(_setting_label(schedule, float(decay)), ma, bn, curves, primary))
         if primary:
+            label = "regime: BN's runs of the primary setting complete"
             done = int((bn["status"] == "completed").sum())
-            regime = (Row("regime: BN's runs of the primary setting complete", "-",
-                          f"{done} of {len(bn)} BN runs completed", PASSES if done == len(bn) and done
-                          else FAILS), bool(done == len(bn) and done))
+            if bn.empty:
+                regime = Row(label, "-", "-", f"{NOT_RUN}: no BN runs"), None
+            elif why := _unfinished({"BN": bn}):
+                regime = Row(label, "-", "-", why), None
+            else:
+                regime = (Row(label, "-", f"{done} of {len(bn)} BN runs completed",
+                              PASSES if done == len(bn) else FAILS), done == len(bn))
     rows.sort(key=lambda r: not r.primary)
     claim.rows += rows
     primary = next((r for r in rows if r.primary), None)

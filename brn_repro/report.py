@@ -56,11 +56,11 @@ def _claim_sections(claims: list[Claim], figures: dict[str, list[Path]], out: Pa
             rows += [(r, "primary" if r.primary else "secondary") for r in c.rows]
             lines += [f"| {r.label} | {role} | {r.paper} | {r.ours} | {r.verdict} |" for r, role in rows]
             lines.append("")
-        lines += [f"- **{name}**: {text}" for name, text in (("Robustness", c.robust), ("Power", c.power))
-                  if text]
-        lines.append("")
         elif c.verdict == "not run":
             lines += ["The experiment behind this claim has no runs in this aggregate.", ""]
+        if c.rows:
+            lines += [f"- **{name}**: {text}" for name, text in (("Robustness", c.robust), ("Power", c.power))
+                      if text] + [""]
     return lines
 
 
@@ -89,14 +89,19 @@ def _batch_rows(runs: pd.DataFrame, experiment: str, norms: tuple[str, ...],
             cell = sweep[(sweep["norm.name"] == norm) & (sweep["data.per_worker_batch"] == b)]
             ours.append(stats(cell).text() if len(cell) else "-")
         lines.append(f"| {norm} | ours | " + " | ".join(ours) + " |")
+    distinct = sweep.drop_duplicates("run_dir") if "run_dir" in sweep else sweep
+    minutes = pd.to_numeric(distinct["wall_seconds"], errors="coerce").sum() / 60
     return lines + ["", "The published numbers are ResNet-50 on ImageNet (100 - top-1 error); ours "
                     "are the profile's model and dataset: compare the shape across batch sizes, "
-                    "not the levels.", ""]
+                    f"not the levels. The sweep's {len(distinct)} runs (norms without batch statistics: "
+                    f"one run per seed serves every batch) trained for {minutes:.1f} min summed over runs.",
+                    ""]
 
 
 def _batch_size_rows(runs: pd.DataFrame) -> list[str]:
     """The batch-size sweep beside the Group Norm paper's and MABN's published rows."""
-    return _batch_rows(runs, "batch_size_sweep", tuple(dict.fromkeys(("bn", "brn", "moving_average", "gn", *LATER_NORMS))),
+    norms = tuple(dict.fromkeys(("bn", "brn", "moving_average", "gn", *LATER_NORMS)))  # gn is a later norm too
+    return _batch_rows(runs, "batch_size_sweep", norms,
                        [("GN paper (ImageNet, 100 - error)", GN_PAPER_ERROR),
                         ("MABN paper (ImageNet, 100 - error)", MABN_PAPER_ERROR)])
 

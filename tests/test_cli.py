@@ -86,7 +86,7 @@ def test_experiment_is_a_config_group_chosen_without_a_plus():
     # conf/experiment/fig1_baseline.yaml's (a plain `experiment` key would leave the defaults)
     raw = OmegaConf.to_container(config)
     assert raw["data"]["workers"] == "${div:${data.global_batch},${data.per_worker_batch}}"
-    assert raw["recipe"]["schedule"]["relax_start"] == "${recipe.schedule.relax_start_per_worker_32}"
+    assert raw["recipe"]["schedule"]["relax_start"] == "${recipe.schedule_per_worker_32.relax_start}"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         assert compose("config").experiment == "adhoc"  # no experiment chosen: ad hoc
 
@@ -164,5 +164,6 @@ def test_brn_train_is_a_console_script_with_hydras_shell_completion():
     line = "brn-train experiment=fig"
     query = cli("-sc", "query=bash", command=(str(script),),
                 env={**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))})
-    assert query.stdout.split() == ["experiment=fig1_baseline", "experiment=fig2_small_batch",
-                                    "experiment=fig3_controls", "experiment=fig3_noniid"]
+    assert query.stdout.split() == ["experiment=fig1_baseline", "experiment=fig2_paper_batch",
+                                    "experiment=fig2_small_batch", "experiment=fig3_controls",
+                                    "experiment=fig3_noniid"]

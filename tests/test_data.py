@@ -601,9 +601,9 @@ def test_quick_fig3_split_normalizes_groups_of_one_image_per_label_and_probes_mo
     config = fig3_config("bn_split")
     validate(config)
     sampler = config["sampler"]
-    assert (sampler["labels_per_batch"], sampler["images_per_label"]) == (2, 2)
-    assert config["data"]["per_worker_batch"] == 4
-    assert norm_batch(config) == norm_options(config)["per_worker_batch"] == 2
+    assert (sampler["labels_per_batch"], sampler["images_per_label"]) == (4, 8)  # the pilot's recipe
+    assert config["data"]["per_worker_batch"] == 32
+    assert norm_batch(config) == norm_options(config)["per_worker_batch"] == 4
     # the probe runs on the non-i.i.d. runs only (the i.i.d. ones are fig2's records)
     noniid, iid = fig3_config("bn_noniid"), fig3_config("bn_iid")
     assert noniid["train"]["minibatch_stats_eval"] and not iid["train"]["minibatch_stats_eval"]
@@ -618,8 +618,8 @@ def test_quick_fig3_split_normalizes_groups_of_one_image_per_label_and_probes_mo
 
 
 @pytest.mark.parametrize("overrides,needles", [
-    (["recipe.noniid.eval_images=3"], ["train.minibatch_eval_images=3", "sampler.images_per_label=2"]),
-    (["recipe.noniid.eval_labels=2"], ["train.minibatch_eval_labels=2", "sampler.labels_per_batch=2"]),
+    (["recipe.noniid.eval_images=3"], ["train.minibatch_eval_images=3", "sampler.images_per_label=8"]),
+    (["recipe.noniid.eval_labels=4"], ["train.minibatch_eval_labels=4", "sampler.labels_per_batch=4"]),
     (["recipe.noniid.eval_labels=1"], ["train.minibatch_eval_labels=1", "recipe.noniid.eval_labels"]),
     (["recipe.noniid.eval_labels=11"], ["train.minibatch_eval_labels=11", "10 classes"]),
 ])
@@ -708,3 +708,19 @@ def test_resize_shrinks_by_averaging_each_block_and_runs_train_on_it(tmp_path, t
     full = TrainingData(make_config(tmp_path, tiny_fashion_mnist))
     assert data.image_size == 14 and data.tensors.test_x.shape[-2:] == (14, 14)
     assert torch.equal(data.tensors.train_x, resize(full.tensors.train_x, 14))
+
+
+def test_recipe_subset_batches_regroup_the_training_subset_by_the_recipe():
+    """The groups batch_noise_noniid measures: whole groups of labels x images drawn from the
+    fixed training subset, each group at most ``labels`` labels of ``images`` images each."""
+    tensors = tiny_tensors(n_train=40)
+    tensors.train_y = torch.arange(40) % 10  # 10 classes of 4 training images
+    batches = InMemoryBatches(tensors)
+    served = list(batches.recipe_subset_batches(40, labels_per_batch=2, images_per_label=2, chunk=9))
+    sizes = [len(y) for _, y in served]
+    assert sizes == [8, 8, 8, 8, 8] and sum(sizes) == 40  # whole groups of 4 per chunk (9 -> 8)
+    for _, y in served:
+        for group in y.view(-1, 2, 2):
+            assert (group[:, 0] == group[:, 1]).all()  # 2 images of each drawn label
+    images = torch.cat([x for x, _ in served])
+    assert torch.equal(images, torch.cat([x for x, _ in batches.recipe_subset_batches(40, 2, 2, chunk=9)]))

@@ -55,11 +55,10 @@ def test_the_default_reproduction_is_what_the_claims_read():
     """`make reproduce`: the experiments that decide a claim or feed its secondary rows;
     `make reproduce-full` adds the sweeps no claim reads (as scripts/reproduce.py had them)."""
     driver = load_driver()
-    assert driver.planned(None, False) == ["fig1_baseline", "fig2_small_batch", "fig3_noniid",
-                                          "moving_average_question", "fig3_controls"]
-    assert driver.planned(None, True)[5:] == [
-        "batch_size_sweep", "rd_schedule_ablation", "relaxation_length", "moving_average_schedules",
-        "batch_size_sweep_extended"]
+    assert driver.planned(None, False) == ["fig1_baseline", "fig2_small_batch", "fig2_paper_batch",
+                                          "fig3_noniid", "moving_average_question", "fig3_controls"]
+    assert driver.planned(None, True)[6:] == [
+        "batch_size_sweep", "rd_schedule_ablation", "relaxation_length", "moving_average_schedules"]
     assert driver.planned(["fig2_small_batch"], False) == ["fig2_small_batch"]
     assert experiments.claim_experiments() == {"1": "fig1_baseline", "2": "fig2_small_batch",
                                                "3": "fig3_noniid", "4": "moving_average_question"}

@@ -3,6 +3,8 @@ synthetic run frames whose numbers are worked out by hand."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -64,3 +66,40 @@ def test_protocol_section_names_what_the_configs_lack():
     runs = frame([{"experiment": "fig1_baseline", "norm.name": "bn", "seed": 0, "run_dir": "a"}])
     text = "\n".join(protocol_section(runs.drop(columns=["optim.lr"]), None))
     assert "lack optim.lr" in text
+
+
+def test_deviations_table_puts_the_papers_setup_beside_the_runs_own():
+    from brn_repro.protocol import PAPER_SETUP, deviations_section
+
+    runs = frame([{"experiment": "fig1_baseline", "norm.name": n, "seed": s, "run_dir": f"{n}{s}",
+                   "dataset.image_size": 14, "train.ema_decay": None, "norm.relax_start": 1900,
+                   "norm.d_max_end_step": 2200, "norm.r_max_end_step": 2400}
+                  for n in ("bn", "brn") for s in (0, 1, 2)]
+                 + [{"experiment": "fig3_noniid", "norm.name": "bn", "seed": 0, "run_dir": "x",
+                     "sampler.name": "noniid", "sampler.labels_per_batch": 4, "sampler.images_per_label": 8}])
+    lines = deviations_section(runs)
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ") and " | " in line}
+    assert set(PAPER_SETUP) <= set(rows)  # every row of the paper's setup has ours beside it
+    assert "| image size | 299 x 299 | 14 x 14 |" in lines
+    assert "| run length | 130k-210k steps of 1600 = 160-260 epochs | 400 steps of 128 = 0.9 epochs |" in lines
+    assert "4 labels x 8 images, of 10 classes" in rows["non-i.i.d. recipe"]
+    assert "claim 1: r_max 1, d_max 0 to 1900; d_max 5 at 2200, r_max 3 at 2400" in rows["BRN schedule"]
+    assert "claim 1: 4 x 32" in rows["workers x per-worker batch"]
+    assert "3 paired seeds per condition" in rows["seeds"]
+    assert "no parameter averaging" in rows["evaluation"]
+    assert deviations_section(runs.iloc[0:0].assign(experiment=[])) == []
+
+
+def test_the_report_carries_the_hand_written_protocol_history(tmp_path):
+    from brn_repro.report import HISTORY, _history
+
+    assert _history(tmp_path) == []  # none written: no section
+    (tmp_path / HISTORY).write_text("# Protocol history\n\n| protocol | verdicts |\n|---|---|\n| A | x |\n")
+    lines = _history(tmp_path)
+    assert lines[0] == "## Protocol history" and "| A | x |" in lines
+    assert "# Protocol history" not in lines  # its own title is the section's
+    committed = Path(__file__).resolve().parents[1] / "results" / HISTORY
+    text = committed.read_text()
+    for commit in ("38cec92", "eeced40", "c320186", "9c08e14", "32d0927", "cfc23c2", "fc6f994", "91ff14d",
+                   "357dc19", "04e403b"):
+        assert commit in text, commit  # every earlier protocol's commits, and the pilot's

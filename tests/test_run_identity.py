@@ -1,6 +1,6 @@
 """Run identities are pinned: a refactor of the config (key names, groups, schema) must
 not move a recorded run to a new directory, or every recorded result would be retrained.
-The names below are directories of real records (``make reproduce``, quick profile)."""
+The names below are directories of real records (``make reproduce`` at b6c2284, quick profile)."""
 
 from pathlib import Path
 
@@ -14,22 +14,26 @@ from brn_repro.records import run_dir_name
 ROOT = Path(__file__).resolve().parents[1]
 
 PINNED = [
-    (["experiment=fig1_baseline", "norm=bn", "seed=0"], "bn-pwb32x4-iid-s0-37af2e703e"),
-    (["experiment=fig1_baseline", "norm=brn", "seed=1"], "brn-pwb32x4-iid-s1-5e23f85941"),
-    (["experiment=fig2_small_batch", "norm=brn", "seed=2"], "brn-pwb4x32-iid-s2-dfe2664f3b"),
-    (["experiment=fig2_small_batch", "norm=gn", "seed=0"], "gn-gb128-iid-s0-e412592f65"),
-    (["experiment=fig3_noniid", "+experiment/conditions/fig3=bn_noniid", "seed=0"],
-     "bn-pwb4x32-noniid-s0-df1f2f252e"),
-    (["experiment=fig3_controls", "+experiment/conditions/fig3=gn_noniid", "seed=1"],
-     "gn-pwb4x32-noniid-s1-c69a3d7857"),
-    (["experiment=fig3_controls", "+experiment/conditions/fig3=bn_split", "seed=2"],
-     "bn-pwb4x32-noniid_split-s2-ad27d514c8"),
-    (["experiment=moving_average_question", "+experiment/conditions/ma_question=ma_constant_lr",
-      "seed=3"], "moving_average-pwb32x4-iid-s3-4ffef95d4d"),
-    (["experiment=moving_average_question", "+experiment/conditions/ma_question=ma_profile",
-      "seed=4"], "moving_average-pwb32x4-iid-s4-86ec3e8fe2"),
-    (["experiment=relaxation_length", "+experiment/conditions/relax=slow", "seed=0"],
-     "brn-pwb2x64-iid-s0-fb3d905ba6"),
+    (['experiment=fig1_baseline', 'norm=bn', 'seed=0'],
+     'bn-pwb32x4-iid-s0-eb29ff1d30'),
+    (['experiment=fig1_baseline', 'norm=brn', 'seed=1'],
+     'brn-pwb32x4-iid-s1-d8dfd4edda'),
+    (['experiment=fig2_small_batch', 'norm=brn', 'seed=2'],
+     'brn-pwb2x64-iid-s2-5da61ac84b'),
+    (['experiment=fig2_small_batch', 'norm=gn', 'seed=0'],
+     'gn-gb128-iid-s0-1c08ddf79a'),
+    (['experiment=fig3_noniid', '+experiment/conditions/fig3=bn_noniid', 'seed=0'],
+     'bn-pwb32x4-noniid-s0-3990f717c0'),
+    (['experiment=fig3_controls', '+experiment/conditions/fig3=gn_noniid', 'seed=1'],
+     'gn-pwb32x4-noniid-s1-92a7cb6eae'),
+    (['experiment=fig3_controls', '+experiment/conditions/fig3=bn_split', 'seed=2'],
+     'bn-pwb32x4-noniid_split-s2-683ebf3964'),
+    (['experiment=moving_average_question', '+experiment/conditions/ma_question=ma_constant_lr', 'seed=3'],
+     'moving_average-pwb32x4-iid-s3-dd2c0f827e'),
+    (['experiment=moving_average_question', '+experiment/conditions/ma_question=ma_profile', 'seed=4'],
+     'moving_average-pwb32x4-iid-s4-7071a743d7'),
+    (['experiment=relaxation_length', '+experiment/conditions/relax=slow', 'seed=0'],
+     'brn-pwb2x64-iid-s0-11b071aaaf'),
 ]
 
 

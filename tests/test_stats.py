@@ -2,22 +2,33 @@
 
 The t-distribution values come from closed forms (Student's t CDF for df = 2 and 4)
 or printed tables, never from the code under test, so a wrong df, a two-sided p in
-place of a one-sided one, or a dropped diverged run each fail a test.
+place of a one-sided one, or a dropped diverged run each fail a test. Where no closed form
+is practical the reference is scipy called here directly (the noncentral t, the bootstrap)
+or an exact count (the one-sided Wilcoxon p of n all-positive differences is 1 / 2^n),
+and the power functions are also checked against their large-n normal limits and a
+simulation of the test itself.
 """
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from brn_repro.stats import (
     INSUFFICIENT,
     chance_level,
     difference_in_differences,
+    effect_for_power,
     equivalence,
+    holm,
     paired_differences,
+    power_equivalence,
+    power_superiority,
     superiority,
 )
 
@@ -196,3 +207,165 @@ def test_difference_in_differences_three_seeds():
     assert dict(worse.diverged)["BN non-iid"] == 1
     with pytest.raises(ValueError, match=r"BRN non-iid lacks seed\(s\) \[2\]"):
         difference_in_differences(bn_iid, bn_noniid, brn_iid, runs({0: 78.0, 1: 80.0}))
+
+
+# ---- superiority against a shift (regime checks), robustness, power, Holm ----
+
+def test_superiority_against_a_shift():
+    # 1..5 against 0.5: mean 3, se sqrt(2.5 / 5) = sqrt 0.5, t = 2.5 / se = 3.5355 (not 3 / se);
+    # p = sf_df4(3.5355) = 0.012055; the CI is the mean's, whatever the shift
+    se = math.sqrt(0.5)
+    result = superiority([1, 2, 3, 4, 5], shift=0.5)
+    assert result.t == pytest.approx(2.5 / se) == pytest.approx(3.535534, abs=1e-6)
+    assert result.p == pytest.approx(sf_df4(2.5 / se), rel=1e-9)
+    assert result.p == pytest.approx(0.012055, abs=1e-6)
+    assert result.shift == 0.5 and result.significant
+    assert_reported(result, (3 - T975_DF4 * se, 3 + T975_DF4 * se), "significant",
+                    "+3.00 points [95% CI +1.04, +4.96], t(4) = 3.54 against 0.5, one-sided p = 0.0121, "
+                    "n = 5 paired seeds (0 diverged)")
+    # against 2 the mean 3 is above the shift but not significantly: t = sqrt 2, p = 0.1151
+    above = superiority([1, 2, 3, 4, 5], shift=2.0)
+    assert above.p == pytest.approx(sf_df4(math.sqrt(2)), rel=1e-9)
+    assert above.p == pytest.approx(0.1151, abs=1e-4) and not above.significant
+    # a shift of 0 leaves the text as before (no "against")
+    assert "t(4) = 4.24, one-sided" in superiority([1, 2, 3, 4, 5]).text()
+    # no spread: decided by which side of the shift the mean lies
+    assert superiority([1.0, 1.0, 1.0], shift=0.5).p == 0.0
+    at = superiority([1.0, 1.0, 1.0], shift=1.0)
+    assert at.p == 1.0 and math.isnan(at.t) and not at.significant
+    assert superiority([1.0, 1.0, 1.0], shift=1.5).p == 1.0
+
+
+def direct_bootstrap(x, level):
+    """The percentile bootstrap CI of the mean, called on scipy directly (seeded rng 0)."""
+    ci = sps.bootstrap((np.asarray(x, float),), np.mean, confidence_level=level, n_resamples=9999,
+                       method="percentile", random_state=np.random.default_rng(0)).confidence_interval
+    return ci.low, ci.high
+
+
+def test_superiority_robustness_agrees():
+    # 1..5 against 0.5: the differences minus the shift are all positive, so the exact
+    # one-sided Wilcoxon p is 1 / 2^5 = 0.03125 < 0.05, and the bootstrap's lower end is above 0.5
+    result = superiority([1, 2, 3, 4, 5], shift=0.5)
+    robust = result.robust
+    assert robust.wilcoxon_p == pytest.approx(1 / 32)
+    assert robust.wilcoxon_p == pytest.approx(sps.wilcoxon([0.5, 1.5, 2.5, 3.5, 4.5],
+                                                           alternative="greater").pvalue)
+    assert robust.boot_level == pytest.approx(0.90)  # its lower end: the one-sided 95% bound
+    assert (robust.boot_low, robust.boot_high) == pytest.approx(direct_bootstrap([1, 2, 3, 4, 5], 0.90))
+    assert 1 <= robust.boot_low < 3 < robust.boot_high <= 5  # percentiles of resampled means
+    assert robust.boot_low > 0.5 and robust.decision and robust.agrees
+    assert robust.text() == (f"Wilcoxon signed-rank p = {1 / 32:.4f}; bootstrap 90% CI "
+                             f"[{robust.boot_low:+.2f}, {robust.boot_high:+.2f}]: agrees with the t-test")
+    # both not significant also agrees
+    assert superiority([1, -1, 2, -2]).robust.agrees
+    assert not superiority([1, -1, 2, -2]).robust.decision
+    # seeded: the same interval on every call
+    again = superiority([1, 2, 3, 4, 5], shift=0.5).robust
+    assert (again.boot_low, again.boot_high) == (robust.boot_low, robust.boot_high)
+
+
+def test_superiority_robustness_disagrees_with_three_seeds():
+    # 1.0, 1.1, 0.9: t = 1 / (0.1 / sqrt 3) = 17.32, p = sf_df2(17.32) = 0.0017: significant;
+    # the exact Wilcoxon p of 3 positive differences is at best 1 / 2^3 = 0.125: not
+    result = superiority([1.0, 1.1, 0.9])
+    assert result.p == pytest.approx(sf_df2(math.sqrt(300)), rel=1e-6) and result.significant
+    assert result.robust.wilcoxon_p == pytest.approx(1 / 8)
+    assert not result.robust.decision and not result.robust.agrees
+    assert result.robust.text().endswith("**disagrees** with the t-test")
+    assert superiority([1.0]).robust is None  # n < 2: nothing to check
+
+
+def test_equivalence_robustness():
+    # diffs + 1 all positive and diffs - 1 all negative: each one-sided exact Wilcoxon p is
+    # 1 / 2^5; the larger of the two is the robust TOST p
+    result = equivalence([0.1, -0.2, 0.3, 0.0, 0.2], margin=1.0)
+    robust = result.robust
+    assert robust.wilcoxon_p == pytest.approx(1 / 32)
+    assert (robust.boot_low, robust.boot_high) == pytest.approx(
+        direct_bootstrap([0.1, -0.2, 0.3, 0.0, 0.2], 0.90))
+    assert -1 < robust.boot_low < robust.boot_high < 1
+    assert robust.decision and robust.agrees
+    # three seeds: the t-test's TOST finds equivalence (t = 1 / (0.1 / sqrt 3) on both sides,
+    # p = sf_df2(17.32) = 0.0017), Wilcoxon cannot go below 1 / 8
+    three = equivalence([0.0, 0.1, -0.1], margin=1.0)
+    assert three.p == pytest.approx(sf_df2(math.sqrt(300)), rel=1e-6) and three.equivalent
+    assert three.robust.wilcoxon_p == pytest.approx(1 / 8) and not three.robust.agrees
+    # a bootstrap interval across the margin fails the robust decision: 1, 2, 3, 4, 5 within ±3
+    wide = equivalence([1, 2, 3, 4, 5], margin=3.0)
+    assert wide.robust.boot_high > 3 and not wide.robust.decision
+    assert not wide.equivalent and wide.robust.agrees
+    assert equivalence([0.5]).robust is None
+
+
+def normal_cdf(x: float) -> float:
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+Z = NormalDist().inv_cdf  # standard normal quantiles, from the standard library
+
+
+def test_power_superiority():
+    # at a true mean equal to the shift the test's rejection rate is its size alpha (central t)
+    assert power_superiority(0.0, 1.0, 5) == pytest.approx(0.05, abs=1e-12)
+    assert power_superiority(1.0, 0.5, 3, 0.05, shift=1.0) == pytest.approx(0.05, abs=1e-12)
+    assert power_superiority(0.0, 1.0, 5, alpha=0.01) == pytest.approx(0.01, abs=1e-12)
+    # the shift only moves the effect
+    assert power_superiority(1.3, 0.5, 5, shift=0.5) == pytest.approx(power_superiority(0.8, 0.5, 5))
+    # the noncentral t's tail beyond the central t's 95% point, noncentrality effect / (sd / sqrt n)
+    delta = 0.3 / (0.453 / math.sqrt(15))
+    assert power_superiority(0.3, 0.453, 15) == pytest.approx(
+        sps.nct.sf(sps.t.ppf(0.95, 14), 14, delta), rel=1e-9)
+    # large n: the normal approximation Phi(effect sqrt n / sd - z_0.95) = Phi(2.5 - 1.645) = 0.8037
+    assert normal_cdf(2.5 - Z(0.95)) == pytest.approx(0.80377, abs=1e-5)
+    assert power_superiority(0.025, 1.0, 10_000) == pytest.approx(normal_cdf(2.5 - Z(0.95)), abs=1e-3)
+    # monotone in the effect and in n
+    powers = [power_superiority(e, 0.453, 5) for e in (0.1, 0.3, 0.5, 1.0)]
+    assert powers == sorted(powers) and powers[-1] > 0.98
+    assert power_superiority(0.3, 0.453, 5) < power_superiority(0.3, 0.453, 15)
+
+
+def test_power_superiority_by_simulation():
+    # an independent check: draw normal differences (n = 5, mean 0.5, sd 0.453), run the
+    # one-sided t-test by hand, count rejections (Monte Carlo se about 0.0015)
+    rng = np.random.default_rng(1)
+    x = rng.normal(0.5, 0.453, size=(100_000, 5))
+    t = x.mean(axis=1) / (x.std(axis=1, ddof=1) / math.sqrt(5))
+    rate = float(np.mean(t > 2.131847))  # tables: t_0.95 with 4 df
+    assert power_superiority(0.5, 0.453, 5) == pytest.approx(rate, abs=0.01)
+
+
+def test_power_equivalence():
+    # a margin too narrow to ever clear; a margin so wide every draw clears it
+    assert power_equivalence(0.0, 1e-6, 1.0, 5) == 0.0
+    assert power_equivalence(0.0, 100.0, 1.0, 5) > 0.999
+    # more seeds, more power (seeded: the same draws each time)
+    powers = [power_equivalence(0.0, 0.485, 0.453, n) for n in (3, 5, 10, 20, 40)]
+    assert powers == sorted(powers) and len(set(powers)) == 5 and powers[-1] > 0.95
+    assert power_equivalence(0.0, 0.485, 0.453, 10) == power_equivalence(0.0, 0.485, 0.453, 10)
+    # at a true difference on the margin TOST rejects at most alpha of the time
+    assert power_equivalence(0.485, 0.485, 0.453, 10) <= 0.05 + 0.003
+    # further from 0, less power
+    assert power_equivalence(0.2, 0.485, 0.453, 10) < power_equivalence(0.0, 0.485, 0.453, 10)
+    # large n at a true 0: about 2 Phi(margin sqrt n / sd - t_0.95) - 1, here
+    # 2 Phi(3 - 1.6604) - 1 = 0.8196 (t_0.95 with 99 df: tables)
+    assert power_equivalence(0.0, 0.3, 1.0, 100) == pytest.approx(2 * normal_cdf(3 - 1.660391) - 1, abs=0.01)
+
+
+def test_effect_for_power_inverts_power_superiority():
+    effect = effect_for_power(0.453, 15)
+    assert power_superiority(effect, 0.453, 15) == pytest.approx(0.8, abs=1e-6)
+    assert effect_for_power(0.453, 15, power=0.9) > effect > effect_for_power(0.453, 30)
+    # large n: (z_0.95 + z_0.8) sd / sqrt n = (1.6449 + 0.8416) / 100
+    assert effect_for_power(1.0, 10_000) == pytest.approx((Z(0.95) + Z(0.8)) / 100, rel=1e-3)
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04, 0.5 (m = 4): 4 x 0.01 = 0.04; 3 x 0.03 = 0.09; 2 x 0.04 = 0.08,
+    # raised to 0.09 (monotone); 1 x 0.5 = 0.5
+    adjusted = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.5})
+    assert adjusted == pytest.approx({"a": 0.04, "b": 0.09, "c": 0.09, "d": 0.5})
+    # capped at 1: 2 x 0.6 = 1.2 -> 1, then max(1, 0.7) = 1
+    assert holm({"x": 0.6, "y": 0.7}) == {"x": 1.0, "y": 1.0}
+    assert holm({"only": 0.03}) == {"only": 0.03}
+    assert holm({}) == {}

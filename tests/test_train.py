@@ -62,6 +62,7 @@ def test_untrained_model_scores_near_chance(tmp_path, tiny_fashion_mnist):
 @pytest.mark.parametrize("norm", ["bn", "brn", "moving_average"])
 def test_interrupted_run_resumes_bit_identically(tmp_path, tiny_fashion_mnist, monkeypatch, norm):
     import brn_repro.data as data_module
+    from brn_repro.train import prepare
 
     schedule = {"brn": ["norm.relax_start=10", "norm.r_max_end_step=40", "norm.d_max_end_step=30"],
                 "moving_average": ["norm.momentum_start=0.5", "norm.momentum_end_step=40"]}.get(norm, [])
@@ -87,6 +88,10 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, tiny_fashion_mnist, m
     got = run(resumed)
 
     assert got["test_acc"] == expected["test_acc"]
+    # the weight norm at initialization survives the resume (claim 4's growth is measured from it)
+    _, model = prepare(straight)
+    init = sum(p.detach().pow(2).sum().item() for p in model.parameters()) ** 0.5
+    assert got["weight_norm_init"] == expected["weight_norm_init"] == pytest.approx(init, rel=1e-12)
     timing = ("images_per_second",)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
     assert strip(record.read_metrics()) == strip(RunRecord(tmp_path / "a", straight).read_metrics())
@@ -330,3 +335,16 @@ def test_same_seed_gives_bn_and_other_norms_the_same_start_and_batches(tmp_path,
         assert torch.equal(x_bn, x) and torch.equal(y_bn, y)
     _, other_seed = prepare(make_config(tmp_path, tiny_fashion_mnist, f"norm={other}", "seed=4"))
     assert not torch.equal(other_seed.state_dict()["features.0.weight"], weights["features.0.weight"])
+
+
+def test_noniid_runs_log_the_noise_of_batches_drawn_by_their_recipe(tmp_path, tiny_fashion_mnist):
+    """batch_noise_noniid: the groups a non-i.i.d. worker normalizes with are farther from the
+    population than i.i.d. groups of the same size (each holds 2 of 10 labels here)."""
+    config = make_config(tmp_path, tiny_fashion_mnist, "sampler=noniid", "sampler.labels_per_batch=2",
+                         "sampler.images_per_label=4", "train.steps=20")
+    run(config)
+    row = RunRecord(tmp_path, config).read_metrics()[-1]
+    assert row["batch_noise_noniid/mean"] > 1.5 * row["batch_noise/mean"] > 0
+    iid = make_config(tmp_path / "iid", tiny_fashion_mnist, "train.steps=20")
+    run(iid)
+    assert "batch_noise_noniid/mean" not in RunRecord(tmp_path / "iid", iid).read_metrics()[-1]
