@@ -31,7 +31,14 @@ from brn_repro.stats import (
     power_superiority,
     superiority,
 )
-from brn_repro.weight_growth import BLOWS_UP_DIVERGED, BLOWS_UP_GROWTH, STARTUP_NAN, UNMEASURED, seed_growth
+from brn_repro.weight_growth import (
+    BLOWS_UP_DIVERGED,
+    BLOWS_UP_GROWTH,
+    STARTUP_NAN,
+    UNMEASURED,
+    growth_after_first_evaluation,
+    seed_growth,
+)
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = (
     "reproduced", "not reproduced", "inconclusive", "not run")
@@ -493,6 +500,14 @@ def claim_4(runs: pd.DataFrame, curves: pd.DataFrame | None) -> Claim:
         primary = schedule == "constant" and float(decay) == 0.0
         rows.append(_setting(_setting_label(schedule, float(decay)), ma, bn, curves, primary))
         if primary:
+            if (late := growth_after_first_evaluation(ma, bn, curves)) and late[2] > 0:
+                step, ma_growth, bn_growth, n = late
+                beyond = "over" if ma_growth > GROWTH_FACTOR * bn_growth else "under"
+                claim.detail = (f"Sensitivity, not the rule: from the first evaluation (step {step}) to the "
+                                f"end, leaving out the early jump, the {n} completed moving-average runs of "
+                                f"the primary setting grew {ma_growth:+.1f} on average against BN's "
+                                f"{bn_growth:+.1f} (same seeds): {ma_growth / bn_growth:.2f} times, {beyond} "
+                                f"the rule's factor {GROWTH_FACTOR:g}.")
             label = "regime: BN's runs of the primary setting complete"
             done = int((bn["status"] == "completed").sum())
             if bn.empty:
@@ -528,7 +543,10 @@ def multiplicity(claims: list[Claim]) -> str:
     if not pvalues:
         return ""
     adjusted = holm(pvalues)
-    parts = [f"{name}: p = {pvalues[name]:.4f}, Holm {adjusted[name]:.4f}"
+    def text(p: float) -> str:
+        return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+    parts = [f"{name}: p {'' if pvalues[name] < 1e-4 else '= '}{text(pvalues[name])}, Holm {text(adjusted[name])}"
              + (" (would change at family-wise alpha)" if (pvalues[name] < ALPHA) != (adjusted[name] < ALPHA)
                 else "") for name in pvalues]
     return (f"**Multiplicity.** The verdicts use alpha = {ALPHA:g} per claim. Across the "

@@ -74,3 +74,30 @@ def seed_growth(ma: pd.DataFrame, bn: pd.DataFrame, curves: pd.DataFrame | None,
             verdict = BLOWS_UP_GROWTH if growth > factor * abs(bn_growth) else NO_BLOW_UP
         out.append(SeedGrowth(seed, verdict, growth, bn_growth, None))
     return out
+
+
+def growth_after_first_evaluation(ma: pd.DataFrame, bn: pd.DataFrame,
+                                  curves: pd.DataFrame | None) -> tuple[int, float, float, int] | None:
+    """Not the rule, a sensitivity: the mean weight-norm growth from the first evaluation to
+    the last of the completed moving-average runs and of BN's (same seeds), leaving out the
+    early jump; (first step, moving-average growth, BN growth, seeds) or None without curves."""
+    if curves is None or "weight_norm" not in curves:
+        return None
+    bn_by_seed = {int(r["seed"]): str(r["run_dir"]) for _, r in bn.iterrows() if r["status"] == "completed"}
+    pairs, first = [], None
+    for _, run in ma[ma["status"] == "completed"].iterrows():
+        if int(run["seed"]) not in bn_by_seed:
+            continue
+        both = []
+        for run_dir in (str(run["run_dir"]), bn_by_seed[int(run["seed"])]):
+            rows = curves.loc[curves["run_dir"] == run_dir, ["step", "weight_norm"]]
+            rows = rows.apply(pd.to_numeric, errors="coerce").dropna().sort_values("step")
+            both.append(rows)
+        if any(len(rows) < 2 for rows in both):
+            continue
+        first = int(both[0]["step"].iloc[0])
+        pairs.append([float(r["weight_norm"].iloc[-1] - r["weight_norm"].iloc[0]) for r in both])
+    if not pairs:
+        return None
+    ma_growth, bn_growth = (sum(p[i] for p in pairs) / len(pairs) for i in (0, 1))
+    return first, ma_growth, bn_growth, len(pairs)

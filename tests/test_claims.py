@@ -616,3 +616,19 @@ def test_evaluate_claims_and_rules_text():
                   "Holm", "Wilcoxon", "bootstrap"):
         assert words in VERDICT_RULES, words
     assert "±1 point" not in VERDICT_RULES and "standard error" not in VERDICT_RULES
+
+
+def test_claim_4_states_the_growth_after_the_early_jump_apart_from_the_rule():
+    # curves at steps 100 (INIT + 0.3), 200, 300: MA seeds 2 and 3 end at INIT + 4 and INIT + 6,
+    # BN at INIT + 1. From step 100: MA +3.7 and +5.7 (mean 4.7), BN +0.7: 6.71 times
+    frame, curves = claim4_frame({2: INIT + 4, 3: INIT + 6}, {2: INIT + 1, 3: INIT + 1})
+    claim = claim_4(frame, curves)
+    assert claim.verdict == REPRODUCED  # the rule measures from initialization: +4, +6 > 2 x 1
+    assert claim.detail == ("Sensitivity, not the rule: from the first evaluation (step 100) to the end, "
+                            "leaving out the early jump, the 2 completed moving-average runs of the primary "
+                            "setting grew +4.7 on average against BN's +0.7 (same seeds): 6.71 times, over "
+                            "the rule's factor 2.")
+    # MA ending at INIT + 5 grows +4.7 after step 100, BN ending at INIT + 3 +2.7: 1.74 times, under
+    frame, curves = claim4_frame({2: INIT + 5, 3: INIT + 5}, {2: INIT + 3, 3: INIT + 3})
+    assert claim_4(frame, curves).detail.endswith("+4.7 on average against BN's +2.7 (same seeds): "
+                                                  "1.74 times, under the rule's factor 2.")
