@@ -49,7 +49,7 @@ reproduce:  ## install, get the data, run the default reproduction, write result
 	$(BIN)/python scripts/reproduce.py --profile $(PROFILE) --jobs $(JOBS) --threads $(THREADS) \
 		--started-at $$start $(WANDB_FLAG)
 
-reproduce-full:  ## the default reproduction plus the sweeps that decide no claim (batch sizes, r/d schedules, later norms)
+reproduce-full:  ## the default reproduction plus the secondary rows and the sweeps that decide no claim (batch sizes, r/d schedules)
 	@start=$$(date +%s); $(MAKE) --no-print-directory data && \
 	$(BIN)/python scripts/reproduce.py --profile $(PROFILE) --jobs $(JOBS) --threads $(THREADS) \
 		--started-at $$start --full $(WANDB_FLAG)

@@ -1,8 +1,8 @@
 """`make reproduce`: run the paper's experiments as Hydra sweeps, then aggregate.
 
 The experiments are the configs in conf/experiment/, each with its description in
-brn_repro.experiments: by default those some claim reads (``make reproduce``), with
-``--full`` every one (``make reproduce-full``). For each experiment this expands its sweep
+brn_repro.experiments: by default those that decide a claim (``make reproduce``), with
+``--full`` every one (``make reproduce-full``: the secondary rows and the sweeps too). For each experiment this expands its sweep
 (conf/experiment/<name>.yaml, ``hydra.sweeper.params``, split by Hydra's own sweeper) with the
 chosen profile, writes its plan (``<runs>/experiments/<name>.json``: the runs it reads, by
 their directory names), skips it when every run is recorded (a summary with its numbers),
@@ -48,7 +48,7 @@ CONF = ROOT / "conf"
 
 
 def planned(experiments: list[str] | None, full: bool, conf: Path = CONF) -> list[str]:
-    """The experiments to run: ``experiments`` (default: those some claim reads, within
+    """The experiments to run: ``experiments`` (default: those that decide a claim, within
     45 minutes on 2 CPU cores), and with ``full`` every other configured one."""
     default = reproduction(conf_dir=conf)
     extra = [name for name in reproduction(full=True, conf_dir=conf) if name not in default]
@@ -154,10 +154,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", default=None, help="run records root (default runs/<profile>)")
     parser.add_argument("--out", default="results")
     parser.add_argument("--experiments", default=None,
-                        help="space-separated names (default: those some claim reads)")
+                        help="space-separated names (default: those that decide a claim)")
     parser.add_argument("--full", action="store_true",
-                        help="also run the sweeps no claim reads (batch sizes, r/d schedules, "
-                             "later norms; brn_repro.experiments lists them)")
+                        help="also run the secondary rows' experiments and the sweeps no claim reads "
+                             "(batch sizes, r/d schedules; brn_repro.experiments lists them)")
     parser.add_argument("--launcher", default="local", choices=["local", "slurm"],
                         help="hydra/launcher: local (joblib) or slurm")
     parser.add_argument("--started-at", type=float, default=None,

@@ -85,7 +85,7 @@ def test_deviations_table_puts_the_papers_setup_beside_the_runs_own():
     assert "4 labels x 8 images, of 10 classes" in rows["non-i.i.d. recipe"]
     assert "claim 1: r_max 1, d_max 0 to 1900; d_max 5 at 2200, r_max 3 at 2400" in rows["BRN schedule"]
     assert "claim 1: 4 x 32" in rows["workers x per-worker batch"]
-    assert "3 paired seeds per condition" in rows["seeds"]
+    assert "paired seeds per condition: claim 1 3; claim 2 0; claim 3 1" in rows["seeds"]
     assert "no parameter averaging" in rows["evaluation"]
     assert deviations_section(runs.iloc[0:0].assign(experiment=[])) == []
 
@@ -103,3 +103,16 @@ def test_the_report_carries_the_hand_written_protocol_history(tmp_path):
     for commit in ("38cec92", "eeced40", "c320186", "9c08e14", "32d0927", "cfc23c2", "fc6f994", "91ff14d",
                    "357dc19", "04e403b"):
         assert commit in text, commit  # every earlier protocol's commits, and the pilot's
+
+
+def test_a_noniid_claims_crossing_is_read_against_its_recipes_batches():
+    runs = frame([{"experiment": "fig3_noniid", "norm.name": n, "seed": 0, "run_dir": f"{n}-{s}",
+                   "sampler.name": s} for n in ("bn", "brn") for s in ("iid", "noniid")])
+    rows = [r for n in ("bn", "brn") for s in ("iid", "noniid") for r in curve(f"{n}-{s}", [70, 80, 85.0, 85.1],
+                                                                           ema=[0.3, 0.2, 0.1, 0.05])]
+    curves = pd.DataFrame(rows)
+    # i.i.d. noise 0.2 everywhere; non-i.i.d. noise 0.25: the averages are below it from step 200
+    curves["batch_noise_noniid/mean"] = 0.25
+    text = "\n".join(protocol_section(runs, curves))
+    assert "| 3 | fig3_noniid |" in text
+    assert "from step 200 (at the end 0.050 vs 0.250) (non-i.i.d. batches)" in text
