@@ -200,8 +200,14 @@ PAPER_SETUP = {
 
 def _schedule_text(brn: pd.DataFrame) -> str:
     c = brn.iloc[0]
-    return (f"r_max 1, d_max 0 to {int(c['norm.relax_start'])}; d_max {float(c['norm.d_max']):g} at "
-            f"{int(c['norm.d_max_end_step'])}, r_max {float(c['norm.r_max']):g} at {int(c['norm.r_max_end_step'])}")
+
+    def value(key: str, fmt=lambda v: f"{int(v)}") -> str:  # a config without the key: not recorded
+        v = c.get(key)
+        return "?" if v is None or pd.isna(v) else fmt(v)
+
+    number = lambda v: f"{float(v):g}"  # noqa: E731
+    return (f"r_max 1, d_max 0 to {value('norm.relax_start')}; d_max {value('norm.d_max', number)} at "
+            f"{value('norm.d_max_end_step')}, r_max {value('norm.r_max', number)} at {value('norm.r_max_end_step')}")
 
 
 def deviations_section(runs: pd.DataFrame) -> list[str]:
@@ -209,7 +215,9 @@ def deviations_section(runs: pd.DataFrame) -> list[str]:
     from brn_repro.data.sources import NUM_CLASSES, TRAIN_IMAGES  # the data package pulls in torch
 
     setting = runs[runs["experiment"] == deciding("1")]
-    if setting.empty or "dataset.name" not in runs:
+    needed = ("dataset.name", "train.steps", "data.workers", "data.per_worker_batch", "model.name",
+              "recipe.norm_momentum", "optim.name", "optim.lr", "optim.weight_decay", "train.lr_schedule")
+    if setting.empty or not all(k in runs for k in needed):  # records older than the keys, or W&B's
         return []
     ref = setting.iloc[0]
     name = ref["dataset.name"]
@@ -224,9 +232,11 @@ def deviations_section(runs: pd.DataFrame) -> list[str]:
         brn = frame[frame["norm.name"] == "brn"]
         if len(brn):
             schedules.append(f"claim {claim}: {_schedule_text(brn)}")
-    non = runs[runs["sampler.name"] == "noniid"] if "sampler.name" in runs else runs.iloc[0:0]
-    recipes = sorted({f"{int(a)} labels x {int(b)} images"
-                      for a, b in zip(non["sampler.labels_per_batch"], non["sampler.images_per_label"], strict=True)})
+    keys = ["sampler.labels_per_batch", "sampler.images_per_label"]
+    recipes = []
+    if all(k in runs for k in ("sampler.name", *keys)):  # records without a non-i.i.d. run lack the keys
+        non = runs[runs["sampler.name"] == "noniid"].dropna(subset=keys)
+        recipes = sorted({f"{int(a)} labels x {int(b)} images" for a, b in zip(*(non[k] for k in keys), strict=True)})
     ema = ref.get("train.ema_decay")
     ours = {
         "dataset": f"{name}, {NUM_CLASSES.get(name, '?')} classes, {images or '?'} training images",

@@ -10,7 +10,6 @@ from brn_repro.aggregate import aggregate, load_runs, summarize
 from brn_repro.claims import NOT_REPRODUCED, NOT_RUN, REPRODUCED, evaluate_claims
 from brn_repro.records import RunRecord, find_records, read_config, write_membership
 
-
 RELAXED = {"relax_start": 0, "r_max": 3.0, "d_max": 5.0, "r_max_end_step": 100, "d_max_end_step": 100}
 
 
@@ -89,6 +88,8 @@ def make_all_experiments(root):
             write_run(root, "fig2_small_batch", norm, seed, acc + jitter, pwb=2)
         for norm, acc in (("bn", 79), ("brn", 79.5)):
             write_run(root, "fig2_paper_batch", norm, seed, acc + jitter, pwb=4)
+            for pwb in (32, 4):  # the batch-size sweep (make reproduce-full)
+                write_run(root, "batch_size_sweep", norm, seed, acc + pwb / 32 + jitter, pwb=pwb)
         # claim 3: BN's non-i.i.d. penalty 25 (> 1.08: the regime passes), BRN's 0.2 on every
         # seed (d = 24.8 > 0), BRN non-i.i.d. 0.2 below BRN i.i.d. (equivalent) -> reproduced
         write_run(root, "fig3_noniid", "bn", seed, 60 + jitter, pwb=8, sampler="noniid", train_acc=62)

@@ -56,7 +56,8 @@ def test_each_experiment_gets_the_panels_its_runs_call_for(aggregated):
     # the batch-size curve only where per_worker_batch varies
     curve = PanelSpec("final test accuracy (%) vs per-worker batch", ("test_acc.last",),
                       kind="scatter", x="data.per_worker_batch", log_x=True)
-    assert curve in panels["fig2_small_batch"] and curve not in panels["fig1_baseline"]
+    assert curve in panels["batch_size_sweep"] and curve not in panels["fig1_baseline"]
+    assert curve not in panels["fig2_small_batch"]  # one per-worker batch: no curve
     assert "weight norm" in titles["moving_average_question"]
     assert "weight norm" not in titles["fig2_small_batch"]
     # the charts of the figures the experiment's description lists (brn_repro.experiments)

@@ -91,7 +91,7 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, tiny_fashion_mnist, m
     # the weight norm at initialization survives the resume (claim 4's growth is measured from it)
     _, model = prepare(straight)
     init = sum(p.detach().pow(2).sum().item() for p in model.parameters()) ** 0.5
-    assert got["weight_norm_init"] == expected["weight_norm_init"] == pytest.approx(init, rel=1e-12)
+    assert got["weight_norm_init"] == expected["weight_norm_init"] == pytest.approx(init, rel=1e-6)
     timing = ("images_per_second",)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
     assert strip(record.read_metrics()) == strip(RunRecord(tmp_path / "a", straight).read_metrics())
