@@ -2,7 +2,8 @@
 
 The experiments are the configs in conf/experiment/, each with its description in
 brn_repro.experiments: by default those that decide a claim (``make reproduce``), with
-``--full`` every one (``make reproduce-full``: secondary rows and sweeps too). For each experiment this expands its sweep
+``--full`` every one (``make reproduce-full``: secondary rows and sweeps too). For each
+experiment this expands its sweep
 (conf/experiment/<name>.yaml, ``hydra.sweeper.params``, split by Hydra's own sweeper) with the
 chosen profile, writes its plan (``<runs>/experiments/<name>.json``: the runs it reads, by
 their directory names), skips it when every run is recorded (a summary with its numbers),
