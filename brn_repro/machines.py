@@ -25,8 +25,8 @@ def kernels_text(runs: pd.DataFrame) -> str:
     parts = []
     for values, n in sets.value_counts(dropna=False).items():
         k = dict(zip(["cpu", *[c.removeprefix("kernels.") for c in columns]], values, strict=True))
-        compiled = (f"inductor {k['inductor']} -march={k['march']} ({k['compiler']})" if k.get("inductor")
-                    else "eager")
+        compiled = (f"inductor {k['inductor']} -march={k['march']} ({k['compiler']})"
+                    if pd.notna(k.get("inductor")) else "eager")  # value_counts turns None into NaN
         parts.append(f"{n} runs on {k['cpu']}: ATen {k['aten']}, oneDNN {k['onednn']}, MKL {k['mkl']}, "
                      f"{compiled}, torch {k['torch']}, {int(float(k['threads']))} thread(s)")
     if "kernels_mixed" in distinct and distinct["kernels_mixed"].fillna(False).astype(bool).any():

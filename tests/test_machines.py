@@ -25,6 +25,8 @@ def test_the_kernels_are_counted_by_set_and_a_mixed_resume_is_said():
     assert "3 runs on AMD EPYC: ATen AVX2, oneDNN AVX2, MKL COMPATIBLE, inductor avx2 -march=x86-64-v3" in text
     assert "1 runs on AMD EPYC: ATen AVX512, oneDNN AVX2, MKL auto" in text
     assert "1 runs resumed on other kernels (kernels_mixed)" in text
+    eager = runs_frame().assign(**{"kernels.inductor": None, "kernels.march": None, "kernels.compiler": None})
+    assert "MKL COMPATIBLE, eager, torch 2.14.1" in kernels_text(eager) and "nan" not in kernels_text(eager)
 
 
 def test_the_spread_is_the_largest_change_from_the_pinned_run_beside_the_seed_sd(tmp_path):
