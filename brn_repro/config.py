@@ -128,7 +128,10 @@ def validate(config: dict[str, Any]) -> RunConfig:
                           "(its images come in many sizes)")
     try:  # what the sampler and logger ask of their names and options, before any data
         check_sampler(sampler.name, data.per_worker_batch, sampler.labels_per_batch, sampler.images_per_label)
-        logger_class(cfg.logger.name)
+        allowed = logger_class(cfg.logger.name).OPTIONS
+        if allowed is not None and (unknown := sorted(set(cfg.logger.options) - set(allowed))):
+            raise ValueError(f"logger.{unknown[0]} is not a setting of logger={cfg.logger.name}; "
+                             f"it takes {', '.join(allowed)}")
     except ValueError as err:
         raise ConfigError(str(err)) from None
     check_probe_recipe(cfg)

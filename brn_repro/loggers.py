@@ -68,6 +68,8 @@ class NullLogger:
     """Discards everything: used when the local run record is the only output wanted,
     and on every process but rank 0. Takes any logger's options and ignores them."""
 
+    OPTIONS = None  # any logger's settings are taken, and ignored
+
     def __init__(self, **options: Any) -> None:
         pass
 
@@ -224,6 +226,9 @@ class WandbLogger:
     multirun executes several jobs in one process.
     """
 
+    # the settings a user may give as logger.<key> (the rest the runner fills in)
+    OPTIONS = ("project", "entity", "mode", "tags", "group", "notes")
+
     def __init__(
         self,
         *,
@@ -237,6 +242,7 @@ class WandbLogger:
         entity: str | None = None,
         mode: str = "auto",
         tags: list[str] | None = None,
+        notes: str | None = None,
         settings: Mapping[str, Any] | None = RUNNER_SETTINGS,
     ) -> None:
         import wandb
@@ -254,6 +260,7 @@ class WandbLogger:
             id=run_id,
             resume="allow" if run_id else None,
             tags=list(tags) if tags else None,
+            notes=notes,
             config=flat_config,
             dir=str(run_dir),
             mode=self.mode,

@@ -201,10 +201,12 @@ def stop_signalled(step: int, every: int, ctx: distributed.Context, device: torc
 def open_logger(config: dict[str, Any], cfg: RunConfig, record: RunRecord, ctx: distributed.Context) -> RunLogger:
     """One W&B run per record (same id across resumes), grouped by profile and experiment,
     tagged with every experiment the run serves; rank 0 logs for all."""
+    options = dict(cfg.logger.options)
+    tags = [*record.experiments(), *(options.pop("tags", None) or [])]  # the user's logger.tags added
+    group = options.pop("group", None) or f"{cfg.profile_name}/{cfg.experiment}"
     return build_logger(cfg.logger.name, main=ctx.is_main, config=public_config(config), run_dir=record.dir,
-                        run_name=run_name(config), run_id=wandb_run_id(record.dir.name),
-                        group=f"{cfg.profile_name}/{cfg.experiment}", tags=record.experiments(),
-                        **cfg.logger.options)
+                        run_name=run_name(config), run_id=wandb_run_id(record.dir.name), group=group,
+                        tags=tags, **options)
 
 
 def metrics_row(step: int, loss: torch.Tensor, accuracies: dict[str, float], images_per_second: float,

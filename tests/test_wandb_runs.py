@@ -117,3 +117,28 @@ def test_make_reproduce_wandb_offline_leaves_one_wandb_run_per_record(offline_en
         f"{runs}/*/wandb/offline-run-* {runs}/wandb/offline-run-*  | view in the terminal: "
         f"wandb leet {records[0] / 'wandb'}"]
     assert "would save workspace 'brn-repro quick'" in done.stdout
+
+
+def test_users_logger_tags_group_and_notes_reach_the_wandb_run(offline_env, tiny_fashion_mnist):  # noqa: F811
+    """+logger.tags / +logger.group / +logger.notes: the user's, beside the runner's own tags
+    (once a TypeError: build_logger got tags twice)."""
+    runs = offline_env / "runs"
+    config = make_config(runs, tiny_fashion_mnist, "logger=wandb", "train.steps=10", "train.eval_every=10",
+                         "train.checkpoint_every=10", "+logger.tags=[mine]", "+logger.group=my_group",
+                         "+logger.notes=first try")
+    assert run(config)["status"] == "completed"
+    ((state, records),) = offline_runs(RunRecord(runs, config).dir)
+    assert sorted(state["tags"]) == ["adhoc", "mine"]
+    (run_record,) = [r["run"] for r in records if r["type"] == "run"]
+    assert run_record["run_group"] == "my_group" and run_record["notes"] == "first try"
+
+
+def test_an_unknown_logger_setting_is_one_line_naming_the_allowed_ones(tmp_path, tiny_fashion_mnist):
+    from brn_repro.config import ConfigError, validate
+
+    config = make_config(tmp_path, tiny_fashion_mnist, "logger=wandb", "+logger.colour=blue")
+    with pytest.raises(ConfigError) as err:
+        validate(config)
+    assert str(err.value) == ("logger.colour is not a setting of logger=wandb; it takes project, entity, "
+                              "mode, tags, group, notes")
+    validate(make_config(tmp_path, tiny_fashion_mnist, "logger=none", "+logger.colour=blue"))  # ignored there
