@@ -167,3 +167,18 @@ def test_brn_train_is_a_console_script_with_hydras_shell_completion():
     assert query.stdout.split() == ["experiment=fig1_baseline", "experiment=fig2_paper_batch",
                                     "experiment=fig2_small_batch", "experiment=fig3_controls",
                                     "experiment=fig3_noniid"]
+
+
+def test_readmes_composed_config_example_prints_what_readme_shows():
+    """README's `--cfg job --resolve | grep` example, run as printed (without its comment)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "--cfg job --resolve | grep" in line)
+    command, pattern = lines[start].removeprefix("$ python -m brn_repro.train ").split(" | grep -E ")
+    shown = []
+    for line in lines[start + 1:]:
+        if line.startswith("$ "):
+            break
+        shown.append(re.sub(r"\s+# .*$", "", line))
+    done = cli(*command.split())
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stdout.splitlines() if re.search(pattern.strip('"'), line)] == shown
