@@ -3,7 +3,6 @@
 config columns, and an experiment added as one config + one description is planned by
 the driver and summarized by its own conditions."""
 
-import importlib.util
 import itertools
 import shutil
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from script_modules import load_script
 
 import brn_repro.config  # noqa: F401  (resolvers)
 from brn_repro import experiments
@@ -25,10 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_driver():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("reproduce")
 
 
 def test_every_experiment_config_has_a_description_and_every_description_a_config():

@@ -6,7 +6,6 @@ named with its reason, and bad input to the driver or the aggregator is one line
 The driver (scripts/reproduce.py) runs in this process with its sweeps replaced by
 ``FakeSweep`` (nothing trains): the records are written beforehand, as a sweep leaves them."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from script_modules import load_script
 
 from brn_repro import aggregate as aggregate_module
 from brn_repro.aggregate import load_runs
@@ -25,10 +25,7 @@ ONE_SEED = "hydra.sweeper.params.seed=0"  # 2 runs per experiment: bn and brn
 
 
 def load_driver():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("reproduce")
 
 
 driver = load_driver()

@@ -3,10 +3,10 @@
 against the committed design table."""
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
+from script_modules import load_script
 
 from brn_repro import claims
 from brn_repro.stats import effect_for_power, power_superiority
@@ -15,10 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_pilot():
-    spec = importlib.util.spec_from_file_location("pilot_protocol", ROOT / "scripts" / "pilot_protocol.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("pilot_protocol")
 
 
 def test_relaxation_keeps_the_papers_proportions_and_holds_the_last_third():
