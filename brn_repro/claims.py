@@ -19,7 +19,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from brn_repro.experiments import deciding, supporting
-from brn_repro.schedules import ramp
+from brn_repro.protocol import limits_at
 from brn_repro.stats import (
     FINISHED,
     chance_level,
@@ -269,13 +269,9 @@ def relaxation_check(brn: pd.DataFrame, curves: pd.DataFrame | None) -> tuple[Ro
     c = brn.iloc[0]
     steps, start = int(c["train.steps"]), int(c["norm.relax_start"])
     third = -(-2 * steps // 3)  # the ramps only rise: their value here is their least over the last third
-    reached, ends = {}, {}
-    for name, low in (("r_max", 1.0), ("d_max", 0.0)):
-        end = c.get(f"norm.{name}_end_step")
-        ends[name] = "constant" if end is None or pd.isna(end) else f"at {int(end)}"
-        schedule = ramp(str(c.get("norm.shape", "linear") or "linear"), low, float(c[f"norm.{name}"]), start,
-                        None if ends[name] == "constant" else int(end), name)
-        reached[name] = float(schedule(third))
+    reached = limits_at(c, third)
+    ends = {name: "constant" if pd.isna(c.get(f"norm.{name}_end_step")) else f"at {int(c[f'norm.{name}_end_step'])}"
+            for name in reached}
     passed = min(reached.values()) >= RELAXED_AT_LEAST
     ours = (f"relax from step {start}, d_max {float(c['norm.d_max']):g} {ends['d_max']}, r_max "
             f"{float(c['norm.r_max']):g} {ends['r_max']} of {steps}: r_max {reached['r_max']:.2f}, d_max "

@@ -58,18 +58,23 @@ def converged_reference(runs: pd.DataFrame, curves: pd.DataFrame | None) -> Conv
     return Convergence(sum(gains.values()) / len(gains), gains, start, end)
 
 
-def _reached(config: pd.Series, step: int) -> str:
-    """BRN's r_max / d_max at ``step`` of the linear relaxation (1 / 0 before relax_start)."""
-    start = config["norm.relax_start"]
-    out = []
+def limits_at(config: pd.Series, step: int) -> dict[str, float]:
+    """BRN's r_max and d_max at ``step`` of its relaxation, read from a run's config columns
+    through the schedule the layer itself uses (1 / 0 before relax_start; constant limits
+    when an end step is null)."""
+    from brn_repro.schedules import ramp
+
+    out = {}
     for name, low in (("r_max", 1.0), ("d_max", 0.0)):
-        final, end = config[f"norm.{name}"], config.get(f"norm.{name}_end_step")
-        if pd.isna(end):
-            value = final
-        else:
-            value = low + (final - low) * min(max((step - start) / max(end - start, 1), 0.0), 1.0)
-        out.append(f"{name} {value:.2f}")
-    return ", ".join(out)
+        end = config.get(f"norm.{name}_end_step")
+        schedule = ramp(str(config.get("norm.shape", "linear") or "linear"), low, float(config[f"norm.{name}"]),
+                        int(config["norm.relax_start"]), None if end is None or pd.isna(end) else int(end), name)
+        out[name] = float(schedule(step))
+    return out
+
+
+def _reached(config: pd.Series, step: int) -> str:
+    return ", ".join(f"{name} {value:.2f}" for name, value in limits_at(config, step).items())
 
 
 def below_from(below: pd.Series) -> int | None:

@@ -37,11 +37,16 @@ class SeedGrowth:
         return f"seed {self.seed}: {growth} vs BN {bn} ({self.verdict})"
 
 
+def _norms(curves: pd.DataFrame, run_dir: str) -> pd.DataFrame:
+    """One run's logged weight norms, by step (rows without a number left out)."""
+    rows = curves.loc[curves["run_dir"] == run_dir, ["step", "weight_norm"]]
+    return rows.apply(pd.to_numeric, errors="coerce").dropna().sort_values("step")
+
+
 def _final_norm(curves: pd.DataFrame | None, run_dir: str) -> float | None:
     if curves is None or "weight_norm" not in curves:
         return None
-    rows = curves.loc[curves["run_dir"] == run_dir, ["step", "weight_norm"]]
-    rows = rows.apply(pd.to_numeric, errors="coerce").dropna().sort_values("step")
+    rows = _norms(curves, run_dir)
     return float(rows["weight_norm"].iloc[-1]) if len(rows) else None
 
 
@@ -88,11 +93,7 @@ def growth_after_first_evaluation(ma: pd.DataFrame, bn: pd.DataFrame,
     for _, run in ma[ma["status"] == "completed"].iterrows():
         if int(run["seed"]) not in bn_by_seed:
             continue
-        both = []
-        for run_dir in (str(run["run_dir"]), bn_by_seed[int(run["seed"])]):
-            rows = curves.loc[curves["run_dir"] == run_dir, ["step", "weight_norm"]]
-            rows = rows.apply(pd.to_numeric, errors="coerce").dropna().sort_values("step")
-            both.append(rows)
+        both = [_norms(curves, run_dir) for run_dir in (str(run["run_dir"]), bn_by_seed[int(run["seed"])])]
         if any(len(rows) < 2 for rows in both):
             continue
         first = int(both[0]["step"].iloc[0])
