@@ -6,9 +6,10 @@ Every mistake is one line that names the key and the fix, raised as
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import re
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,18 +38,22 @@ from brn_repro.schema import (
 )
 from brn_repro.secrets import FROM_ENVIRONMENT, env_valued_keys
 
+log = logging.getLogger(__name__)
+
 
 def _divide(total: int, part: int) -> int:
-    if part is None or total is None or int(total) % int(part):
+    if isinstance(part, bool) or not isinstance(part, int) or part < 1:
+        raise ConfigError(f"data.per_worker_batch={part!r} must be a positive integer")
+    if total is None or int(total) % part:
         raise ConfigError(
-            f"data.global_batch={total} is not a multiple of data.per_worker_batch={part}; "
-            "choose a per-worker batch that divides the global batch"
+            f"recipe.global_batch={total} is not a multiple of data.per_worker_batch={part}; "
+            "choose a per-worker batch that divides the global batch, or set data.workers"
         )
     return int(total) // int(part)
 
 
-# Config arithmetic for sweeps that keep the global batch fixed:
-#   data.workers: ${div:${data.global_batch},${data.per_worker_batch}}
+# Config arithmetic for a global batch kept fixed (conf/config.yaml):
+#   data.workers: ${div:${recipe.global_batch},${data.per_worker_batch}}
 OmegaConf.register_new_resolver("div", _divide, replace=True)
 OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b), replace=True)
 OmegaConf.register_new_resolver("scale", lambda a, f: int(round(float(a) * float(f))), replace=True)
@@ -75,8 +80,8 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
         config[FROM_ENVIRONMENT] = keys
     if old := legacy_keys(config):  # a config file of one's own, written for format 1
         renames = {v: k for k, v in LEGACY_SPELLINGS.items()} | LEGACY_RECIPE
-        print(f"note: {', '.join(f'{k} is now {renames[k]}' for k in old)} (the old keys work until "
-              "the next release)", file=sys.stderr)
+        log.warning(f"note: {', '.join(f'{k} is now {renames[k]}' for k in old)} (the old keys work until "
+                    "the next release)")
         config = upgrade(config)
     return config
 
@@ -122,6 +127,14 @@ def validate(config: dict[str, Any]) -> RunConfig:
     are the rules that relate keys, and the names that registries hold."""
     cfg = RunConfig.parse(config)
     data, train, sampler = cfg.data, cfg.train, cfg.sampler
+    if unknown := sorted(set(config) - TOP_LEVEL_KEYS):
+        raise ConfigError(f"{unknown[0]} is not a key of the config (a typo, or +key=...?); the top-level keys "
+                          f"are {', '.join(sorted(TOP_LEVEL_KEYS - {FROM_ENVIRONMENT, 'git_commit'}))}; "
+                          "label a run with tags=[...], notes=... or group=..., keep values of your own under recipe.")
+    if data.global_batch is not None and data.global_batch != cfg.global_batch:
+        raise ConfigError(f"data.global_batch={data.global_batch} is not what trains: data.workers x "
+                          f"data.per_worker_batch = {data.workers} x {data.per_worker_batch}; set "
+                          f"recipe.global_batch={data.global_batch} (the workers follow it) or data.workers")
     validate_model(config["model"])
     if cfg.dataset.name == "imagefolder" and cfg.dataset.image_size is None:
         raise ConfigError("dataset.image_size=None must be a positive integer for dataset=imagefolder "
@@ -143,6 +156,11 @@ def validate(config: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"train.precision={train.precision!r} is not a precision; "
                           f"use one of {', '.join(PRECISIONS)}")
     return cfg
+
+
+# A resolved config's top level: the schema's fields, the recipe, and what run() and
+# resolve() add (the commit; the keys read from the environment).
+TOP_LEVEL_KEYS = {f.name for f in dataclasses.fields(RunConfig)} | {"recipe", "git_commit", FROM_ENVIRONMENT}
 
 
 # train.precision. float32 means float32 on a GPU too: torch's default lets cuDNN use

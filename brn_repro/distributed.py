@@ -33,9 +33,10 @@ batch over K processes so that the numbers do not change:
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -43,6 +44,8 @@ from torch import Tensor, nn
 
 from brn_repro.config import ConfigError
 from brn_repro.norm.registry import moving_statistics
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,11 @@ class Context:
     def enabled(self) -> bool:
         return self.world_size > 1
 
-    def say(self, message: str, file: TextIO | None = None) -> None:
-        """Print ``message`` from rank 0 only: one process speaks for the run."""
+    def say(self, message: str, level: int = logging.INFO) -> None:
+        """Log ``message`` from rank 0 only: one process speaks for the run (Hydra's job
+        log holds it; its console shows it, conf/hydra/job_logging/brn.yaml)."""
         if self.is_main:
-            print(message, file=file)
+            log.log(level, message)
 
 
 SINGLE_PROCESS = Context()

@@ -115,7 +115,7 @@ def claim_experiments() -> dict[str, str]:
 
 def configured(conf_dir: Path = CONF_DIR) -> list[str]:
     """The experiments that have a config: conf/experiment/<name>.yaml (the group's options;
-    shared/ and conditions/ are not experiments)."""
+    conditions/ holds no experiment)."""
     return sorted(p.stem for p in (Path(conf_dir) / "experiment").glob("*.yaml"))
 
 

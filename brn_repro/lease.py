@@ -28,15 +28,17 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import secrets
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 HOST = socket.gethostname()
 
@@ -146,8 +148,7 @@ class Lease:
                 if self._break(seen[0]):
                     why = (f"its heartbeat stopped {age:.0f}s ago" if age > self.stale
                            else "that process is gone")
-                    print(f"note: taking over {self.path} from {describe(holder)}: {why}",
-                          file=sys.stderr, flush=True)
+                    log.warning(f"note: taking over {self.path} from {describe(holder)}: {why}")
                 else:
                     time.sleep(0.05)  # another process is breaking it: look again
                 continue
@@ -158,8 +159,8 @@ class Lease:
                     f"ago); gave up waiting after {self.timeout:g}s (paths.lock_timeout): rerun "
                     f"later, or raise paths.lock_timeout")
             if not announced:
-                print(f"waiting for {self.path}: held by {describe(holder)}, heartbeat {age:.0f}s ago; "
-                      f"waiting up to {self.timeout:g}s (paths.lock_timeout)", file=sys.stderr, flush=True)
+                log.warning(f"waiting for {self.path}: held by {describe(holder)}, heartbeat {age:.0f}s ago; "
+                            f"waiting up to {self.timeout:g}s (paths.lock_timeout)")
                 announced = True
             time.sleep(min(left, max(self.beat_seconds, 0.05), 2.0))
 

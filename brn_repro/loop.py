@@ -6,7 +6,7 @@ logger and ``Context.say`` know the rank, so nothing here asks for it."""
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,7 +94,7 @@ class Progress:
             changed = ", ".join(f"{k} {self.kernels.get(k)} -> {here.get(k)}" for k in DECIDING
                                 if self.kernels.get(k) != here.get(k))
             ctx.say(f"note: resuming on other kernels than the steps before ({changed}): the numbers will "
-                    "differ from an uninterrupted run's (recorded: kernels_mixed)", file=sys.stderr)
+                    "differ from an uninterrupted run's (recorded: kernels_mixed)", logging.WARNING)
         self.kernels = here
 
     def start_clocks(self) -> None:

@@ -30,9 +30,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +47,8 @@ from brn_repro.norm import norm_spec
 from brn_repro.schema import legacy_spelling, upgrade
 from brn_repro.secrets import scrub
 
+log = logging.getLogger(__name__)
+
 # How a run was executed, not what it computes: a record's own values are the truth for
 # these (a later call that finds the run recorded may plan it with other threads or logger).
 EXECUTION_KEYS = (
@@ -56,7 +58,8 @@ EXECUTION_KEYS = (
 )
 # Config keys that do not change a run's numbers, so they are not part of its identity.
 # The recipe's values count where norms and samplers read them, not where they are set.
-NON_IDENTITY_KEYS = ("experiment", "git_commit", "profile_name", "recipe", *EXECUTION_KEYS)
+NON_IDENTITY_KEYS = ("experiment", "git_commit", "profile_name", "recipe", "tags", "notes", "group",
+                     *EXECUTION_KEYS)
 # "run": the directory name (identity) of the run that wrote it, so no run resumes another's
 CHECKPOINT_KEYS = {"run", "step", "best_test_acc", "wall_seconds", "model", "optimizer", "scheduler", "data", "ema",
                    "kernels", "kernels_mixed"}
@@ -217,7 +220,7 @@ class RunRecord:
     def _note(self, line: str) -> None:
         if self.main and not self._said_damaged:
             self._said_damaged = True
-            print(f"note: {line}", file=sys.stderr)
+            log.warning(f"note: {line}")
 
     def _unreadable(self, steps_done: int) -> str | None:
         """What keeps a summarized record from reading back: its config, or its metrics."""
@@ -289,7 +292,7 @@ class RunRecord:
                 state = self.load_checkpoint()
                 self.truncate_metrics(state["step"])
             except RecordError as err:
-                print(f"note: {err}; training {self.dir.name} again from step 0", file=sys.stderr)
+                log.warning(f"note: {err}; training {self.dir.name} again from step 0")
                 state = None
         if state is None:
             self.start()

@@ -197,6 +197,10 @@ class RunConfig:
     logger: Choice
     experiment: str = "adhoc"
     profile_name: str = "default"
+    # the user's own labels (W&B tags, notes, group; config.yaml): not the run's identity
+    tags: list[str] = field(default_factory=list)
+    notes: str | None = None
+    group: str | None = None
 
     @property
     def norm_batch(self) -> int:
@@ -223,8 +227,11 @@ class RunConfig:
                   for name, hint in get_type_hints(cls).items()
                   if isinstance(hint, type) and dataclasses.is_dataclass(hint) and hint is not Choice}
         choices = {name: _choice(config.get(name) or {}, name) for name in ("norm", "model", "logger")}
+        labels = {"tags": _value(list[str], config.get("tags") or [], "tags", {}),
+                  "notes": _value(str | None, config.get("notes"), "notes", {}),
+                  "group": _value(str | None, config.get("group"), "group", {})}
         return cls(seed=seed, experiment=str(config.get("experiment", "adhoc")),
-                   profile_name=str(config.get("profile_name", "default")), **groups, **choices)
+                   profile_name=str(config.get("profile_name", "default")), **groups, **choices, **labels)
 
 
 def check_value(value: Any, hint: Any, key: str, **rule: Any) -> Any:

@@ -20,6 +20,7 @@ at its next step with a checkpoint (``brn_repro.signals``), exit code 143 or 130
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -30,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from brn_repro import distributed, kernels, signals
+from brn_repro import distributed, kernels, signals, sweeps
 from brn_repro.cli import check_command_line, upgrade_command_line
 from brn_repro.config import (
     CONF_DIR,
@@ -69,8 +70,11 @@ from brn_repro.secrets import public_argv
 # How often the host reads whether the loss went non-finite (on a CPU a read is free).
 DIVERGENCE_SYNC_EVERY = {"cpu": 1, "cuda": 50}
 
-# Mistakes of input or environment: one line and exit code 2, never a traceback.
+# Mistakes of input or environment: one line and exit code 2 (in a sweep: a failed job,
+# and the sweep goes on), never a traceback.
 USER_ERRORS = (ConfigError, DatasetError, RecordError, LockError)
+
+log = logging.getLogger("brn_repro.train")  # also as __main__ (python -m)
 
 
 def weight_norm(model: torch.nn.Module) -> float:
@@ -177,7 +181,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     check_model_fits(cfg, device, ctx.world_size)
     data, model = prepare(cfg, ctx)
     if note := relaxation_warning(cfg):
-        ctx.say(note, file=sys.stderr)
+        ctx.say(note, logging.WARNING)
     # Rank 0 holds the lock and speaks for all: another sweep process may have trained it.
     with record.lock():
         done = distributed.broadcast(record.summary(), ctx)
@@ -300,7 +304,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
         logger.finish()
         signum = signals.received()
         ctx.say(f"stopped by {signals.name(signum) if signum else 'a signal to another process'} at step "
-                f"{progress.step}: checkpointed in {record.dir}; rerun the same command to resume", file=sys.stderr)
+                f"{progress.step}: checkpointed in {record.dir}; rerun the same command to resume", logging.WARNING)
         return summary
     finish(summary, record, logger, ctx)
     return summary
@@ -311,20 +315,46 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """One run (Hydra calls it once per job of a sweep). Returns the final test accuracy,
-    NaN for a run without one (diverged, stopped at train.stop_at_step or by a signal, or
-    not started after one), so that a sweeper that optimizes it (Optuna) records a failed
-    trial instead of aborting on None."""
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    NaN for a run without one (diverged, stopped at train.stop_at_step or by a signal,
+    failed on bad input, or not started after one), so that a sweeper that optimizes it
+    (Optuna) records a failed trial instead of aborting on None. In a sweep every job's
+    outcome is kept (``brn_repro.sweeps``) and a job's bad input fails that job only."""
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if sweep:
         signals.note_from_now()  # a sweep's worker (joblib, submitit); under cli's handlers, nothing changes
     if signals.received() is not None:  # the sweep was stopped before this run began
         return float("nan")
     try:
-        summary = run(resolve(cfg))
+        config = resolve(cfg)
+        if not sweep and HydraConfig.initialized() and (
+                note := one_run_of_a_sweep(cfg, HydraConfig.get().sweeper.params)):
+            log.warning(note)
+        summary = run(config)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        log.error(f"error: {err}")
+        if not sweep:
+            sys.exit(2)
+        sweeps.record_job("failed", reason=str(err))
+        return float("nan")
+    if sweep:
+        sweeps.record_job(summary["status"], run=summary.get("run_dir"))
     test_acc = summary.get("test_acc")
     return float("nan") if test_acc is None else float(test_acc)
+
+
+def one_run_of_a_sweep(cfg: DictConfig, params: dict[str, str] | None) -> str | None:
+    """``experiment=NAME`` without ``-m`` trains one configuration of the experiment's
+    sweep (``params``: its ``hydra.sweeper.params``), its own values and none of the swept
+    ones: say which, and how to run them all."""
+    if not params or cfg.experiment == "adhoc":
+        return None
+    runs = math.prod(len(str(values).split(",")) for values in params.values())
+    here = [f"{key}={OmegaConf.select(cfg, f'{key}.name' if (CONF_DIR / key).is_dir() else key)}"
+            for key in params if not key.startswith("+")]
+    unset = [key.lstrip("+") for key in params if key.startswith("+")]
+    return (f"note: experiment={cfg.experiment} is a sweep of {runs} runs over {', '.join(params)}; "
+            f"without -m this trains one, {' '.join(here)}" + (f" (none of {', '.join(unset)})" if unset else "")
+            + f"; train them all with: brn-train -m experiment={cfg.experiment}")
 
 
 def cli() -> None:
@@ -349,6 +379,8 @@ def cli() -> None:
         signum = signals.received()
     if signum is not None:
         sys.exit(signals.exit_code(signum))
+    if sweeps.failed_jobs:  # the summary line said which
+        sys.exit(1)
 
 
 if __name__ == "__main__":

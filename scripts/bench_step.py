@@ -104,7 +104,7 @@ def configurations(global_batch: int, width: int, device: torch.device, modes: t
                    ) -> dict[tuple, Callable[[], None]]:
     """(step, norm, per-worker batch, layout, mode) -> step. MABN is eager only: it
     runs eager inside a compiled model (``MABN2d.compiles``)."""
-    base = [f"data.global_batch={global_batch}", f"model.width={width}"]
+    base = [f"recipe.global_batch={global_batch}", f"model.width={width}"]
     steps: dict[tuple, Callable[[], None]] = {}
     splits = sorted({min(global_batch, b) for b in splits}, reverse=True)
     for mode in modes:

@@ -41,8 +41,7 @@ from brn_repro.protocol import below_from  # noqa: E402
 
 SETTINGS = [  # one home for the pilot's numbers; every evaluation on the whole test set,
     # so the last quarter's gain compares like with like
-    "profile=quick", "norm=bn", "data.global_batch=128",
-    "data.workers='${div:${data.global_batch},${data.per_worker_batch}}'",
+    "profile=quick", "norm=bn", "recipe.global_batch=128",
     "train.compile=true", "train.eval_test_size=null",
 ]  # (stage crossing overrides eval_test_size: it reads the averages, not the accuracy)
 REGIME_EVAL = ["train.eval_every=75", "train.eval_test_size=1000", "train.checkpoint_every=1800"]

@@ -1,4 +1,6 @@
+import logging
 import os
+import sys
 
 from brn_repro.kernels import pin
 
@@ -18,6 +20,29 @@ os.environ.setdefault("BRN_FIGURE_FORMATS", "png")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+class _ConsoleLines(logging.Handler):
+    """brn_repro's messages as Hydra's console shows them (conf/hydra/job_logging/brn.yaml),
+    on the sys.stderr of the moment (capsys's): in process, pytest's own handlers would
+    take them out of sight."""
+
+    def emit(self, record):
+        sys.stderr.write(self.format(record) + "\n")
+
+
+@pytest.fixture(autouse=True)
+def _console_logging():
+    logger = logging.getLogger("brn_repro")
+    for name, other in logging.root.manager.loggerDict.items():  # a Hydra job may have disabled them
+        if name.startswith("brn_repro") and isinstance(other, logging.Logger):
+            other.disabled = False
+    handler, level = _ConsoleLines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 def write_idx(path, array):

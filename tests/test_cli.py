@@ -114,7 +114,7 @@ def test_experiment_group_mistakes_are_one_line_and_exit_2():
 def test_help_lists_the_common_commands_and_only_the_user_facing_groups():
     done = cli("--help")
     assert done.returncode == 0, done.stderr
-    assert "brn-train -m experiment=fig2_small_batch profile=quick" in done.stdout
+    assert "brn-train -m experiment=fig2_small_batch " in done.stdout
     listed = dict(re.findall(r"^(\S+): (.+)$", done.stdout.split("== Config groups ==")[1]
                              .split("==")[0], re.MULTILINE))
     assert set(listed) == {"dataset", "experiment", "logger", "model", "norm", "optim",
@@ -129,13 +129,13 @@ def test_help_lists_the_common_commands_and_only_the_user_facing_groups():
 
 def test_a_resolver_error_is_one_line_and_exit_2(tmp_path, tiny_fashion_mnist):
     """The issue's command: 128 is no multiple of 3 in the experiment's ${div:...}."""
-    done = cli("experiment=fig2_small_batch", "profile=quick", "data.per_worker_batch=3",
+    done = cli("experiment=fig2_small_batch", "data.per_worker_batch=3",
                "logger=none", f"dataset.root={tiny_fashion_mnist}", "dataset.download=false",
                f"paths.runs={tmp_path / 'runs'}", f"hydra.run.dir={tmp_path / 'outputs'}")
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
-        "error: data.workers: data.global_batch=128 is not a multiple of data.per_worker_batch=3; "
-        "choose a per-worker batch that divides the global batch"]
+        "error: data.workers: recipe.global_batch=128 is not a multiple of data.per_worker_batch=3; "
+        "choose a per-worker batch that divides the global batch, or set data.workers"]
     assert not (tmp_path / "runs").exists()
 
 
@@ -182,3 +182,48 @@ def test_readmes_composed_config_example_prints_what_readme_shows():
     done = cli(*command.split())
     assert done.returncode == 0, done.stderr
     assert [line for line in done.stdout.splitlines() if re.search(pattern.strip('"'), line)] == shown
+
+
+def test_a_sweep_goes_on_past_a_bad_job_and_ends_with_its_summary(tmp_path, tiny_fashion_mnist):
+    """Issue 23: job 0's config error fails job 0 only: job 1 trains, job 0's outcome is
+    kept with its reason, the sweep's last line counts them, and the exit is non-zero."""
+    done = train(tmp_path, tiny_fashion_mnist, "-m", "logger=none", "optim.lr=-1,0.1")
+    assert done.returncode == 1, done.stderr[-2000:]
+    reason = "optim.lr=-1 must be a finite number in (0, inf)"
+    assert done.stderr.splitlines()[-1] == (
+        f"sweep: 2 jobs: 1 completed, 0 diverged, 1 failed (#0 optim.lr=-1: {reason})")
+    jobs = [json.loads((tmp_path / "multirun" / str(n) / "job.json").read_text()) for n in (0, 1)]
+    assert [(j["status"], j["reason"]) for j in jobs] == [("failed", reason), ("completed", None)]
+    (run_dir,) = (tmp_path / "runs").iterdir()  # no directory for the failed job
+    assert jobs[1]["run"] == str(run_dir) and (run_dir / "summary.json").exists()
+    # the job's messages are in Hydra's job log, not only on the console
+    assert f"error: {reason}" in (tmp_path / "multirun" / "0" / "train.log").read_text()
+
+
+def test_an_experiment_without_m_says_what_it_trains_and_how_to_run_all():
+    from brn_repro.train import one_run_of_a_sweep
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        small = compose("config", overrides=["experiment=fig2_small_batch"], return_hydra_config=True)
+        noniid = compose("config", overrides=["experiment=fig3_noniid"], return_hydra_config=True)
+        adhoc = compose("config", overrides=["norm=brn"], return_hydra_config=True)
+    assert one_run_of_a_sweep(small, small.hydra.sweeper.params) == (
+        "note: experiment=fig2_small_batch is a sweep of 30 runs over norm, seed; without -m this trains "
+        "one, norm=bn seed=0; train them all with: brn-train -m experiment=fig2_small_batch")
+    assert "(none of experiment/conditions/fig3)" in one_run_of_a_sweep(noniid, noniid.hydra.sweeper.params)
+    assert one_run_of_a_sweep(adhoc, adhoc.hydra.sweeper.params) is None
+
+
+def test_tags_notes_and_group_are_recorded_but_not_the_runs_identity(tmp_path, tiny_fashion_mnist):
+    labelled = train(tmp_path, tiny_fashion_mnist, "logger=none", "tags=[mine,ablation]", "notes=first try",
+                     "group=probe")
+    assert labelled.returncode == 0, labelled.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    recorded = OmegaConf.load(run_dir / "config.yaml")
+    assert list(recorded.tags) == ["mine", "ablation"] and recorded.notes == "first try" and recorded.group == "probe"
+    plain = train(tmp_path, tiny_fashion_mnist, "logger=none")
+    assert [d.name for d in (tmp_path / "runs").iterdir()] == [run_dir.name]  # the same run
+    assert "already completed" in plain.stderr
+    unknown = train(tmp_path, tiny_fashion_mnist, "logger=none", "+foo=1")
+    assert unknown.returncode == 2 and unknown.stderr.splitlines()[-1].startswith(
+        "error: foo is not a key of the config (a typo, or +key=...?)")

@@ -107,7 +107,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 def test_only_rank_0_speaks(capsys):
     distributed.Context(rank=1, world_size=2).say("from rank 1")
     distributed.Context(rank=0, world_size=2).say("from rank 0")
-    assert capsys.readouterr().out == "from rank 0\n"
+    assert capsys.readouterr().err == "from rank 0\n"
 
 
 def _free_port() -> int:

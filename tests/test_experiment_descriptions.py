@@ -86,8 +86,6 @@ def test_descriptions_name_real_figures_claims_and_config_columns():
 
 PROBE = """# @package _global_
 # A throwaway experiment: two norms x two learning rates at per-worker 8.
-defaults:
-  - shared/fixed_global_batch
 experiment: lr_probe
 data:
   per_worker_batch: 8

@@ -88,7 +88,7 @@ def condition_axes(experiment):
 
 def set_keys(path):
     """Dotted keys a config file sets, with its defaults-list overrides as ``/group`` and
-    the keys of the files it includes (``shared/...``, beside it)."""
+    the keys of the files it includes (beside it)."""
     raw = OmegaConf.to_container(OmegaConf.load(path))
     keys = set()
     for entry in raw.pop("defaults", []):

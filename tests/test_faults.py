@@ -90,8 +90,8 @@ def assert_matches(record, reference):
 
 def main(argv, monkeypatch, capsys):
     """``python -m brn_repro.train`` in this process: (exit code, stderr lines)."""
-    monkeypatch.setattr(sys, "argv", ["brn_repro.train", *argv, "hydra/job_logging=disabled",
-                                      "hydra/hydra_logging=disabled", "hydra.output_subdir=null",
+    monkeypatch.setattr(sys, "argv", ["brn_repro.train", *argv, "hydra/job_logging=none",
+                                      "hydra/hydra_logging=none", "hydra.output_subdir=null",
                                       f"hydra.run.dir={os.getcwd()}"])
     capsys.readouterr()
     code = 0
@@ -324,7 +324,7 @@ def test_off_rank_0_a_record_writes_nothing(tmp_path, tiny_fashion_mnist, capsys
         assert {p.name: p.read_bytes() for p in record.dir.iterdir()} == before  # no run.lock either
     assert [r["step"] for r in other.read_metrics()] == [5, 10]
     assert other.load_checkpoint()["step"] == 10
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == ("", "")
 
 
 # --- full disk, unwritable paths -------------------------------------------------------
@@ -428,8 +428,11 @@ BAD_INPUT = [
     (["train.eval_test_size=0"], "train.eval_test_size=0 must be a positive integer, or null"),
     (["train.eval_test_size=-5"], "train.eval_test_size=-5 must be a positive integer, or null"),
     (["train.ema_decay=fast"], "train.ema_decay='fast' must be a finite number in (0, 1)"),
-    (["experiment=fig2_small_batch", "profile=quick", "data.per_worker_batch=3", "~data.workers"],
-     "data.workers: data.global_batch=128 is not a multiple of data.per_worker_batch=3"),
+    (["experiment=fig2_small_batch", "data.per_worker_batch=3", "~data.workers"],
+     "data.workers: recipe.global_batch=128 is not a multiple of data.per_worker_batch=3"),
+    (["data.global_batch=64"], "data.global_batch=64 is not what trains: data.workers x data.per_worker_batch = 4 x 4"),
+    (["+foo=1"], "foo is not a key of the config"),
+    (["tags=[1]"], "tags[]=1 must be a string"),
     (["data.workers=${nope}"], "data.workers: Interpolation key 'nope' not found"),
     (["paths.runs=FILE"], "is a file, not a directory; point paths.runs at a directory"),
     (["paths.runs=FILE/runs"], "is a file, not a directory; point paths.runs at a directory"),
@@ -485,8 +488,9 @@ def test_environment_values_stay_out_of_the_record_and_its_identity(tmp_path, ti
     monkeypatch.setenv("WANDB_API_KEY", key)
     monkeypatch.setenv("SITE_NAME", site)
     argv = overrides(tmp_path / "runs", tiny_fashion_mnist, "train.steps=5",
-                     "+wandb_key=${oc.env:WANDB_API_KEY}", "+site=${oc.env:SITE_NAME}", "+site_copy=${site}",
-                     "+notes.api_token=plain-text-token")
+                     "+recipe.wandb_key=${oc.env:WANDB_API_KEY}", "+recipe.site=${oc.env:SITE_NAME}",
+                     "+recipe.site_copy=${recipe.site}", "+recipe.notes.api_token=plain-text-token",
+                     "notes=${recipe.site}")
     assert main(argv, monkeypatch, capsys)[0] == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
     written = "".join(p.read_text() for p in run_dir.iterdir() if p.suffix in (".yaml", ".json", ".jsonl"))

@@ -300,8 +300,6 @@ def test_a_runs_directory_with_a_comma_or_unicode_is_quoted_for_hydra(tmp_path, 
 
 
 PROBE = """# @package _global_
-defaults:
-  - shared/fixed_global_batch
 experiment: probe
 data:
   per_worker_batch: 8

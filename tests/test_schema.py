@@ -74,7 +74,7 @@ def test_a_format_1_record_reads_as_this_format_and_keeps_its_directory(tmp_path
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     # format 1 knew one BRN schedule: the per-regime ones (recipe, outside the identity) are newer
     newer = {**config, "recipe": {k: v for k, v in config["recipe"].items()
-                                  if k not in ("schedule_per_worker_32", "schedule_noniid")}}
+                                  if k not in ("schedule_per_worker_32", "schedule_noniid", "global_batch")}}
     assert read_config(tmp_path) == upgrade(old) == newer
     assert run_dir_name(newer) == run_dir_name(config) == "bn-pwb32x4-noniid-s0-3990f717c0"
 

@@ -33,9 +33,10 @@ PLANTED = (*NAMED.values(), ENV_SECRET[1], ENV_PLAIN[1])
 
 
 def planted_overrides() -> list[str]:
-    return [*(f"+{key}={value}" for key, value in NAMED.items()),
-            f"+mirror={ENV_SECRET[1]}",  # a value equal to a secret of the environment
-            f"+scratch=${{oc.env:{ENV_PLAIN[0]}}}", "+scratch_copy=${scratch}"]
+    # under recipe: the config's home for values of one's own (a top-level key of one's own is an error)
+    return [*(f"+recipe.{key}={value}" for key, value in NAMED.items()),
+            f"+recipe.mirror={ENV_SECRET[1]}",  # a value equal to a secret of the environment
+            f"+recipe.scratch=${{oc.env:{ENV_PLAIN[0]}}}", "+recipe.scratch_copy=${recipe.scratch}"]
 
 
 def leaks(root: Path) -> list[str]:
@@ -94,10 +95,12 @@ def test_command_line_secrets_are_left_out_with_a_note_naming_the_key_only(monke
     argv = ["-m", "norm=brn", *planted_overrides(), "hydra.job.env_set.HF_TOKEN=plant-hf-3",
             "hydra.job.config.override_dirname.exclude_keys=[seed]", "--config-dir", "/data/tokens"]
     kept, notes = public_argv(argv)
-    assert kept == ["-m", "norm=brn", f"+scratch=${{oc.env:{ENV_PLAIN[0]}}}", "+scratch_copy=${scratch}",
+    assert kept == ["-m", "norm=brn", f"+recipe.scratch=${{oc.env:{ENV_PLAIN[0]}}}",
+                    "+recipe.scratch_copy=${recipe.scratch}",
                     "hydra.job.config.override_dirname.exclude_keys=[seed]", "--config-dir", "/data/tokens"]
     (note,) = notes
-    assert note.startswith("note: +ssh_key, +private_key, +hfKey, ") and "hydra.job.env_set.HF_TOKEN" in note
+    assert note.startswith("note: +recipe.ssh_key, +recipe.private_key, +recipe.hfKey, ")
+    assert "hydra.job.env_set.HF_TOKEN" in note
     assert not [value for value in PLANTED if value in note]
 
 
@@ -129,10 +132,12 @@ def dotted_keys(tree, prefix=""):
 def test_resolve_lists_the_keys_the_environment_gave_values(monkeypatch):
     monkeypatch.setenv(*ENV_PLAIN)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        config = resolve(compose("config", overrides=[f"+scratch=${{oc.env:{ENV_PLAIN[0]}}}",
-                                                      "+scratch_copy=${scratch}"]))
-    assert config["from_environment"] == ["scratch", "scratch_copy"]
-    assert "scratch" not in scrub(config) and "from_environment" not in scrub(config)
+        config = resolve(compose("config", overrides=[f"+recipe.scratch=${{oc.env:{ENV_PLAIN[0]}}}",
+                                                      "+recipe.scratch_copy=${recipe.scratch}"]))
+    assert config["from_environment"] == ["recipe.scratch", "recipe.scratch_copy"]
+    public = scrub(config)
+    assert "scratch" not in public["recipe"] and "scratch_copy" not in public["recipe"]
+    assert "from_environment" not in public
 
 
 # --- every file a run writes -------------------------------------------------------------------
@@ -155,8 +160,8 @@ def test_a_sweep_writes_no_secret_anywhere(planted_env, tiny_fashion_mnist):
     scripts/reproduce.py keeps in logs/), and a secret written in a config file."""
     local = planted_env / "local_conf" / "site"
     local.mkdir(parents=True)
-    (local / "cluster.yaml").write_text(f"# @package _global_\nsite_token: {NAMED['mytoken']}\n"
-                                        f"site_note: {ENV_SECRET[1]}\n")
+    (local / "cluster.yaml").write_text(f"# @package _global_\nrecipe:\n  site_token: {NAMED['mytoken']}\n"
+                                        f"  site_note: {ENV_SECRET[1]}\n")
     done = train(planted_env, "-m", "--config-dir", str(planted_env / "local_conf"),
                  *tiny(planted_env / "runs", tiny_fashion_mnist, "logger=none"), "seed=0,1", "+site=cluster",
                  *planted_overrides())

@@ -107,7 +107,7 @@ def test_rerunning_a_completed_run_does_nothing(tmp_path, tiny_fashion_mnist, ca
     stamp = {p: p.stat().st_mtime_ns for p in record.dir.iterdir()}
     capsys.readouterr()
     second = run(config)
-    out = capsys.readouterr().out.strip().splitlines()
+    out = capsys.readouterr().err.strip().splitlines()
     assert second == first
     assert len(out) == 1 and out[0].startswith("already completed")
     assert stamp == {p: p.stat().st_mtime_ns for p in record.dir.iterdir()}
