@@ -85,7 +85,7 @@ def test_experiment_is_a_config_group_chosen_without_a_plus():
     assert config.experiment == "fig1_baseline" and config.profile_name == "quick"
     # conf/experiment/fig1_baseline.yaml's (a plain `experiment` key would leave the defaults)
     raw = OmegaConf.to_container(config)
-    assert raw["data"]["workers"] == "${div:${data.global_batch},${data.per_worker_batch}}"
+    assert raw["data"]["workers"] == "${div:${recipe.global_batch},${data.per_worker_batch}}"
     assert raw["recipe"]["schedule"]["relax_start"] == "${recipe.schedule_per_worker_32.relax_start}"
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         assert compose("config").experiment == "adhoc"  # no experiment chosen: ad hoc

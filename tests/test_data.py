@@ -659,7 +659,7 @@ def test_probe_labels_beyond_an_imagefolders_classes_fail_before_training(tmp_pa
     config = fig3_config("bn_noniid", f"dataset.root={tmp_path}", "dataset.image_size=32",
                          "dataset.loader_workers=0", "recipe.noniid.labels_per_batch=1",
                          "recipe.noniid.images_per_label=2", "recipe.noniid.eval_labels=3",
-                         "recipe.noniid.eval_images=2", "data.global_batch=2", profile="paper")
+                         "recipe.noniid.eval_images=2", "recipe.global_batch=2", profile="paper")
     validate(config)  # the classes are not known to the config
     with pytest.raises(ValueError) as err:
         TrainingData(config)

@@ -21,7 +21,7 @@ def make_config(tmp_path, root, *overrides):
         f"dataset.root={root}", "dataset.download=false", "logger=none", f"paths.runs={tmp_path}",
         "train.steps=60", "train.eval_every=20", "train.checkpoint_every=20", "train.progress=false",
         "data.per_worker_batch=8", "data.workers=4", "data.train_eval_size=200",
-        "train.eval_batch=300", "optim.lr=0.1",
+        "train.eval_batch=300", "optim.lr=0.1", "train.lr_schedule=cosine", "dataset.image_size=null",
     ]
     if chosen.get("model", "small_cnn") == "small_cnn":
         base.append("model.width=8")
