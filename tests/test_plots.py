@@ -221,6 +221,17 @@ def test_accuracy_against_the_per_worker_batch_shows_every_batch_a_reference_and
     assert [line.get_marker() for line in zoom.get_lines()].count("v") == 1
 
 
+def test_heatmap_colours_do_not_magnify_the_seeds_spread(tmp_path, figures):
+    """Cells 0.5 points apart, seeds 0.2 apart: the colour scale spans at least MIN_SPAN points
+    and NOISE_SPAN sds, not just the cells' 0.5 points."""
+    frame, _ = _frame(RD, seeds=(0, 1))
+    frame["test_acc"] = 88.0 + 0.5 * (frame["norm.d_max"] == 5.0) + 0.2 * frame["seed"]
+    plots.heatmap_figure(frame, tmp_path / "h.png", "t")
+    (axis,) = [a for a in figures[0]["axes"] if a["mesh"] is not None]
+    norm = axis["mesh"].norm
+    assert norm.vmax - norm.vmin >= max(plots.MIN_SPAN, plots.NOISE_SPAN * np.std([0.0, 0.2], ddof=1))
+
+
 def _colour_distance(a: str, b: str) -> float:
     return float(np.linalg.norm(np.subtract(to_rgb(a), to_rgb(b))))
 

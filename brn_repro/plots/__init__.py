@@ -476,13 +476,14 @@ def batch_size_figure(frame: pd.DataFrame, path: Path, title: str) -> Path | Non
 
 def heatmap_figure(frame: pd.DataFrame, path: Path, title: str) -> Path | None:
     """Mean ± sd test accuracy over final r_max x d_max (r_max up); each cell counts its
-    diverged runs; a cell without completed runs is hatched and says why."""
+    diverged runs; a cell without completed runs is hatched and says why. The colour scale
+    spans at least what ``accuracy_range`` gives: cells one sd apart never look far apart."""
     if not {"norm.r_max", "norm.d_max"} <= set(frame.columns):
         return None
     r_values = sorted(frame["norm.r_max"].dropna().unique())
     d_values = sorted(frame["norm.d_max"].dropna().unique())
     mean = np.full((len(r_values), len(d_values)), np.nan)
-    texts, counts = {}, []
+    texts, counts, sds = {}, [], []
     for i, r in enumerate(r_values):
         for j, d in enumerate(d_values):
             cell = frame[(frame["norm.r_max"] == r) & (frame["norm.d_max"] == d)]
@@ -492,6 +493,7 @@ def heatmap_figure(frame: pd.DataFrame, path: Path, title: str) -> Path | None:
             if len(done):
                 mean[i, j] = done.mean()
                 counts.append(len(done))
+                sds.append(np.nan_to_num(done.std()))
                 spread = f"± {done.std():.1f}" if len(done) > 1 else "(one run)"
                 lines.append(f"{done.mean():.1f}\n{spread}")
             if n_div:
@@ -500,7 +502,9 @@ def heatmap_figure(frame: pd.DataFrame, path: Path, title: str) -> Path | None:
     fig, ax = plt.subplots(figsize=(1.5 * len(d_values) + 2.6, 1.1 * len(r_values) + 1.9), layout="constrained")
     ax.set_facecolor("0.93")
     cmap = plt.get_cmap("viridis")
+    vmin, vmax = accuracy_range(np.nanmin(mean), np.nanmax(mean), sds) if sds else (None, None)
     sns.heatmap(mean, ax=ax, cmap=cmap, mask=np.isnan(mean), annot=False, linewidths=1, linecolor="white",
+                vmin=vmin, vmax=vmax,
                 cbar_kws={"label": "mean " + label("test_acc")},
                 xticklabels=[number_text(d) for d in d_values], yticklabels=[number_text(r) for r in r_values])
     mesh = ax.collections[0]
