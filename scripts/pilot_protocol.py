@@ -159,7 +159,20 @@ def convergence(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values([*KEYS, "seed"])
 
 
-def figure(curves: pd.DataFrame, path: Path) -> None:
+# Each stage's figure says which stage it is and what the stage tried (STAGES has the why).
+STAGE_TITLES = {
+    "alpha": "moving-average rate α 0.01, 0.03, 0.1 (700 steps, cosine lr)",
+    "length": "twice the length (1400 steps, cosine lr), α 0.03 and 0.1",
+    "schedule": "step lr 0.05 and 0.1 at 700 and 940 steps",
+    "subset": "a fixed 10k or 20k-image training subset (780 steps, lr 0.05 and 0.1)",
+    "width": "width 8 at 1400 and 1880 steps, lr 0.1 and 0.2",
+    "small": "14 × 14 images, width 8, 2400 and 4800 steps, lr 0.2 and 0.4",
+    "step": "14 × 14, width 8, step lr 0.2 at 3600 and 4800 steps",
+    "crossing": "the chosen run (step lr 0.2, 3600 steps) at per-worker 32 and 4",
+}
+
+
+def figure(curves: pd.DataFrame, path: Path, stage: str) -> None:
     """Each pilot condition's moving-average error against one worker's batch noise (dashed),
     mean over its seeds; one row per split, mean and std error side by side."""
     from brn_repro.plots.labels import label, number_text, seeds_text
@@ -191,19 +204,20 @@ def figure(curves: pd.DataFrame, path: Path) -> None:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7.5, title="solid: moving averages; dashed: one worker's batch",
                       title_fontsize=7.5)
-    fig.suptitle("Pilot (BN only): the moving averages' error against one worker's batch noise\n"
+    fig.suptitle(f"Pilot stage “{stage}” (BN only): {STAGE_TITLES[stage]}\n"
+                 "the moving averages' error against one worker's batch noise; "
                  + seeds_text(seeds).replace("mean ± sd", "mean"), fontsize=11)
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
-def replot(out: Path) -> None:
+def replot(out: Path, stage: str) -> None:
     """The figure again from the stage's saved tables (no run records needed)."""
     runs, curves = pd.read_csv(out / "pilot_runs.csv"), pd.read_csv(out / "pilot_curves.csv")
     keys = [k for k in KEYS if k in runs]  # tables of older stages lack some keys
     curves = curves.drop(columns=[k for k in (*KEYS, "seed") if k in curves]).merge(
         runs[["run_dir", *keys, "seed"]], on="run_dir")
-    figure(curves, out / "ema_error_vs_batch_noise.png")
+    figure(curves, out / "ema_error_vs_batch_noise.png", stage)
 
 
 # --- stage regime (issue 22): the protocol's numbers, each derived from BN alone -------------
@@ -362,7 +376,7 @@ def main() -> None:
                         help="only redraw the figure from <out>/pilot_{runs,curves}.csv")
     args = parser.parse_args()
     if args.replot:
-        return replot(ROOT / (args.out or f"results/pilot/{args.stage}"))
+        return replot(ROOT / (args.out or f"results/pilot/{args.stage}"), args.stage)
     args.runs = args.runs or f"runs/pilot_{args.stage}"
     args.out = args.out or f"results/pilot/{args.stage}"
     if not args.analyse:
@@ -388,7 +402,7 @@ def main() -> None:
     for frame, name in ((runs, "pilot_runs.csv"), (curves, "pilot_curves.csv"), (table, "crossing.csv"),
                         (conv, "convergence.csv")):
         write_atomic(out / name, lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
-    figure(curves, out / "ema_error_vs_batch_noise.png")
+    figure(curves, out / "ema_error_vs_batch_noise.png", args.stage)
     pd.set_option("display.width", 200)
     print(table.to_string(index=False))
     print(conv.to_string(index=False))

@@ -41,6 +41,13 @@ LABELS: dict[str, tuple[str, str]] = {
     "train.lr_schedule": ("learning-rate schedule", "lr"),
     "optim.weight_decay": ("weight decay", "weight decay"),
 }
+# metric -> (lowest, highest) value it can take: a ± sd band is cut there (None: no limit)
+VALID: dict[str, tuple[float | None, float | None]] = {
+    "test_acc": (0.0, 100.0), "train_acc": (0.0, 100.0), "minibatch_stats_acc": (0.0, 100.0),
+    "norm/mean/r_clip_frac": (0.0, 1.0), "norm/mean/d_clip_frac": (0.0, 1.0),
+    **dict.fromkeys(("loss", "weight_norm", "norm/mean/r_dev_mean", "norm/mean/d_abs_mean", "ema_error/mean",
+                     "ema_error/std", "batch_noise/mean", "batch_noise/std"), (0.0, None)),
+}
 # categorical values -> words
 VALUES: dict[str, str] = {
     "bn": "BN", "brn": "BRN", "gn": "GN", "ln": "LN", "in": "IN", "none": "no norm", "frn": "FRN",

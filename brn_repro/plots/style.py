@@ -1,14 +1,22 @@
-"""How a figure tells its conditions apart: their order, one distinct colour each (and a
-line style per second condition where that reads better), and text that contrasts with
-its background (WCAG)."""
+"""How a figure tells its conditions apart: their order, one distinct colour each (fixed for
+every figure of an experiment), and text that contrasts with its background (WCAG)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 from matplotlib.colors import to_rgb
 
 from brn_repro.plots.labels import ANY
+
+# Okabe-Ito's colour-blind-safe colours, ordered so the first four differ most (orange, as
+# close to vermillion as it is, comes only after five conditions; yellow left out: it does
+# not read on white).
+QUALITATIVE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#E69F00", "#000000", "#8C6D31")
+SHARED = (0.45, 0.45, 0.45)  # a run that serves every value of a column (labels.ANY)
 
 
 def sort_key(value):
@@ -17,33 +25,29 @@ def sort_key(value):
 
 def palette(levels: list[tuple]) -> dict[tuple, tuple]:
     """One distinct colour per level: ordered (viridis) where the levels are one number
-    each, else qualitative (colourblind-safe up to 10, evenly spaced hues beyond)."""
+    each, else qualitative (``QUALITATIVE`` up to 8, evenly spaced hues beyond)."""
     shown = [key for key in levels if ANY not in key]
     numeric = shown and all(len(k) == 1 and isinstance(k[0], int | float) for k in shown)
     if numeric:
-        colours = sns.color_palette("viridis", len(shown) + 1)[:len(shown)]  # no pale yellow end
+        colours = [c[:3] for c in plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(shown)))]  # no pale yellow end
+    elif len(shown) <= len(QUALITATIVE):
+        colours = [to_rgb(c) for c in QUALITATIVE[:len(shown)]]
     else:
-        colours = sns.color_palette("colorblind" if len(shown) <= 10 else "husl", len(shown))
-    table = dict(zip(shown, colours, strict=True))
-    table.update({key: (0.3, 0.3, 0.3) for key in levels if ANY in key})
+        colours = sns.color_palette("husl", len(shown))
+    table = dict(zip(shown, (tuple(c) for c in colours), strict=True))
+    table.update({key: SHARED for key in levels if ANY in key})
     return table
 
 
-LINE_STYLES = ("-", "--", ":", "-.")
+@dataclass(frozen=True)
+class Styles:
+    """What every figure of one experiment shares: the panels' column (``facet_by``: one
+    panel per value), the lines' columns (``hue_by``) and each line's colour, keyed by its
+    values in ``hue_by`` (``plots.styles_for`` sets them on all the experiment's runs)."""
 
-
-def line_styles(hue_by: list[str], hues: list[tuple]) -> tuple[dict[tuple, tuple], dict[tuple, str]]:
-    """(colour, line style) per condition. Conditions whose columns after the first take
-    at most four values together (norm x sampler; norm x lr schedule and weight decay)
-    read best as colour = the first, line style = the rest (BN blue, BRN orange; i.i.d.
-    solid, non-i.i.d. dashed); otherwise one colour per condition, solid."""
-    # the columns after the first as one (lr schedule and weight decay change together)
-    seconds = sorted({h[1:] for h in hues}, key=lambda t: tuple(map(sort_key, t))) if len(hue_by) > 1 else []
-    if not 1 < len(seconds) <= len(LINE_STYLES) or any(ANY in h for h in hues):
-        return palette(hues), dict.fromkeys(hues, "-")
-    firsts = palette(sorted({h[:1] for h in hues}, key=lambda k: sort_key(k[0])))
-    return ({h: firsts[h[:1]] for h in hues},
-            {h: LINE_STYLES[seconds.index(h[1:])] for h in hues})
+    facet_by: list[str]
+    hue_by: list[str]
+    colours: dict[tuple, tuple]
 
 
 def contrast(a, b) -> float:
