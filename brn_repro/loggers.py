@@ -41,6 +41,7 @@ __all__ = [
     "build_logger",
     "progress_bar",
     "wandb_run_id",
+    "wandb_config",
     "flatten_config",
     "has_wandb_credentials",
     "resolve_wandb_mode",
@@ -87,11 +88,11 @@ class NullLogger:
 
 
 def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten a nested config into dotted keys (``norm.name``, ``optim.lr``), secrets dropped.
+    """Flatten a nested config into dotted keys (``norm.name``, ``optim.lr``), secrets dropped:
+    the columns of runs.csv. (W&B takes the config nested: :func:`wandb_config`.)
 
-    W&B can group and filter runs only by top-level config keys, so the nested
-    Hydra config is logged flat. Lists stay as values (``train.step_milestones``
-    keeps ``[0.5, 0.75]``); empty sub-dicts produce no key.
+    Lists stay as values (``train.step_milestones`` keeps ``[0.5, 0.75]``); empty
+    sub-dicts produce no key.
     """
     flat: dict[str, Any] = {}
     for key, value in scrub(cfg).items():
@@ -101,6 +102,16 @@ def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
+
+
+def wandb_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as W&B takes it: nested as Hydra composed it, secrets dropped, values JSON's.
+
+    W&B stores each top-level key as ``{"value": ...}`` and shows nested keys dotted
+    (``data.per_worker_batch``), its server path ``config.data.value.per_worker_batch``:
+    what ``wandb_workspaces`` builds from ``Config("data.per_worker_batch")``.
+    """
+    return _jsonable(scrub(cfg))
 
 
 def _jsonable(value: Any) -> Any:
@@ -250,7 +261,6 @@ class WandbLogger:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)  # wandb falls back to a temp dir otherwise
         self.mode = resolve_wandb_mode(mode, run_dir=run_dir)
-        flat_config = {key: _jsonable(value) for key, value in flatten_config(config).items()}
         self._run = wandb.init(
             project=project,
             entity=entity,
@@ -261,7 +271,7 @@ class WandbLogger:
             resume="allow" if run_id else None,
             tags=list(tags) if tags else None,
             notes=notes,
-            config=flat_config,
+            config=wandb_config(config),
             dir=str(run_dir),
             mode=self.mode,
             reinit="finish_previous",
