@@ -33,7 +33,8 @@ import pandas as pd
 
 from brn_repro.experiments import claim_experiments
 from brn_repro.experiments import figures as figures_of
-from brn_repro.loggers import PRIVATE_SETTINGS, resolve_wandb_mode, wandb_run_id
+from brn_repro.loggers import PRIVATE_SETTINGS, resolve_wandb_mode
+from brn_repro.records import read_summary
 
 # Runs of a profile are grouped by these, in order, in the workspace and the report. Config
 # keys are named by their path in the nested config WandbLogger logs; wandb_workspaces adds
@@ -142,11 +143,15 @@ def build_report(entity: str, project: str, profile: str, claims: list, verdict_
 
 def _retag(api, entity: str, project: str, runs: pd.DataFrame) -> int:
     """Online: each W&B run tagged with every experiment its record serves (a run trained
-    for one experiment and shared by another learns the second here)."""
+    for one experiment and shared by another learns the second here). The W&B run is the
+    one of the record's finished training (its summary's ``attempt_id``)."""
     changed = 0
     for run_dir, rows in runs.groupby("run_dir"):
+        attempt_id = (read_summary(Path(run_dir) / "summary.json") or {}).get("attempt_id")
+        if attempt_id is None:  # unfinished, or trained before W&B ids were attempt ids
+            continue
         try:
-            run = api.run(f"{entity}/{project}/{wandb_run_id(Path(run_dir).name)}")
+            run = api.run(f"{entity}/{project}/{attempt_id}")
         except Exception:  # noqa: BLE001 (wandb raises several kinds for "no such run")
             continue
         tags = sorted(set(run.tags) | set(rows["experiment"]))

@@ -62,6 +62,7 @@ def test_two_job_multirun_gives_two_records_and_two_wandb_runs_equal_to_them(tmp
         assert state["summary"]["test_acc"]["last"] == summary["test_acc"]
         assert state["config"]["norm"]["name"] == run_dir.name.split("-")[0]  # nested, as W&B wants it
         assert state["config"]["data"]["per_worker_batch"] == 4
+        assert sync_dir.name.endswith(f"-{summary['attempt_id']}")  # the training's id, in its summary
     assert len(ids) == 2
 
 

@@ -277,9 +277,10 @@ def test_one_sync_line_covers_every_offline_run(tmp_path):
     assert f"wandb sync {tmp_path}/*/wandb/offline-run-*  |" in line
 
 
-def test_online_retagging_adds_every_experiment_a_record_serves():
+def test_online_retagging_adds_every_experiment_a_record_serves(tmp_path):
     """The public-API step of an online aggregate, against a stand-in API: a run trained
-    for fig2 and shared by fig3 learns the second tag; a run already complete is left."""
+    for fig2 and shared by fig3 learns the second tag; a run already complete is left. A
+    record's W&B run is its summary's training (``attempt_id``), not its directory's name."""
     import pandas as pd
 
     from brn_repro.dashboard import _retag
@@ -293,19 +294,27 @@ def test_online_retagging_adds_every_experiment_a_record_serves():
 
     class Api:
         def __init__(self):
-            self.runs = {"ent/proj/bn-pwb4x32-iid-s0-aaaa": Run(["fig2_small_batch"]),
-                         "ent/proj/bn-pwb4x32-noniid-s0-bbbb": Run(["fig3_noniid"])}
+            self.runs = {"ent/proj/attempt0aaaa": Run(["fig2_small_batch"]),
+                         "ent/proj/attempt0bbbb": Run(["fig3_noniid"])}
 
         def run(self, path):
             if path not in self.runs:
                 raise ValueError(f"no run {path}")
             return self.runs[path]
 
+    done = {"status": "completed", "test_acc": 80.0, "train_acc": 90.0, "steps_done": 10}
+    records = {"bn-pwb4x32-iid-s0-aaaa": "attempt0aaaa", "bn-pwb4x32-noniid-s0-bbbb": "attempt0bbbb",
+               "never-synced-cccc": "attempt0cccc", "unfinished-dddd": None}
+    for name, attempt_id in records.items():
+        (tmp_path / name).mkdir()
+        if attempt_id:
+            (tmp_path / name / "summary.json").write_text(json.dumps({**done, "attempt_id": attempt_id}))
     runs = pd.DataFrame([
-        {"run_dir": "runs/quick/bn-pwb4x32-iid-s0-aaaa", "experiment": "fig2_small_batch"},
-        {"run_dir": "runs/quick/bn-pwb4x32-iid-s0-aaaa", "experiment": "fig3_noniid"},
-        {"run_dir": "runs/quick/bn-pwb4x32-noniid-s0-bbbb", "experiment": "fig3_noniid"},
-        {"run_dir": "runs/quick/never-synced-cccc", "experiment": "fig1_baseline"}])
+        {"run_dir": str(tmp_path / "bn-pwb4x32-iid-s0-aaaa"), "experiment": "fig2_small_batch"},
+        {"run_dir": str(tmp_path / "bn-pwb4x32-iid-s0-aaaa"), "experiment": "fig3_noniid"},
+        {"run_dir": str(tmp_path / "bn-pwb4x32-noniid-s0-bbbb"), "experiment": "fig3_noniid"},
+        {"run_dir": str(tmp_path / "never-synced-cccc"), "experiment": "fig1_baseline"},
+        {"run_dir": str(tmp_path / "unfinished-dddd"), "experiment": "fig1_baseline"}])
     api = Api()
     assert _retag(api, "ent", "proj", runs) == 1
     shared, alone = api.runs.values()

@@ -23,7 +23,8 @@ from brn_repro.records import RecordError, RunRecord, read_config
 from brn_repro.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = ("images_per_second", "wall_seconds", "eval_seconds", "run_dir")
+# what differs between two trainings of one config: the clocks, where, and which training (attempt_id)
+TIMING = ("images_per_second", "wall_seconds", "eval_seconds", "run_dir", "attempt_id")
 
 
 def overrides(runs, data_root, *extra):
