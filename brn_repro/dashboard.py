@@ -33,18 +33,16 @@ import pandas as pd
 
 from brn_repro.experiments import claim_experiments
 from brn_repro.experiments import figures as figures_of
-from brn_repro.loggers import PRIVATE_SETTINGS, resolve_wandb_mode, wandb_run_id
+from brn_repro.loggers import PRIVATE_SETTINGS, resolve_wandb_mode
+from brn_repro.records import read_summary
 
-# Runs of a profile are grouped by these, in order, in the workspace and the report.
+# Runs of a profile are grouped by these, in order, in the workspace and the report. Config
+# keys are named by their path in the nested config WandbLogger logs; wandb_workspaces adds
+# W&B's ``.value`` where the server wants it (``config:data.value.per_worker_batch``).
 GROUP_BY = ("norm.name", "data.per_worker_batch", "sampler.name")
+# A top-level key: a filter's config key is sent without ``.value``, and W&B appends it at the end.
+PROFILE_KEY = "profile_name"
 OFFLINE_ENTITY = "your-entity"  # offline, objects are validated against a stand-in entity
-
-
-def _config_key(key: str) -> str:
-    """The backend name of a config key as WandbLogger logs it (flat and dotted: the value
-    sits under ``<key>.value``; wandb_workspaces would otherwise read ``norm.name`` as
-    the nested ``norm.value.name``)."""
-    return f"{key}.value"
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,7 @@ def _require_workspaces():
 
 def _report_panel(spec: PanelSpec, wr):
     if spec.kind == "scatter":
-        return wr.ScatterPlot(title=spec.title, x=wr.Config(_config_key(spec.x)), y=wr.SummaryMetric(spec.y[0]),
+        return wr.ScatterPlot(title=spec.title, x=wr.Config(spec.x), y=wr.SummaryMetric(spec.y[0]),
                               log_x=spec.log_x)
     return wr.LinePlot(title=spec.title, x=spec.x, y=list(spec.y))
 
@@ -108,8 +106,8 @@ def build_workspace(entity: str, project: str, profile: str, experiments: dict[s
         entity=entity, project=project, name=f"brn-repro {profile}", sections=sections,
         settings=ws.WorkspaceSettings(x_axis="step", max_runs=200),
         runset_settings=ws.RunsetSettings(
-            filters=ws.And(ws.Config(_config_key("profile_name")) == profile),
-            groupby=[ws.Metric("Group"), *(ws.Config(_config_key(key)) for key in GROUP_BY)]),
+            filters=ws.And(ws.Config(PROFILE_KEY) == profile),
+            groupby=[ws.Metric("Group"), *(ws.Config(key) for key in GROUP_BY)]),
     )
 
 
@@ -134,8 +132,8 @@ def build_report(entity: str, project: str, profile: str, claims: list, verdict_
             runset = wr.Runset(entity=entity if online else "", project=project if online else "",
                                name=experiment,
                                filters=ws.And(ws.Tags().isin([experiment]),
-                                              ws.Config(_config_key("profile_name")) == profile),
-                               groupby=[f"config.{_config_key(key)}" for key in GROUP_BY])
+                                              ws.Config(PROFILE_KEY) == profile),
+                               groupby=[f"config.{key}" for key in GROUP_BY])
             blocks.append(wr.PanelGrid(runsets=[runset],
                                        panels=[_report_panel(p, wr) for p in experiments[experiment]]))
     return wr.Report(project=project, entity=entity, title=f"brn-repro: {profile} reproduction",
@@ -145,11 +143,15 @@ def build_report(entity: str, project: str, profile: str, claims: list, verdict_
 
 def _retag(api, entity: str, project: str, runs: pd.DataFrame) -> int:
     """Online: each W&B run tagged with every experiment its record serves (a run trained
-    for one experiment and shared by another learns the second here)."""
+    for one experiment and shared by another learns the second here). The W&B run is the
+    one of the record's finished training (its summary's ``attempt_id``)."""
     changed = 0
     for run_dir, rows in runs.groupby("run_dir"):
+        attempt_id = (read_summary(Path(run_dir) / "summary.json") or {}).get("attempt_id")
+        if attempt_id is None:  # unfinished, or trained before W&B ids were attempt ids
+            continue
         try:
-            run = api.run(f"{entity}/{project}/{wandb_run_id(Path(run_dir).name)}")
+            run = api.run(f"{entity}/{project}/{attempt_id}")
         except Exception:  # noqa: BLE001 (wandb raises several kinds for "no such run")
             continue
         tags = sorted(set(run.tags) | set(rows["experiment"]))

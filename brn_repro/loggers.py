@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import netrc
 import os
-import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,7 +39,7 @@ __all__ = [
     "LOGGERS",
     "build_logger",
     "progress_bar",
-    "wandb_run_id",
+    "wandb_config",
     "flatten_config",
     "has_wandb_credentials",
     "resolve_wandb_mode",
@@ -87,11 +86,11 @@ class NullLogger:
 
 
 def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten a nested config into dotted keys (``norm.name``, ``optim.lr``), secrets dropped.
+    """Flatten a nested config into dotted keys (``norm.name``, ``optim.lr``), secrets dropped:
+    the columns of runs.csv. (W&B takes the config nested: :func:`wandb_config`.)
 
-    W&B can group and filter runs only by top-level config keys, so the nested
-    Hydra config is logged flat. Lists stay as values (``train.step_milestones``
-    keeps ``[0.5, 0.75]``); empty sub-dicts produce no key.
+    Lists stay as values (``train.step_milestones`` keeps ``[0.5, 0.75]``); empty
+    sub-dicts produce no key.
     """
     flat: dict[str, Any] = {}
     for key, value in scrub(cfg).items():
@@ -101,6 +100,16 @@ def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
+
+
+def wandb_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as W&B takes it: nested as Hydra composed it, secrets dropped, values JSON's.
+
+    W&B stores each top-level key as ``{"value": ...}`` and shows nested keys dotted
+    (``data.per_worker_batch``), its server path ``config.data.value.per_worker_batch``:
+    what ``wandb_workspaces`` builds from ``Config("data.per_worker_batch")``.
+    """
+    return _jsonable(scrub(cfg))
 
 
 def _jsonable(value: Any) -> Any:
@@ -197,13 +206,6 @@ BEST_AND_LAST = ("test_acc", "train_acc", "minibatch_stats_acc")
 DIVERGED_TAG = "diverged"
 
 
-def wandb_run_id(run_dir_name: str) -> str:
-    """The W&B run id of a run record: its directory name (the run's identity), in the
-    characters W&B ids allow. A resumed run, or a later ``train.stop_at_step`` chunk,
-    continues the same W&B run."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", run_dir_name)[-64:]
-
-
 def is_per_layer(key: str) -> bool:
     """``norm/<layer>/r_clip_frac``, ``ema_error/<layer>/mean``, ... (the means over layers,
     ``norm/mean/...`` and ``ema_error/mean``, are not): hidden from W&B's automatic panels,
@@ -213,15 +215,16 @@ def is_per_layer(key: str) -> bool:
 
 
 class WandbLogger:
-    """One W&B run per run record: same id across resumes and chunks, metrics against the step.
+    """One W&B run per training attempt: same id across resumes and chunks, metrics against the step.
 
-    ``run_id`` is derived from the record's identity (:func:`wandb_run_id`) and the run
-    is opened with ``resume="allow"``, so an interrupted run that resumes from its
-    checkpoint (or the next ``train.stop_at_step`` chunk) appends to the same W&B run;
-    offline, each call writes its own ``offline-run-*`` directory with that id and
-    ``wandb sync`` uploads them in order as one run. W&B keeps the first value logged at
-    a step, so steps re-trained after a resume (between the checkpoint and the crash)
-    keep their first values there; the local record holds the re-trained ones.
+    ``run_id`` is the record's attempt id (``RunRecord.attempt_id``: new whenever the record
+    trains from step 0, kept in its checkpoint) and the run is opened with ``resume="allow"``,
+    so an interrupted run that resumes from its checkpoint (or the next ``train.stop_at_step``
+    chunk) appends to the same W&B run, and a record trained again from step 0 (damaged, or
+    deleted after a fix) is a new W&B run; offline, each call writes its own ``offline-run-*``
+    directory with that id and ``wandb sync`` uploads them in order as one run. W&B keeps the
+    first value logged at a step, so steps re-trained after a resume (between the checkpoint
+    and the crash) keep their first values there; the local record holds the re-trained ones.
     ``reinit="finish_previous"`` makes every construction a fresh run even when Hydra
     multirun executes several jobs in one process.
     """
@@ -250,7 +253,6 @@ class WandbLogger:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)  # wandb falls back to a temp dir otherwise
         self.mode = resolve_wandb_mode(mode, run_dir=run_dir)
-        flat_config = {key: _jsonable(value) for key, value in flatten_config(config).items()}
         self._run = wandb.init(
             project=project,
             entity=entity,
@@ -261,7 +263,7 @@ class WandbLogger:
             resume="allow" if run_id else None,
             tags=list(tags) if tags else None,
             notes=notes,
-            config=flat_config,
+            config=wandb_config(config),
             dir=str(run_dir),
             mode=self.mode,
             reinit="finish_previous",

@@ -172,6 +172,7 @@ def summarize(progress: Progress, config: dict[str, Any], record: RunRecord, glo
         "status": progress.status,
         "name": run_name(config),
         "run_dir": str(record.dir),
+        "attempt_id": record.attempt_id,  # the W&B run's id: this training from step 0
         "steps_done": steps_done,
         "diverged_step": progress.diverged_step,
         "test_acc": progress.last.get("test_acc") if completed else None,

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,9 +61,11 @@ EXECUTION_KEYS = (
 # The recipe's values count where norms and samplers read them, not where they are set.
 NON_IDENTITY_KEYS = ("experiment", "git_commit", "profile_name", "recipe", "tags", "notes", "group",
                      *EXECUTION_KEYS)
-# "run": the directory name (identity) of the run that wrote it, so no run resumes another's
-CHECKPOINT_KEYS = {"run", "step", "best_test_acc", "wall_seconds", "model", "optimizer", "scheduler", "data", "ema",
-                   "kernels", "kernels_mixed"}
+# "run": the directory name (identity) of the run that wrote it, so no run resumes another's;
+# "attempt_id" beside them: the training from step 0 it continues (RunRecord.attempt_id; a
+# checkpoint older than it resumes under a new one)
+CHECKPOINT_KEYS = {"run", "step", "best_test_acc", "wall_seconds", "model", "optimizer", "scheduler",
+                   "data", "ema", "kernels", "kernels_mixed"}
 # Under paths.runs: each experiment's planned runs, experiments/<name>.json (scripts/reproduce.py
 # writes it whole; one file per experiment, so reproductions of different experiments never
 # race). A run can serve several experiments and several split-blind conditions.
@@ -200,6 +203,9 @@ class RunRecord:
         self._lease: Lease | None = None
         self._said_damaged = False
         self._start_afresh = False  # a summary whose config or metrics do not read back
+        # This training from step 0 (``start``), kept across resumes (``resume``): the W&B run's id,
+        # so a record trained again never appends to the W&B run of an earlier training. Rank 0's.
+        self.attempt_id: str | None = None
 
     # --- state -----------------------------------------------------------------
     def summary(self) -> dict[str, Any] | None:
@@ -296,6 +302,8 @@ class RunRecord:
                 state = None
         if state is None:
             self.start()
+        else:
+            self.attempt_id = state.get("attempt_id") or uuid.uuid4().hex[:12]
         return state
 
     def check_threads(self) -> None:
@@ -324,8 +332,10 @@ class RunRecord:
     # --- writing ---------------------------------------------------------------
     @_rank_zero
     def start(self) -> None:
-        """A fresh record: the config, and no metrics, checkpoint or summary of an earlier try."""
+        """A fresh record: the config, a new attempt id, and no metrics, checkpoint or summary
+        of an earlier try."""
         self._check_lease()
+        self.attempt_id = uuid.uuid4().hex[:12]
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
             for earlier in (self.metrics_path, self.checkpoint_path, self.summary_path):
@@ -377,7 +387,8 @@ class RunRecord:
 
     @_rank_zero
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        self._write(self.checkpoint_path, lambda tmp: torch.save({**state, "run": self.dir.name}, tmp))
+        ours = {"run": self.dir.name, "attempt_id": self.attempt_id}
+        self._write(self.checkpoint_path, lambda tmp: torch.save({**state, **ours}, tmp))
 
     def load_checkpoint(self) -> dict[str, Any]:
         try:

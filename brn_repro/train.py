@@ -58,7 +58,7 @@ from brn_repro.evaluate import (
     sum_over_processes,
 )
 from brn_repro.lease import LockError
-from brn_repro.loggers import RunLogger, build_logger, progress_bar, wandb_run_id
+from brn_repro.loggers import RunLogger, build_logger, progress_bar
 from brn_repro.loop import FirstNonFinite, Training, finish, resume, save_checkpoint, summarize
 from brn_repro.models import as_layout, build_model, check_model_input
 from brn_repro.norm import norm_diagnostics
@@ -203,14 +203,19 @@ def stop_signalled(step: int, every: int, ctx: distributed.Context, device: torc
 
 
 def open_logger(config: dict[str, Any], cfg: RunConfig, record: RunRecord, ctx: distributed.Context) -> RunLogger:
-    """One W&B run per record (same id across resumes), grouped by profile and experiment,
-    tagged with every experiment the run serves; rank 0 logs for all."""
+    """One W&B run per training of the record from step 0 (its attempt id: same across resumes,
+    new when trained again), grouped by profile and experiment, tagged with every experiment
+    the run serves, the record's identity in its config as ``record``; rank 0 logs for all.
+    The user's ``tags`` / ``notes`` / ``group`` (top-level keys) are added, ``logger.*`` winning."""
     options = dict(cfg.logger.options)
-    tags = [*record.experiments(), *(options.pop("tags", None) or [])]  # the user's logger.tags added
-    group = options.pop("group", None) or f"{cfg.profile_name}/{cfg.experiment}"
-    return build_logger(cfg.logger.name, main=ctx.is_main, config=public_config(config), run_dir=record.dir,
-                        run_name=run_name(config), run_id=wandb_run_id(record.dir.name), group=group,
-                        tags=tags, **options)
+    tags = record.experiments()
+    for extra in (config.get("tags"), options.pop("tags", None)):  # the user's: top-level, then logger.tags
+        tags += [extra] if isinstance(extra, str) else list(extra or [])
+    options["notes"] = options.get("notes") or config.get("notes")
+    group = options.pop("group", None) or config.get("group") or f"{cfg.profile_name}/{cfg.experiment}"
+    return build_logger(cfg.logger.name, main=ctx.is_main, config={**public_config(config), "record": record.dir.name},
+                        run_dir=record.dir, run_name=run_name(config), run_id=record.attempt_id, group=group,
+                        tags=list(dict.fromkeys(tags)), **options)
 
 
 def metrics_row(step: int, loss: torch.Tensor, accuracies: dict[str, float], images_per_second: float,

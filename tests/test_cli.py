@@ -60,8 +60,9 @@ def test_two_job_multirun_gives_two_records_and_two_wandb_runs_equal_to_them(tmp
         state = read_final_state(wandb_file)
         summary = json.loads((run_dir / "summary.json").read_text())
         assert state["summary"]["test_acc"]["last"] == summary["test_acc"]
-        assert state["config"]["norm.name"] == run_dir.name.split("-")[0]
-        assert state["config"]["data.per_worker_batch"] == 4
+        assert state["config"]["norm"]["name"] == run_dir.name.split("-")[0]  # nested, as W&B wants it
+        assert state["config"]["data"]["per_worker_batch"] == 4
+        assert sync_dir.name.endswith(f"-{summary['attempt_id']}")  # the training's id, in its summary
     assert len(ids) == 2
 
 

@@ -1,16 +1,21 @@
 """The W&B dashboard built in code, without network: the workspace and report objects
-validate and hold what REPORT.md holds; offline, the aggregate run carries results/ as an
-artifact and the command says what it would save; one sync line covers every run."""
+validate and hold what REPORT.md holds, and every key they name is one a training run logs;
+offline, the aggregate run carries results/ as an artifact and the command says what it
+would save; one sync line covers every run."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from test_aggregate import make_all_experiments
+from test_train import make_config
 from test_wandb_logger import offline_env, read_records  # noqa: F401 (fixture)
+from test_wandb_runs import offline_runs
 
 from brn_repro.aggregate import condition_columns, load_runs, summarize
 from brn_repro.claims import evaluate_claims
 from brn_repro.dashboard import (
+    PANELS,
     PanelSpec,
     build_report,
     build_workspace,
@@ -18,7 +23,10 @@ from brn_repro.dashboard import (
     offline_sync_line,
     publish,
 )
+from brn_repro.experiments import claim_experiments
+from brn_repro.records import RunRecord, write_membership
 from brn_repro.report import claims_table
+from brn_repro.train import run
 
 pytest.importorskip("wandb_workspaces")
 
@@ -73,14 +81,14 @@ def test_workspace_validates_offline_with_one_section_per_experiment(aggregated)
     assert [s.name for s in workspace.sections] == sorted(panels)
     assert all(s.is_open for s in workspace.sections)
     assert [len(s.panels) for s in workspace.sections] == [len(p) for p in panels.values()]
-    # the profile's runs only, grouped by experiment (W&B group), norm and per-worker batch,
-    # with the flat config keys WandbLogger logs (``norm.name`` holds {"value": ...})
+    # the profile's runs only, grouped by experiment (W&B group), norm and per-worker batch:
+    # the nested config WandbLogger logs, ``.value`` after the top-level key (W&B's envelope)
     filters = view.spec.section.run_sets[0].model_dump(by_alias=True, mode="json")["filters"]
-    assert filters["filters"][0]["key"] == {"section": "config", "name": "profile_name.value"}
+    assert filters["filters"][0]["key"] == {"section": "config", "name": "profile_name"}
     assert filters["filters"][0]["value"] == "quick"
     grouping = view.spec.section.run_sets[0].model_dump(by_alias=True, mode="json")["grouping"]
     assert [g["name"] for g in grouping] == [
-        "group", "norm.name.value", "data.per_worker_batch.value", "sampler.name.value"]
+        "group", "norm.value.name", "data.value.per_worker_batch", "sampler.value.name"]
     assert workspace.name == "brn-repro quick"
 
 
@@ -101,10 +109,123 @@ def test_report_mirrors_the_verdict_table_with_a_grid_per_claim(aggregated):
         wire = runset._to_model().model_dump(by_alias=True, mode="json")
         tags, profile = wire["filters"]["filters"]
         assert (tags["key"]["name"], tags["op"], tags["value"]) == ("tags", "IN", [runset.name])
-        assert (profile["key"]["name"], profile["value"]) == ("profile_name.value", "quick")
+        assert (profile["key"]["name"], profile["value"]) == ("profile_name", "quick")
     headings = [b.text for b in report.blocks if type(b).__name__ == "H2"]
     assert headings == [f"Claim {c.key}: {c.verdict}" for c in claims]
     assert "fig3_noniid" in text
+
+
+def serialized_keys(spec) -> list[tuple[str, object]]:
+    """Every key a serialized workspace or report names: ("filter", filter), ("key", run-set
+    key: grouping, sort), ("panel", a panel's axis or metric string)."""
+    found = []
+
+    def walk(node, field=""):
+        if isinstance(node, dict):
+            if isinstance(node.get("key"), dict) and "op" in node:
+                found.append(("filter", node))
+                return
+            if {"section", "name"} <= node.keys():
+                found.append(("key", node))
+                return
+            for name, value in node.items():
+                walk(value, name)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, field)
+        elif isinstance(node, str) and field in ("xAxis", "yAxis", "zAxis", "metrics", "groupBy"):
+            found.append(("panel", node))
+
+    walk(spec)
+    return found
+
+
+def resolve(tree, path: str):
+    """``path``'s value in ``tree`` as W&B reads a dotted server path: a segment may be a
+    key holding dots itself (a config logged flat); KeyError when nothing is there."""
+    if not path:
+        return tree
+    segments = path.split(".")
+    for end in range(1, len(segments) + 1):
+        head = ".".join(segments[:end])
+        if isinstance(tree, dict) and head in tree:
+            try:
+                return resolve(tree[head], ".".join(segments[end:]))
+            except KeyError:
+                continue
+    raise KeyError(path)
+
+
+@pytest.fixture
+def logged_run(offline_env, tiny_fashion_mnist):  # noqa: F811
+    """What a tiny offline training run logs to W&B (BRN: every panel's metric), serving the
+    experiment of every claim: its config as W&B's server stores it (each top-level key in a
+    ``{"value": ...}`` envelope), summary, history keys and run attributes."""
+    runs = offline_env / "runs"
+    config = make_config(runs, tiny_fashion_mnist, "logger=wandb", "norm=brn", "train.steps=4",
+                         "train.eval_every=2", "train.checkpoint_every=4", "norm.relax_start=0")
+    for experiment in set(claim_experiments().values()):
+        write_membership(runs, experiment, [config])
+    assert run(config)["status"] == "completed"
+    ((state, records),) = offline_runs(RunRecord(runs, config).dir)
+    (run_record,) = [r["run"] for r in records if r["type"] == "run"]
+    history = {key for r in records if r["type"] == "history" for key in r["history"]["item"]}
+    return SimpleNamespace(config={k: {"value": v} for k, v in state["config"].items()},
+                           summary=state["summary"], history=history, profile=config["profile_name"],
+                           run={"group": run_record["run_group"], "tags": state["tags"],
+                                "createdAt": state["start_time"]})
+
+
+def check_logged(kind: str, item, logged) -> str | None:
+    """Why ``item`` names nothing the run logged (or its filter leaves the run out); None if it does."""
+    if kind == "panel":
+        section, _, name = item.rpartition(":")
+        tree = {"config": logged.config, "summary": logged.summary}.get(section)
+        if tree is None:  # no section: a history metric (a line plot's y, its x)
+            return None if item in logged.history else f"{item}: not in the history {sorted(logged.history)}"
+    else:
+        key = item["key"] if kind == "filter" else item
+        section, name = key["section"], key["name"]
+        if section == "run":
+            value = logged.run.get(name)
+            if not value:
+                return f"run:{name}: not a run attribute logged"
+            if kind == "filter" and not set(item["value"]) & set(value):  # tags IN [...]
+                return f"filter {name} {item['op']} {item['value']}: leaves the run ({value}) out"
+            return None
+        # a filter's config key is the frontend's name (W&B appends .value); the rest are server paths
+        tree, name = logged.config, f"{name}.value" if kind == "filter" else name
+    try:
+        value = resolve(tree, name)
+    except KeyError:
+        return f"{section}:{name}: nothing the run logged"
+    if isinstance(value, dict):
+        return f"{section}:{name}: a section of the {section}, not a value"
+    if kind == "filter" and (item["op"], item["value"]) != ("=", value):
+        return f"filter {section}:{name} {item['op']} {item['value']!r}: leaves the run ({value!r}) out"
+    return None
+
+
+def test_every_key_of_the_workspace_and_report_is_one_a_training_run_logs(logged_run):
+    """The dashboard's key paths, serialized as wandb_workspaces sends them, against a real
+    offline run: a panel over a key W&B does not hold is empty on the server, and nothing
+    offline would say so (the per-worker-batch scatter's x once was
+    ``config:data.value.per_worker_batch.value``, of a config logged flat)."""
+    deciding = claim_experiments()
+    experiments = {name: list(PANELS.values()) for name in sorted(set(deciding.values()))}
+    claims = [SimpleNamespace(key=key, verdict="reproduced", text="claim", primary="test") for key in deciding]
+    workspace = build_workspace("someone", "brn-repro", logged_run.profile, experiments)
+    report = build_report("someone", "brn-repro", logged_run.profile, claims, ["| verdicts |"], experiments,
+                          online=False)
+    keys = [found for model in (workspace._to_model(), report._to_model())
+            for found in serialized_keys(model.model_dump(by_alias=True, mode="json"))]
+    assert {"config:data.value.per_worker_batch", "summary:test_acc.last", "norm/mean/r_clip_frac"} <= {
+        item for kind, item in keys if kind == "panel"}
+    assert {(k["section"], k["name"]) for kind, k in keys if kind == "key"} >= {
+        ("run", "group"), ("config", "norm.value.name"), ("config", "data.value.per_worker_batch")}
+    assert sum(kind == "filter" for kind, _ in keys) == 1 + 2 * len(claims)  # profile; each grid: tag, profile
+    problems = {problem for kind, item in keys if (problem := check_logged(kind, item, logged_run))}
+    assert not problems, sorted(problems)
 
 
 def test_offline_aggregate_logs_results_as_an_artifact_and_says_what_it_would_save(
@@ -156,9 +277,10 @@ def test_one_sync_line_covers_every_offline_run(tmp_path):
     assert f"wandb sync {tmp_path}/*/wandb/offline-run-*  |" in line
 
 
-def test_online_retagging_adds_every_experiment_a_record_serves():
+def test_online_retagging_adds_every_experiment_a_record_serves(tmp_path):
     """The public-API step of an online aggregate, against a stand-in API: a run trained
-    for fig2 and shared by fig3 learns the second tag; a run already complete is left."""
+    for fig2 and shared by fig3 learns the second tag; a run already complete is left. A
+    record's W&B run is its summary's training (``attempt_id``), not its directory's name."""
     import pandas as pd
 
     from brn_repro.dashboard import _retag
@@ -172,19 +294,27 @@ def test_online_retagging_adds_every_experiment_a_record_serves():
 
     class Api:
         def __init__(self):
-            self.runs = {"ent/proj/bn-pwb4x32-iid-s0-aaaa": Run(["fig2_small_batch"]),
-                         "ent/proj/bn-pwb4x32-noniid-s0-bbbb": Run(["fig3_noniid"])}
+            self.runs = {"ent/proj/attempt0aaaa": Run(["fig2_small_batch"]),
+                         "ent/proj/attempt0bbbb": Run(["fig3_noniid"])}
 
         def run(self, path):
             if path not in self.runs:
                 raise ValueError(f"no run {path}")
             return self.runs[path]
 
+    done = {"status": "completed", "test_acc": 80.0, "train_acc": 90.0, "steps_done": 10}
+    records = {"bn-pwb4x32-iid-s0-aaaa": "attempt0aaaa", "bn-pwb4x32-noniid-s0-bbbb": "attempt0bbbb",
+               "never-synced-cccc": "attempt0cccc", "unfinished-dddd": None}
+    for name, attempt_id in records.items():
+        (tmp_path / name).mkdir()
+        if attempt_id:
+            (tmp_path / name / "summary.json").write_text(json.dumps({**done, "attempt_id": attempt_id}))
     runs = pd.DataFrame([
-        {"run_dir": "runs/quick/bn-pwb4x32-iid-s0-aaaa", "experiment": "fig2_small_batch"},
-        {"run_dir": "runs/quick/bn-pwb4x32-iid-s0-aaaa", "experiment": "fig3_noniid"},
-        {"run_dir": "runs/quick/bn-pwb4x32-noniid-s0-bbbb", "experiment": "fig3_noniid"},
-        {"run_dir": "runs/quick/never-synced-cccc", "experiment": "fig1_baseline"}])
+        {"run_dir": str(tmp_path / "bn-pwb4x32-iid-s0-aaaa"), "experiment": "fig2_small_batch"},
+        {"run_dir": str(tmp_path / "bn-pwb4x32-iid-s0-aaaa"), "experiment": "fig3_noniid"},
+        {"run_dir": str(tmp_path / "bn-pwb4x32-noniid-s0-bbbb"), "experiment": "fig3_noniid"},
+        {"run_dir": str(tmp_path / "never-synced-cccc"), "experiment": "fig1_baseline"},
+        {"run_dir": str(tmp_path / "unfinished-dddd"), "experiment": "fig1_baseline"}])
     api = Api()
     assert _retag(api, "ent", "proj", runs) == 1
     shared, alone = api.runs.values()

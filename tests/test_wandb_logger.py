@@ -60,6 +60,18 @@ EXPECTED_FLAT = {
     "wandb.project": "brn-repro",
     "hub.repo": "x/y",
 }
+# What W&B holds of NESTED_CONFIG: the same nesting, the secrets left out.
+EXPECTED_CONFIG = {
+    "experiment": "brn_small_batch",
+    "seed": 3,
+    "norm": {"name": "brn", "r_max": 3.0, "d_max": 5.0, "momentum": 0.01},
+    "data": {"per_worker_batch": 4, "workers": 8},
+    "optim": {"name": "sgd", "lr": 0.1, "nesterov": True},
+    "train": {"steps": 20, "step_milestones": [0.5, 0.75], "ema_decay": None},
+    "passage": "none",
+    "wandb": {"project": "brn-repro"},
+    "hub": {"repo": "x/y"},
+}
 # (step, metrics) as the runner would log them: train loss and eval accuracy in separate calls.
 LOGGED = [
     (0, {"loss": 2.25}),
@@ -255,7 +267,7 @@ def test_offline_run_reads_back_with_wandb_reader(offline_env):
 
     state = read_final_state(wandb_file)
     config = {k: v for k, v in state["config"].items() if not k.startswith("_")}
-    assert config == EXPECTED_FLAT
+    assert config == EXPECTED_CONFIG  # nested, as W&B wants it: no dotted keys
     # The final summary wins over the last history row (loss 0.75 logged at step 20); the
     # accuracy keeps its best and last values (define_metric summary="max,last").
     assert {k: state["summary"][k] for k in ("status", "loss", "steps_done")} == {

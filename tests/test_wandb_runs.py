@@ -1,6 +1,7 @@
-"""W&B runs are the run records: one W&B run per record across an interruption, with
-its group, job type, tags, commit; a diverged run tagged and failed; per-layer metrics
-hidden. Offline runs read back with wandb's own reader (``wandb leet inspect``)."""
+"""W&B runs are the run records' trainings: one W&B run per record across an interruption,
+a new one when the record trains again from step 0, with its group, job type, tags, commit
+and the record's identity; a diverged run tagged and failed; per-layer metrics hidden.
+Offline runs read back with wandb's own reader (``wandb leet inspect``)."""
 
 import json
 import os
@@ -12,7 +13,6 @@ import pytest
 from test_train import make_config
 from test_wandb_logger import offline_env, read_final_state, read_records  # noqa: F401 (fixture)
 
-from brn_repro.loggers import wandb_run_id
 from brn_repro.provenance import ROOT, git_commit
 from brn_repro.records import RunRecord, write_membership
 from brn_repro.train import run
@@ -21,10 +21,10 @@ from brn_repro.train import run
 def offline_runs(run_dir: Path) -> list:
     """(state, records) of each offline W&B run under a run directory, oldest first."""
     out = []
-    for sync_dir in sorted((run_dir / "wandb").glob("offline-run-*")):
+    for sync_dir in (run_dir / "wandb").glob("offline-run-*"):
         (wandb_file,) = sync_dir.glob("run-*.wandb")
         out.append((read_final_state(wandb_file), read_records(wandb_file)))
-    return out
+    return sorted(out, key=lambda run: run[0]["start_time"])  # names sort by id within a second
 
 
 def head_commit() -> str:
@@ -46,16 +46,20 @@ def test_an_interrupted_run_is_one_wandb_run_with_its_group_tags_and_commit(
     for name in ("fig2_small_batch", "fig3_noniid"):
         write_membership(runs, name, [config])
     resumed = {**config, "train": {**config["train"], "stop_at_step": None}}
-    assert run(resumed)["status"] == "completed"
+    summary = run(resumed)
+    assert summary["status"] == "completed"
 
     (first, first_records), (second, second_records) = offline_runs(record.dir)
-    expected_id = wandb_run_id(record.dir.name)
-    assert first["run_id"] == second["run_id"] == expected_id
+    # the training's id, from its checkpoint on resume, in the summary: not the record's identity
+    assert first["run_id"] == second["run_id"] == summary["attempt_id"] != record.dir.name
+    assert json.loads(record.summary_path.read_text())["attempt_id"] == summary["attempt_id"]
     for state, records in ((first, first_records), (second, second_records)):
         (run_record,) = [r["run"] for r in records if r["type"] == "run"]
         assert run_record["run_group"] == "quick/fig2_small_batch"
         assert run_record["job_type"] == "train"
         assert state["config"]["git_commit"].split("+")[0] == head_commit()
+        assert state["config"]["record"] == record.dir.name  # the record's identity, to find its runs
+        assert state["config"]["data"]["per_worker_batch"] == 4  # nested, as W&B wants it
     assert sorted(first["tags"]) == ["fig2_small_batch"]
     assert sorted(second["tags"]) == ["fig2_small_batch", "fig3_noniid"]
     steps = [[r["history"]["step"]["num"] for r in records if r["type"] == "history"]
@@ -105,7 +109,8 @@ def test_make_reproduce_wandb_offline_leaves_one_wandb_run_per_record(offline_en
     assert len(records) == 4
     for record_dir in records:
         ((state, wandb_records),) = offline_runs(record_dir)
-        assert state["run_id"] == wandb_run_id(record_dir.name)
+        assert state["run_id"] == json.loads((record_dir / "summary.json").read_text())["attempt_id"]
+        assert state["config"]["record"] == record_dir.name
         (run_record,) = [r["run"] for r in wandb_records if r["type"] == "run"]
         shared = "-iid-" in record_dir.name  # trained for fig2, also fig3's i.i.d. arm
         assert sorted(state["tags"]) == (["fig2_small_batch", "fig3_noniid"] if shared
@@ -117,6 +122,29 @@ def test_make_reproduce_wandb_offline_leaves_one_wandb_run_per_record(offline_en
         f"{runs}/*/wandb/offline-run-* {runs}/wandb/offline-run-*  | view in the terminal: "
         f"wandb leet {records[0] / 'wandb'}"]
     assert "would save workspace 'brn-repro quick'" in done.stdout
+
+
+@pytest.mark.parametrize("how", ["deleted", "damaged"])
+def test_a_record_trained_again_from_step_0_is_a_new_wandb_run(offline_env, tiny_fashion_mnist, how):  # noqa: F811
+    """A retrain (the record deleted after a code fix, or a damaged checkpoint) never appends
+    to the W&B run of the earlier training, which W&B would cut to its steps past the last."""
+    runs = offline_env / "runs"
+    config = make_config(runs, tiny_fashion_mnist, "logger=wandb", "train.steps=10", "train.eval_every=5",
+                         "train.checkpoint_every=5", "train.stop_at_step=5")
+    record = RunRecord(runs, config)
+    assert run(config)["status"] == "stopped"
+    if how == "deleted":  # the record's files; its W&B directory stays, to compare
+        for path in (record.metrics_path, record.checkpoint_path, record.config_path):
+            path.unlink()
+    else:
+        record.checkpoint_path.write_bytes(b"not a checkpoint")
+    summary = run({**config, "train": {**config["train"], "stop_at_step": None}})
+    assert summary["status"] == "completed"
+    (first, _), (second, second_records) = offline_runs(record.dir)
+    assert first["run_id"] != second["run_id"] == summary["attempt_id"]
+    assert first["config"]["record"] == second["config"]["record"] == record.dir.name
+    steps = [r["history"]["step"]["num"] for r in second_records if r["type"] == "history"]
+    assert steps == [5, 10]  # the new training from step 0, whole
 
 
 def test_users_logger_tags_group_and_notes_reach_the_wandb_run(offline_env, tiny_fashion_mnist):  # noqa: F811
@@ -131,6 +159,30 @@ def test_users_logger_tags_group_and_notes_reach_the_wandb_run(offline_env, tiny
     assert sorted(state["tags"]) == ["adhoc", "mine"]
     (run_record,) = [r["run"] for r in records if r["type"] == "run"]
     assert run_record["run_group"] == "my_group" and run_record["notes"] == "first try"
+
+
+@pytest.mark.parametrize("logger_group", [None, "logger_group"])
+def test_the_configs_tags_notes_and_group_reach_the_wandb_run_and_logger_options_win(
+        offline_env, tiny_fashion_mnist, logger_group):  # noqa: F811
+    """Top-level ``tags`` / ``notes`` / ``group`` of the config, where it has them: tags added to
+    the runner's and logger.tags, notes and group used unless logger.notes / logger.group say."""
+    from brn_repro.config import validate
+    from brn_repro.distributed import SINGLE_PROCESS
+    from brn_repro.train import open_logger
+
+    runs = offline_env / "runs"
+    config = make_config(runs, tiny_fashion_mnist, "logger=wandb", "+logger.notes=from logger",
+                         "+logger.tags=[mine]", *([f"+logger.group={logger_group}"] if logger_group else []))
+    record = RunRecord(runs, config)
+    record.attempt_id = "attempt0test"  # as RunRecord.start() or resume() leave it
+    theirs = {**config, "tags": ["theirs", "mine"], "notes": "from config", "group": "config_group"}
+    open_logger(theirs, validate(config), record, SINGLE_PROCESS).finish()
+    ((state, records),) = offline_runs(record.dir)
+    assert state["run_id"] == "attempt0test" and state["config"]["record"] == record.dir.name
+    assert sorted(state["tags"]) == ["adhoc", "mine", "theirs"]
+    (run_record,) = [r["run"] for r in records if r["type"] == "run"]
+    assert run_record["notes"] == "from logger"
+    assert run_record["run_group"] == (logger_group or "config_group")
 
 
 def test_an_unknown_logger_setting_is_one_line_naming_the_allowed_ones(tmp_path, tiny_fashion_mnist):
