@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from test_train import make_config
 from test_wandb_logger import offline_env, read_final_state, read_records  # noqa: F401 (fixture)
 
@@ -92,33 +93,37 @@ def test_a_diverged_run_is_tagged_and_failed_and_per_layer_metrics_are_hidden(
 
 @pytest.mark.slow  # ~90 s: make test-slow (the interrupted-run test above covers the logger)
 def test_make_reproduce_wandb_offline_leaves_one_wandb_run_per_record(offline_env, tiny_fashion_mnist):  # noqa: F811
-    """`make reproduce WANDB=1` in miniature: fig3_noniid's i.i.d. runs are fig2's, so the
-    two experiments hold 4 records; each is one offline W&B run tagged with both
-    experiments where it serves both, and one sync line covers them and the aggregate."""
+    """`make reproduce WANDB=1` in miniature: fig3_noniid's BN i.i.d. run is fig1's (BN reads
+    no BRN schedule; the BRN arms relax on their own), so the two experiments hold 5
+    records; each is one offline W&B run tagged with both experiments where it serves
+    both, and one sync line covers them and the aggregate."""
     runs, out = offline_env / "runs", offline_env / "results"
     command = [sys.executable, "scripts/reproduce.py", "--profile", "quick", "--jobs", "2", "--wandb",
-               "--experiments", "fig2_small_batch fig3_noniid", "--runs", str(runs),
+               "--experiments", "fig1_baseline fig3_noniid", "--runs", str(runs),
                "--out", str(out), f"dataset.root={tiny_fashion_mnist}",
                "dataset.download=false", "train.steps=6", "train.eval_every=3", "model.width=4",
                "train.checkpoint_every=6", "data.train_eval_size=100", "hydra.sweeper.params.seed=0",
+               # the tiny data set holds 5 images of its rarest label: a recipe of 8 x 4 (probe 9 x 4)
+               "recipe.noniid.labels_per_batch=8", "recipe.noniid.images_per_label=4",
+               "recipe.noniid.eval_labels=9", "recipe.noniid.eval_images=4",
                f"hydra.sweep.dir={offline_env / 'multirun'}"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env=os.environ.copy())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     records = sorted(p.parent for p in runs.glob("*/summary.json"))
-    assert len(records) == 4
+    assert len(records) == 5
     for record_dir in records:
         ((state, wandb_records),) = offline_runs(record_dir)
         assert state["run_id"] == json.loads((record_dir / "summary.json").read_text())["attempt_id"]
         assert state["config"]["record"] == record_dir.name
         (run_record,) = [r["run"] for r in wandb_records if r["type"] == "run"]
-        shared = "-iid-" in record_dir.name  # trained for fig2, also fig3's i.i.d. arm
-        assert sorted(state["tags"]) == (["fig2_small_batch", "fig3_noniid"] if shared
-                                         else ["fig3_noniid"])
-        assert run_record["run_group"] == ("quick/fig2_small_batch" if shared else "quick/fig3_noniid")
+        asked = yaml.safe_load((record_dir / "config.yaml").read_text())["experiment"]
+        shared = record_dir.name.startswith("bn-") and "-iid-" in record_dir.name
+        assert sorted(state["tags"]) == (["fig1_baseline", "fig3_noniid"] if shared else [asked])
+        assert run_record["run_group"] == f"quick/{asked}"
     sync_lines = [line for line in done.stdout.splitlines() if "wandb sync" in line]
     assert sync_lines == [
-        f"wandb: 4 training runs and the aggregate are offline; upload them with: wandb sync "
+        f"wandb: 5 training runs and the aggregate are offline; upload them with: wandb sync "
         f"{runs}/*/wandb/offline-run-* {runs}/wandb/offline-run-*  | view in the terminal: "
         f"wandb leet {records[0] / 'wandb'}"]
     assert "would save workspace 'brn-repro quick'" in done.stdout
