@@ -36,10 +36,10 @@ $(STAMP): pyproject.toml
 	@$(HAS_TORCH) || $(PYTHON) scripts/check_free_space.py $(VENV) --need-gb $(INSTALL_GB)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[harness,dev]'
 	@touch $@
 
-setup: $(STAMP)  ## create .venv and install the package (editable) with dev extras
+setup: $(STAMP)  ## create .venv and install the package (editable) with the harness and dev extras
 
 data: $(STAMP)  ## get the default dataset (Fashion-MNIST) and say where it is
 	$(BIN)/python scripts/get_data.py --dataset $(DATASET)

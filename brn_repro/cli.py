@@ -9,7 +9,8 @@ import re
 
 from omegaconf import OmegaConf
 
-from brn_repro.config import CONF_DIR, ConfigError
+from brn_repro.config import ConfigError
+from brn_repro.paths import CONF_DIR
 from brn_repro.schema import LEGACY_RECIPE, LEGACY_SPELLINGS
 
 

@@ -26,6 +26,7 @@ from brn_repro.loggers import logger_class
 from brn_repro.models import build_model, check_model_input
 from brn_repro.norm import build_norm, norm_spec
 from brn_repro.norm.registry import NormFactory
+from brn_repro.paths import CONF_DIR  # noqa: F401  (its old home, kept for code that imports it from here)
 from brn_repro.schema import (
     LEGACY_RECIPE,
     LEGACY_SPELLINGS,
@@ -58,8 +59,6 @@ OmegaConf.register_new_resolver("div", _divide, replace=True)
 OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b), replace=True)
 OmegaConf.register_new_resolver("scale", lambda a, f: int(round(float(a) * float(f))), replace=True)
 
-# The config directory brn_repro.train composes from (``@hydra.main(config_path="../conf")``).
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def resolve(cfg: DictConfig) -> dict[str, Any]:

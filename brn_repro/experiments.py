@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from brn_repro.paths import CONF_DIR
 
 # Figures every experiment gets (plots.FIGURES names the file stems); BRN's corrections
 # only where it has BRN runs, the moving averages' error where its norms keep them.

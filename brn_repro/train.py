@@ -36,7 +36,6 @@ from omegaconf import DictConfig, OmegaConf
 from brn_repro import distributed, kernels, signals, sweeps
 from brn_repro.cli import check_command_line, upgrade_command_line
 from brn_repro.config import (
-    CONF_DIR,
     ConfigError,
     apply_precision,
     build_lr_schedule,
@@ -62,6 +61,7 @@ from brn_repro.loggers import RunLogger, build_logger, progress_bar
 from brn_repro.loop import FirstNonFinite, Training, finish, resume, save_checkpoint, summarize
 from brn_repro.models import as_layout, build_model, check_model_input
 from brn_repro.norm import norm_diagnostics
+from brn_repro.paths import CONF_DIR
 from brn_repro.provenance import git_commit
 from brn_repro.records import RecordError, RunRecord, public_config, run_name
 from brn_repro.schema import RunConfig
@@ -315,8 +315,9 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
     return summary
 
 
-# conf/ by its absolute path: relative, Hydra would look for a module `conf` when called
-# as the console script (brn-train), whose task function is not in __main__
+# conf/ by its absolute path (brn_repro.paths: the checkout's, or the copy the wheel ships):
+# relative, Hydra would look for a module `conf` when called as the console script
+# (brn-train), whose task function is not in __main__
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """One run (Hydra calls it once per job of a sweep). Returns the final test accuracy,

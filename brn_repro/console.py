@@ -1,0 +1,23 @@
+"""``brn-train``, the console script: ``brn_repro.train``'s command line or, where the
+harness extra is not installed (``pip install brn_repro`` gives the layers alone), one
+line that says how to get it instead of an import traceback."""
+
+from __future__ import annotations
+
+import sys
+
+# The top-level modules of pyproject.toml's harness extra (the names they import by).
+HARNESS_MODULES = frozenset({"hydra", "hydra_plugins", "omegaconf", "submitit", "torchvision", "wandb", "pandas",
+                             "matplotlib", "seaborn", "tqdm", "timm", "scipy", "numpy", "yaml", "PIL"})
+HINT = "pip install 'brn_repro[harness]'"
+
+
+def brn_train() -> None:
+    try:
+        from brn_repro.train import cli
+    except ModuleNotFoundError as err:
+        missing = (err.name or "").partition(".")[0]
+        if missing not in HARNESS_MODULES:
+            raise
+        sys.exit(f"error: brn-train needs the harness, and {missing} is not installed: {HINT}")
+    cli()
