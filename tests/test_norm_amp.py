@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from brn_repro.norm import (
-    MABN2d,
     BatchNorm2d,
     BatchRenorm2d,
+    MABN2d,
     MovingAverageNorm2d,
 )
 
