@@ -13,7 +13,9 @@ SHAPES = [(16, 5), (8, 4, 7), (6, 3, 5, 5), (2, 4, 3, 3)]
 
 def make_layer(shape, r_max, d_max, running_mean, running_std, eps=1e-3, momentum=0.1):
     cls = BatchRenorm2d if len(shape) == 4 else BatchRenorm1d
-    layer = cls(shape[1], eps=eps, momentum=momentum, r_max=r_max, d_max=d_max).double()
+    # constant limits from the first step (the layer's default relaxes them from step 800)
+    layer = cls(shape[1], eps=eps, momentum=momentum, r_max=r_max, d_max=d_max,
+                r_max_end_step=None, d_max_end_step=None).double()
     with torch.no_grad():
         layer.weight.uniform_(0.5, 1.5)
         layer.bias.uniform_(-1, 1)
@@ -112,7 +114,8 @@ def test_inference_is_batchnorm_with_the_same_statistics():
 
 def test_moving_averages_after_k_steps_match_hand_computation():
     alpha, eps = 0.05, 1e-3
-    layer = BatchRenorm2d(3, eps=eps, momentum=alpha, r_max=2.0, d_max=1.0).double()
+    layer = BatchRenorm2d(3, eps=eps, momentum=alpha, r_max=2.0, d_max=1.0,
+                          r_max_end_step=None, d_max_end_step=None).double()
     mu, sigma = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
     for _ in range(7):
         x = torch.randn(5, 3, 4, 4, dtype=torch.float64) * 3 + 1

@@ -33,7 +33,8 @@ def test_brn_groups_equal_each_group_alone(shape, b):
     mu = torch.tensor([0.3, -0.2, 0.1, 0.0, 0.5])[: shape[1]].double()
     sigma = torch.tensor([0.8, 1.4, 1.0, 2.0, 0.6])[: shape[1]].double()
     cls = BatchRenorm2d if len(shape) == 4 else BatchRenorm1d
-    layer = cls(shape[1], eps=eps, momentum=alpha, r_max=1.5, d_max=0.3, per_worker_batch=b).double()
+    layer = cls(shape[1], eps=eps, momentum=alpha, r_max=1.5, d_max=0.3, per_worker_batch=b,
+                r_max_end_step=None, d_max_end_step=None).double()  # constant limits
     with torch.no_grad():
         layer.weight.uniform_(0.5, 1.5)
         layer.bias.uniform_(-1, 1)

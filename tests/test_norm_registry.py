@@ -98,7 +98,7 @@ def test_torchvision_norm_layer_argument_takes_the_factory():
 
 
 def test_diagnostics_count_clipped_r_and_d():
-    layer = BatchRenorm2d(4, r_max=2.0, d_max=0.5)
+    layer = BatchRenorm2d(4, r_max=2.0, d_max=0.5, r_max_end_step=None, d_max_end_step=None)
     with torch.no_grad():
         layer.running_std.copy_(torch.tensor([0.1, 1.0, 1.0, 10.0]))  # r raw: ~10, 1, 1, 0.1
         layer.running_mean.copy_(torch.tensor([0.0, 0.0, 3.0, 0.0]))

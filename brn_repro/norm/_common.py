@@ -49,6 +49,35 @@ def copy_batchnorm_state(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) 
             dst.copy_(getattr(bn, attr))
 
 
+class LayerFamily:
+    """Mixin: the 1d / 2d / 3d classes of one layer (``for_dim``), and ``convert``, which
+    puts them in place of a model's batchnorms (``brn_repro.norm.convert``). A family
+    sets ``_family = {1: ..., 2: ..., 3: ...}`` on its base class."""
+
+    _family: dict[int, type] = {}
+
+    @classmethod
+    def for_dim(cls, dim: int) -> type:
+        """The class of this family for 1d (N, C[, L]), 2d (N, C, H, W) or 3d (N, C, D, H, W) input."""
+        if dim not in cls._family:
+            raise ValueError(f"{cls.__name__} has no {dim}d layer; use one of {sorted(cls._family)}")
+        return cls._family[dim]
+
+    @classmethod
+    def convert(cls, model: nn.Module, *, sync_dim: int = 2, **options: Any) -> nn.Module:
+        """Replace (in place) every ``BatchNorm1d/2d/3d`` and ``SyncBatchNorm`` of ``model``
+        with this family's layer of the same dimension, keeping running statistics,
+        affine parameters, device and dtype; see ``brn_repro.norm.convert_batchnorm``."""
+        from brn_repro.norm.convert import convert_batchnorm  # convert imports the layers
+
+        return convert_batchnorm(model, cls, sync_dim=sync_dim, **options)
+
+    @staticmethod
+    def batchnorm_options(bn: nn.modules.batchnorm._BatchNorm) -> dict[str, Any]:
+        """The options a converted layer takes from the batchnorm it replaces, unless given."""
+        return {"eps": bn.eps, "affine": bn.affine}
+
+
 class StepCounter(nn.Module):
     """Mixin: a ``step`` buffer (saved in checkpoints) that schedules are evaluated at.
 
@@ -106,6 +135,12 @@ class MovingStdNorm(StepCounter):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_std", torch.ones(num_features))
         self._init_step()
+
+    def update_moving(self, mean: Tensor, std: Tensor, alpha: float | Tensor) -> None:
+        """``mu += alpha (mean - mu)``, ``sigma += alpha (std - sigma)``, in the buffers'
+        dtype (float32 statistics of an autocast batch into float32 buffers: no cast)."""
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), alpha)
+        self.running_std.lerp_(std.to(self.running_std.dtype), alpha)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input_dim(x, self._input_dims, type(self).__name__)

@@ -21,6 +21,13 @@ gradients through the statistics left to autograd, so the compiler fuses the
 statistics, the normalization and the bookkeeping into the surrounding kernels.
 Eager mode keeps the fused kernels, which are faster there; which path runs is
 ``fused_kernels()`` (tests/test_compile.py holds the two to the same numbers).
+
+Mixed precision (``torch.autocast``, or a float16 / bfloat16 input): as torch's
+``BatchNorm2d``, the statistics, r and d and the moving averages are float32
+(``stats_dtype``), the output and the input gradient are in the input's dtype.
+The fused path feeds the half-precision input with float32 statistics to torch's
+mixed-type batchnorm kernels; the plain path computes in float32 and casts the
+output back. A float32 or float64 input takes exactly the code it took before.
 """
 
 from __future__ import annotations
@@ -88,6 +95,20 @@ def from_groups(y: Tensor, groups: int, channels: int) -> Tensor:
     )
 
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def stats_dtype(x: Tensor) -> torch.dtype:
+    """The dtype batch statistics of ``x`` are kept in: float32 for float16 / bfloat16
+    input (autocast), else ``x``'s own (float32, float64)."""
+    return torch.float32 if x.dtype in LOW_PRECISION else x.dtype
+
+
+def for_stats(x: Tensor) -> Tensor:
+    """``x`` in ``stats_dtype``: itself for float32 / float64, a float32 copy otherwise."""
+    return x if x.dtype not in LOW_PRECISION else x.float()
+
+
 def values_per_channel(x_grouped: Tensor) -> int:
     return x_grouped.numel() // x_grouped.shape[1]
 
@@ -119,7 +140,9 @@ def batch_stats(x_grouped: Tensor) -> tuple[Tensor, Tensor]:
     CPU therefore takes two passes of torch's cascaded summation (~1e-7); everything
     else keeps torch's kernel, accurate there and faster on small batches with
     several threads (two passes cost BRN's ResNet-20 step 2.6% at batch 4).
+    Half-precision input is read in float32 (``for_stats``): float32 statistics.
     """
+    x_grouped = for_stats(x_grouped)
     n = values_per_channel(x_grouped)
     check_values_per_channel(n, x_grouped, "in per-worker layout")
     if x_grouped.is_cuda or layout_of(x_grouped) != torch.channels_last:
@@ -138,14 +161,15 @@ def normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias:
     fused kernel (``F.batch_norm`` refuses eps = 0 in some releases, 2.11). Compiling:
     plain ops, whose gradients the compiler gets right (its inference-batchnorm
     backward did not: 0.7 off in float64, torch 2.14, tests/test_compile.py)."""
-    if fused_kernels():
+    if fused_kernels():  # half-precision x with float32 statistics: torch's mixed-type kernel
         return torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, torch.backends.cudnn.enabled)
     shape = (1, -1) + (1,) * (x.dim() - 2)
     scale = (var + eps).rsqrt()
     if weight is not None:
         scale = scale * weight
-    y = (x - mean.view(shape)) * scale.view(shape)
-    return y if bias is None else y + bias.view(shape)
+    y = (for_stats(x) - mean.view(shape)) * scale.view(shape)
+    y = y if bias is None else y + bias.view(shape)
+    return y.to(x.dtype)
 
 
 def sqrt(t: Tensor) -> Tensor:
@@ -194,8 +218,9 @@ def grouped_view(x: Tensor, groups: int) -> Tensor:
 
 def plain_batch_stats(x: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
     """The grouped view, and per-(group, channel) mean and biased variance shaped
-    (G, 1, C, 1, ...) for broadcasting; two passes, as ``batch_stats``."""
-    xg = grouped_view(x, groups)
+    (G, 1, C, 1, ...) for broadcasting; two passes, as ``batch_stats``. The view is
+    in ``stats_dtype`` (a float32 copy of half-precision input)."""
+    xg = grouped_view(for_stats(x), groups)
     dims = (1, *range(3, xg.dim()))
     check_values_per_channel(xg.numel() // (groups * xg.shape[2]), x, f"in {groups} groups")
     mean = xg.mean(dims, keepdim=True)
@@ -225,7 +250,7 @@ def _plain_grouped_batch_norm(x, weight, bias, groups, eps, adjust):
         y = y * scale.reshape(shape)
     if shift is not None:
         y = y + shift.reshape(shape)
-    return y.reshape(x.shape)
+    return y.reshape(x.shape).to(x.dtype)
 
 
 class _GroupedBatchNorm(torch.autograd.Function):

@@ -8,14 +8,18 @@ paper's 50 x 32 and its microbatches of 4). The running statistics are updated
 with the mean over groups of the group statistics (unbiased variance, as torch).
 With ``per_worker_batch`` set, training always takes the grouped path (one group
 included), so a worker's numbers do not depend on how many share a process.
+Under ``torch.autocast`` the grouped path keeps float32 statistics and running
+averages and returns the input's dtype, as torch's layer does.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from torch import Tensor, nn
 
+from brn_repro.norm._common import LayerFamily
 from brn_repro.norm._grouped import (
     check_per_worker_batch,
     fused_kernels,
@@ -24,7 +28,7 @@ from brn_repro.norm._grouped import (
 )
 
 
-class _GroupedBatchNorm:
+class _GroupedBatchNorm(LayerFamily):
     """Mixin before a torch batchnorm class: adds ``per_worker_batch`` groups."""
 
     def __init__(self, num_features: int, *args, per_worker_batch: int | None = None, **kwargs):
@@ -37,6 +41,12 @@ class _GroupedBatchNorm:
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", per_worker_batch={self.per_worker_batch}"
+
+    @staticmethod
+    def batchnorm_options(bn: nn.modules.batchnorm._BatchNorm) -> dict[str, Any]:
+        """A converted batchnorm keeps all of its options (``per_worker_batch`` is added)."""
+        return {"eps": bn.eps, "momentum": bn.momentum, "affine": bn.affine,
+                "track_running_stats": bn.track_running_stats}
 
     def _grouped_forward(self, x: Tensor) -> Tensor | None:
         """The per-worker-groups training forward, or None to use torch's own.
@@ -66,8 +76,9 @@ class _GroupedBatchNorm:
             count = self.num_batches_tracked
             rate = 1.0 / float(count) if fused_kernels() else (1.0 / count).to(var.dtype)
         unbiased = var * (n / (n - 1))
-        self.running_mean.lerp_(mean.view(groups, -1).mean(0), rate)
-        self.running_var.lerp_(unbiased.view(groups, -1).mean(0), rate)
+        dtype = self.running_mean.dtype  # float32 statistics of an autocast batch: no cast
+        self.running_mean.lerp_(mean.view(groups, -1).mean(0).to(dtype), rate)
+        self.running_var.lerp_(unbiased.view(groups, -1).mean(0).to(dtype), rate)
         return None
 
 
@@ -77,3 +88,10 @@ class BatchNorm1d(_GroupedBatchNorm, nn.BatchNorm1d):
 
 class BatchNorm2d(_GroupedBatchNorm, nn.BatchNorm2d):
     """``torch.nn.BatchNorm2d`` plus ``per_worker_batch`` groups."""
+
+
+class BatchNorm3d(_GroupedBatchNorm, nn.BatchNorm3d):
+    """``torch.nn.BatchNorm3d`` plus ``per_worker_batch`` groups."""
+
+
+_GroupedBatchNorm._family = {1: BatchNorm1d, 2: BatchNorm2d, 3: BatchNorm3d}

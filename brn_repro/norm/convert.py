@@ -1,21 +1,35 @@
-"""Convert an existing model: its batchnorms to any norm (``swap_norm``), its
-convolutions to the kind a norm pairs with (``swap_conv``).
+"""Convert an existing model: its batchnorms to any norm (``swap_norm``,
+``convert_batchnorm``), its convolutions to the kind a norm pairs with (``swap_conv``).
+
+``convert_batchnorm(model, "brn", **options)`` (or ``BatchRenorm2d.convert(model,
+**options)``) is the library's counterpart of ``torch.nn.SyncBatchNorm.
+convert_sync_batchnorm``: every ``BatchNorm1d/2d/3d`` becomes ``BatchRenorm1d/2d/3d``
+(``"bn"``: the per-worker ``BatchNorm1d/2d/3d``; ``"moving_average"``:
+``MovingAverageNorm1d/2d/3d``), each keeping its batchnorm's ``eps`` and ``affine``
+(the per-worker BN: every option) unless ``options`` say otherwise. A
+``SyncBatchNorm`` (torch's or ``brn_repro.norm``'s) does not say its input's
+dimension: it becomes the ``sync_dim`` layer (default 2, feature maps).
 
 A new norm layer takes over a batchnorm's state through its own
 ``load_batchnorm_state(bn)`` when it has one (Batch Renorm and the moving-average
 norm keep a moving std, not a variance); any other layer gets
 ``_common.copy_batchnorm_state``: affine parameters and running statistics where it
-has them.
+has them. It is put on the batchnorm's device and floating dtype, so a trained
+model's inference outputs do not change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
-from brn_repro.norm._common import copy_batchnorm_state
+from brn_repro.norm._common import LayerFamily, copy_batchnorm_state
+from brn_repro.norm.batch_norm import BatchNorm2d
+from brn_repro.norm.batch_renorm import BatchRenorm2d
 from brn_repro.norm.mabn import CenteredConv2d
+from brn_repro.norm.moving_average import MovingAverageNorm2d
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -51,11 +65,32 @@ def swap_conv(model: nn.Module, kind: str | None) -> nn.Module:
     return model
 
 
-def swap_norm(model: nn.Module, factory: NormFactory) -> nn.Module:
+_BY_DIM = ((nn.BatchNorm1d, 1), (nn.BatchNorm2d, 2), (nn.BatchNorm3d, 3))
+
+
+def batchnorm_dim(bn: nn.Module, sync_dim: int = 2) -> int:
+    """1, 2 or 3 for a BatchNorm1d/2d/3d (or a subclass); ``sync_dim`` for a
+    SyncBatchNorm or any other batchnorm, which take (N, C, *) input alike."""
+    return next((dim for cls, dim in _BY_DIM if isinstance(bn, cls)), sync_dim)
+
+
+def _new_layer(factory: NormFactory, old: nn.modules.batchnorm._BatchNorm, sync_dim: int) -> nn.Module:
+    dim = batchnorm_dim(old, sync_dim)
+    for_batchnorm = getattr(factory, "for_batchnorm", None)
+    if callable(for_batchnorm):
+        return for_batchnorm(old, dim)
+    for_dim = getattr(factory, "for_dim", None)  # build_norm's factories: 1d, 2d, 3d layers
+    return (for_dim(dim) if callable(for_dim) else factory)(old.num_features)
+
+
+def swap_norm(model: nn.Module, factory: NormFactory, *, sync_dim: int = 2) -> nn.Module:
     """Replace every batchnorm in ``model`` (in place) with ``factory(num_features)``,
     and its convolutions with the kind the norm pairs with (``factory.conv``).
 
-    Each new layer takes over its batchnorm's state (see the module docstring), so a
+    A factory of ``build_norm`` puts the layer of the batchnorm's dimension in its
+    place (``factory.for_dim``: a BatchNorm1d becomes BatchRenorm1d, not 2d);
+    ``sync_dim`` is the dimension assumed for a SyncBatchNorm. Each new layer takes
+    over its batchnorm's state (see the module docstring), device and dtype, so a
     pretrained model keeps its inference behaviour under BRN.
     """
     if isinstance(model, nn.modules.batchnorm._BatchNorm):
@@ -66,7 +101,7 @@ def swap_norm(model: nn.Module, factory: NormFactory) -> nn.Module:
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and name
     ]
     for name, old in targets:
-        new = factory(old.num_features)
+        new = _new_layer(factory, old, sync_dim)
         load = getattr(new, "load_batchnorm_state", None)
         if callable(load):
             load(old)
@@ -74,6 +109,53 @@ def swap_norm(model: nn.Module, factory: NormFactory) -> nn.Module:
             copy_batchnorm_state(new, old)
         tensor = next(old.parameters(), old.running_mean)
         if tensor is not None:
-            new.to(tensor.device)
+            new.to(device=tensor.device, dtype=tensor.dtype if tensor.is_floating_point() else None)
         model.set_submodule(name, new)
     return swap_conv(model, getattr(factory, "conv", None))  # MABN, GN+WS: their convolutions
+
+
+FAMILIES: dict[str, type[LayerFamily]] = {
+    "brn": BatchRenorm2d, "bn": BatchNorm2d, "moving_average": MovingAverageNorm2d,
+}
+
+
+class _Conversion:
+    """A ``swap_norm`` factory: the family's layer of each batchnorm's dimension, with
+    the batchnorm's own options (``batchnorm_options``) under the caller's."""
+
+    def __init__(self, family: type[LayerFamily], options: dict[str, Any]) -> None:
+        self.family, self.options = family, options
+
+    def for_batchnorm(self, bn: nn.modules.batchnorm._BatchNorm, dim: int) -> nn.Module:
+        layer = self.family.for_dim(dim)
+        return layer(bn.num_features, **{**layer.batchnorm_options(bn), **self.options})
+
+    def __call__(self, num_features: int) -> nn.Module:
+        return self.family.for_dim(2)(num_features, **self.options)
+
+
+def convert_batchnorm(model: nn.Module, norm: str | type[LayerFamily] = "brn", *, sync_dim: int = 2,
+                      **options: Any) -> nn.Module:
+    """Replace (in place) every ``BatchNorm1d/2d/3d`` and ``SyncBatchNorm`` of ``model``
+    with ``norm``'s layer of the same dimension and return ``model``.
+
+    ``norm``: ``"brn"`` (Batch Renorm), ``"bn"`` (batchnorm with ``per_worker_batch``
+    groups; without them it turns a SyncBatchNorm model back into plain batchnorm) or
+    ``"moving_average"``, or one of their classes (``BatchRenorm2d``). ``options``: the
+    layer's keyword arguments (``r_max``, ``relax_start``, ``per_worker_batch``,
+    ``momentum`` ...); ``eps`` and ``affine`` default to each batchnorm's own (the
+    per-worker BN also takes ``momentum`` and ``track_running_stats``), BRN's
+    ``momentum`` to its 0.01. Running statistics, affine parameters, device and dtype
+    are carried over, so the converted model's inference output is the original's.
+    For the harness's other norms (gn, mabn ...) use ``swap_norm(model, build_norm(name))``.
+    """
+    if isinstance(norm, str):
+        if norm not in FAMILIES:
+            raise ValueError(f"norm={norm!r}: convert_batchnorm takes one of {sorted(FAMILIES)} or "
+                             "their classes; for other norms use swap_norm(model, build_norm(name))")
+        norm = FAMILIES[norm]
+    if not (isinstance(norm, type) and issubclass(norm, LayerFamily)):
+        raise ValueError(f"norm={norm!r} is not a layer family (BatchRenorm2d, BatchNorm2d, MovingAverageNorm2d)")
+    if sync_dim not in (1, 2, 3):
+        raise ValueError(f"sync_dim={sync_dim!r} must be 1, 2 or 3")
+    return swap_norm(model, _Conversion(norm, options), sync_dim=sync_dim)

@@ -27,6 +27,10 @@ statistics (and their moving-average buffers) are its own, as on a real worker;
 
 ``momentum`` here follows the reference code's convention, a *decay*:
 ``running_var = momentum * running_var + (1 - momentum) * var`` (reference: 0.98).
+
+Under ``torch.autocast`` (float16 / bfloat16 input) training runs on a float32 copy
+of the input, so the statistics, their buffers and the backward are float32, and the
+output is cast back to the input's dtype; inference is torch's mixed-type kernel.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from torch import Tensor, nn
 
 from brn_repro.norm._common import StepCounter, check_eps
 from brn_repro.norm._grouped import (
+    LOW_PRECISION,
     check_input_dim,
     check_per_worker_batch,
     from_groups,
@@ -168,6 +173,9 @@ class MABN2d(StepCounter):
                                 self.weight, self.bias, False, 0.0, self.eps)
         groups = num_groups(x, self.per_worker_batch)
         iteration = self._advance_step() + 1  # the reference counts from 1
+        if x.dtype in LOW_PRECISION:  # autocast: float32 statistics and buffers, output in x's dtype
+            y = _MABNFunction.apply(x.to(self.running_var.dtype), self.weight, self.bias, self, groups, iteration)
+            return y.to(x.dtype)
         return _MABNFunction.apply(x, self.weight, self.bias, self, groups, iteration)
 
 

@@ -22,6 +22,8 @@ keep them.
 later" is a large alpha at first (fast tracking) falling to a small one, e.g.
 ``Linear(start=0.5, end=0.01, start_step=0, end_step=1000)``.
 Inference is identical to batchnorm and Batch Renorm with the same statistics.
+Under ``torch.autocast`` the statistics and averages are float32, the output is in
+the input's dtype.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from brn_repro.norm._common import MovingStdNorm, as_rate
+from brn_repro.norm._common import LayerFamily, MovingStdNorm, as_rate
 from brn_repro.norm._grouped import (
     batch_stats,
     fused_kernels,
@@ -43,7 +45,7 @@ from brn_repro.norm._grouped import (
 from brn_repro.schedules import Schedule
 
 
-class _MovingAverageNorm(MovingStdNorm):
+class _MovingAverageNorm(LayerFamily, MovingStdNorm):
     def __init__(
         self,
         num_features: int,
@@ -78,8 +80,7 @@ class _MovingAverageNorm(MovingStdNorm):
         mean, std = moving_stats(self.running_mean, self.running_std)
         y = normalize(x, mean, std.square(), self.weight, self.bias)
         with torch.no_grad():
-            self.running_mean.lerp_(batch_mean, alpha)
-            self.running_std.lerp_(batch_std, alpha)
+            self.update_moving(batch_mean, batch_std, alpha)
         return y
 
     @torch.no_grad()
@@ -117,3 +118,12 @@ class MovingAverageNorm2d(_MovingAverageNorm):
     """For (N, C, H, W) input."""
 
     _input_dims = (4,)
+
+
+class MovingAverageNorm3d(_MovingAverageNorm):
+    """For (N, C, D, H, W) input."""
+
+    _input_dims = (5,)
+
+
+_MovingAverageNorm._family = {1: MovingAverageNorm1d, 2: MovingAverageNorm2d, 3: MovingAverageNorm3d}

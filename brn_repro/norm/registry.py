@@ -89,19 +89,22 @@ class NormSpec:
 
 def _limits(options: dict[str, Any]) -> None:
     """BRN: r_max / d_max as final values, relaxed from batchnorm (1 / 0) after
-    ``relax_start`` steps when their end steps are given (the paper's schedule)."""
+    ``relax_start`` steps when their end steps are given (the paper's schedule), else
+    constant. Every part of the schedule is decided here and handed to the layer as a
+    schedule (3 / 5 when r_max / d_max are not given), so the layer's own defaults
+    (``BatchRenorm2d``'s relaxation) never enter a harness run."""
     shape = options.pop("shape", "linear")
     start = options.pop("relax_start", 0)
     r_end = options.pop("r_max_end_step", None)
     d_end = options.pop("d_max_end_step", None)
-    for key, first, end_step in (("r_max", 1.0, r_end), ("d_max", 0.0, d_end)):
-        value = options.get(key)
+    for key, first, end_step, final in (("r_max", 1.0, r_end, 3.0), ("d_max", 0.0, d_end, 5.0)):
+        value = options.get(key, final)
         if isinstance(value, int | float) and value < first:
             raise ValueError(f"norm.{key}={value} must be >= {first:g} "
                              f"({key} = {first:g} is plain batchnorm)")
-        if isinstance(value, int | float) and end_step is not None:
+        if isinstance(value, int | float):  # a Constant when end_step is None
             options[key] = ramp(shape, first, value, start, end_step, f"norm.{key}_end_step")
-        elif key in options and not isinstance(value, int | float):
+        else:
             options[key] = as_schedule(value, f"norm.{key}")
 
 
@@ -129,13 +132,13 @@ def _bn(options: dict[str, Any], dim: int) -> NormFactory:
     if options.get("per_worker_batch") is None:
         # No groups: torch's own layer, so "bn" is the plain baseline everywhere.
         options.pop("per_worker_batch", None)
-        return partial(nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d, **options)
-    return partial(BatchNorm2d if dim == 2 else BatchNorm1d, **options)
+        return partial((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dim - 1], **options)
+    return partial((BatchNorm1d, BatchNorm2d, BatchNorm2d.for_dim(3))[dim - 1], **options)
 
 
 def _brn(options: dict[str, Any], dim: int) -> NormFactory:
     _limits(options)
-    return partial(BatchRenorm2d if dim == 2 else BatchRenorm1d, **options)
+    return partial(BatchRenorm2d.for_dim(dim), **options)
 
 
 def _moving_average(options: dict[str, Any], dim: int) -> NormFactory:
@@ -145,7 +148,7 @@ def _moving_average(options: dict[str, Any], dim: int) -> NormFactory:
     if first is not None and end_step is not None:
         options["momentum"] = ramp(shape, first, options.get("momentum", 0.01), 0, end_step,
                                    "norm.momentum_end_step")
-    return partial(MovingAverageNorm2d if dim == 2 else MovingAverageNorm1d, **options)
+    return partial(MovingAverageNorm2d.for_dim(dim), **options)
 
 
 def _gn(options: dict[str, Any], dim: int) -> NormFactory:
@@ -155,7 +158,8 @@ def _gn(options: dict[str, Any], dim: int) -> NormFactory:
 
 def _in(options: dict[str, Any], dim: int) -> NormFactory:
     eps, affine = options.get("eps", 1e-5), options.get("affine", True)
-    return lambda c: nn.InstanceNorm2d(c, eps=eps, affine=affine)
+    layer = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)[dim - 1]
+    return lambda c: layer(c, eps=eps, affine=affine)
 
 
 def _mabn(options: dict[str, Any], dim: int) -> NormFactory:
@@ -189,13 +193,13 @@ TABLE: dict[str, NormSpec] = {spec.name: spec for spec in (
     NormSpec("brn", _brn, _BATCH | {"r_max", "d_max", "relax_start", "r_max_end_step",
                                     "d_max_end_step", "shape"},
              "Batch Renorm (Ioffe 2017); relax_start, *_end_step, shape: the paper's relaxation",
-             batch_statistics=True, moving_statistics=_MOVING_STD, layers=(BatchRenorm1d, BatchRenorm2d),
-             later=True),
+             batch_statistics=True, moving_statistics=_MOVING_STD,
+             layers=(BatchRenorm1d, BatchRenorm2d, BatchRenorm2d.for_dim(3)), later=True),
     NormSpec("moving_average", _moving_average,
              _BATCH | {"momentum_start", "momentum_end_step", "shape", "init_from_batch"},
              "normalize with the moving averages in training (Ioffe 2017 section 2's naive idea)",
              batch_statistics=True, moving_statistics=_MOVING_STD,
-             layers=(MovingAverageNorm1d, MovingAverageNorm2d)),
+             layers=(MovingAverageNorm1d, MovingAverageNorm2d, MovingAverageNorm2d.for_dim(3))),
     NormSpec("gn", _gn, _COMMON | {"num_groups"}, "GroupNorm (Wu & He 2018)", later=True),
     NormSpec("ln", lambda options, dim: lambda c: nn.GroupNorm(1, c, **options), _COMMON,
              "LayerNorm over (C, H, W), as GroupNorm with one group"),
@@ -261,13 +265,18 @@ def build_norm(name: str, **options: Any) -> NormFactory:
     if "eps" in options:
         check_eps(options["eps"])
     dim = options.pop("dim", 2)
-    if dim not in (1, 2):
-        raise ValueError(f"norm.dim={dim!r} must be 1 (N, C[, L] input) or 2 (N, C, H, W input)")
-    factory = spec.build(options, dim)
-    if spec.conv is not None:
-        factory = partial(factory)
+
+    def for_dim(d: int) -> NormFactory:
+        """The same norm for d-dimensional input (``swap_norm`` asks for a replaced
+        BatchNorm1d's, 2d's, 3d's)."""
+        if d not in (1, 2, 3):
+            raise ValueError(f"norm.dim={d!r} must be 1 (N, C[, L] input), 2 (N, C, H, W) or 3 (N, C, D, H, W)")
+        factory = partial(spec.build(dict(options), d))
         factory.conv = spec.conv
-    return factory
+        factory.for_dim = for_dim
+        return factory
+
+    return for_dim(dim)
 
 
 def _specs_of(module: nn.Module) -> list[NormSpec]:
