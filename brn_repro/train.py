@@ -58,7 +58,7 @@ from brn_repro.evaluate import (
 )
 from brn_repro.lease import LockError
 from brn_repro.loggers import RunLogger, build_logger, progress_bar
-from brn_repro.loop import FirstNonFinite, Training, finish, resume, save_checkpoint, summarize
+from brn_repro.loop import FirstNonFinite, Progress, Training, finish, resume, save_checkpoint, summarize
 from brn_repro.models import as_layout, build_model, check_model_input
 from brn_repro.norm import norm_diagnostics
 from brn_repro.paths import CONF_DIR
@@ -236,21 +236,8 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
     train = cfg.train
     compiled = wants_compile(cfg, device, ctx.world_size, model)
     dtype, layout = apply_precision(cfg), memory_format(cfg, device, compiled)
-    model.to(device, dtype, memory_format=layout)
-    optimizer = build_optimizer(cfg, model.parameters())
-    training = Training(model, optimizer, build_lr_schedule(cfg, optimizer), data,
-                        WeightEMA(model, train.ema_decay) if train.ema_decay else None)
-    progress = resume(record, training, ctx)
-    if progress.step == 0:
-        progress.weight_norm_init = weight_norm(model)
-    progress.use_kernels(kernels.describe(compiled), ctx)
+    training, progress, net = set_up(cfg, record, model, data, compiled, dtype, layout, ctx, device)
     logger = open_logger(config, cfg, record, ctx)
-    net = distributed.wrap(model, ctx, device)  # after loading: every process starts equal
-    if compiled:  # the norms switch to their plain-ops formulation (norm/_grouped.py)
-        # A sweep trains run after run in one process; past 8 models per code object the
-        # compiler would silently fall back to eager, so each run starts afresh.
-        torch._dynamo.reset()
-        net = compile_model(net)
     moving_statistics = distributed.MovingStatistics(model, ctx)
     divergence = FirstNonFinite(DIVERGENCE_SYNC_EVERY.get(device.type, 50), device)
     bar = progress_bar(main=ctx.is_main, show=train.progress, total=train.steps,
@@ -262,7 +249,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
         # --- forward and backward (the moving statistics synchronized over processes)
         x, y = place(data.train_batch(), device, dtype, layout)
         step_start = time.perf_counter()
-        loss = forward_backward(net, x, y, optimizer, moving_statistics)
+        loss = forward_backward(net, x, y, training.optimizer, moving_statistics)
         if compiled and progress.compile_seconds is None:  # the first step compiles forward and backward
             progress.compile_seconds = time.perf_counter() - step_start
         evaluating = step % train.eval_every == 0 or step == train.steps
@@ -299,13 +286,42 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
             progress.status = "stopped"
             break
     bar.close()
-    # --- the end: the summary, written for a completed or diverged run
+    return end_run(config, cfg, record, training, progress, logger, data, compiled, signalled, ctx, device)
+
+
+def set_up(cfg: RunConfig, record: RunRecord, model: torch.nn.Module, data: TrainingData, compiled: bool,
+           dtype: torch.dtype, layout: torch.memory_format, ctx: distributed.Context,
+           device: torch.device) -> tuple[Training, Progress, torch.nn.Module]:
+    """The model on its device, what trains it, the checkpoint it goes on from, and the
+    network the loop calls (wrapped for several processes, compiled where it pays)."""
+    model.to(device, dtype, memory_format=layout)
+    optimizer = build_optimizer(cfg, model.parameters())
+    training = Training(model, optimizer, build_lr_schedule(cfg, optimizer), data,
+                        WeightEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay else None)
+    progress = resume(record, training, ctx)
+    if progress.step == 0:
+        progress.weight_norm_init = weight_norm(model)
+    progress.use_kernels(kernels.describe(compiled), ctx)
+    net = distributed.wrap(model, ctx, device)  # after loading: every process starts equal
+    if compiled:  # the norms switch to their plain-ops formulation (norm/_grouped.py)
+        # A sweep trains run after run in one process; past 8 models per code object the
+        # compiler would silently fall back to eager, so each run starts afresh.
+        torch._dynamo.reset()
+        net = compile_model(net)
+    return training, progress, net
+
+
+def end_run(config: dict[str, Any], cfg: RunConfig, record: RunRecord, training: Training, progress: Progress,
+            logger: RunLogger, data: TrainingData, compiled: bool, signalled: bool,
+            ctx: distributed.Context, device: torch.device) -> dict[str, Any]:
+    """The summary, written for a completed or diverged run; a run stopped by a signal is
+    checkpointed and has none yet."""
     if progress.status == "completed" and not progress.last:  # resumed from the final checkpoint: its summary was lost
         with progress.timing_evaluation():
-            progress.last = evaluate(model, training.ema, data, cfg, True, ctx, device)
+            progress.last = evaluate(training.model, training.ema, data, cfg, True, ctx, device)
         logger.log(progress.last, progress.step)
     summary = summarize(progress, config, record, data.global_batch, compiled, ctx, device)
-    if signalled and progress.status == "stopped":  # checkpointed at this step, no summary yet
+    if signalled and progress.status == "stopped":
         logger.finish()
         signum = signals.received()
         ctx.say(f"stopped by {signals.name(signum) if signum else 'a signal to another process'} at step "
