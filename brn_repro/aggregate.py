@@ -176,7 +176,7 @@ def condition_columns(frame: pd.DataFrame, experiment: str) -> list[str]:
             if c not in skip and not c.startswith("kernels.") and frame[c].astype(str).nunique() > 1]
 
 
-def summarize(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+def condition_summary(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Mean, std and n of each metric per condition, over completed runs; diverged
     and incomplete runs are counted in their own columns."""
     rows = []
@@ -278,7 +278,7 @@ def aggregate(runs_root: str | Path, out: str | Path, wall_seconds: float | None
     summaries, figures = {}, {}
     for experiment, frame in runs.groupby("experiment", sort=True):
         by = condition_columns(frame, experiment) or ["norm.name"]
-        summary = summarize(frame, by)
+        summary = condition_summary(frame, by)
         (out / experiment).mkdir(parents=True, exist_ok=True)
         write_atomic_csv(summary, out / experiment / "summary.csv")
         summaries[experiment] = summary

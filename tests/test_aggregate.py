@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from brn_repro.aggregate import aggregate, load_runs, summarize
+from brn_repro.aggregate import aggregate, condition_summary, load_runs
 from brn_repro.claims import NOT_REPRODUCED, NOT_RUN, REPRODUCED, evaluate_claims
 from brn_repro.records import RunRecord, find_records, read_config, write_membership
 
@@ -67,7 +67,7 @@ def test_summary_rows_have_known_means_and_count_divergence(tmp_path):
     write_run(tmp_path, "fig1_baseline", "brn", 1, 0.0, status="diverged")
     runs, curves = load_runs(tmp_path)
     assert len(runs) == 5 and len(curves) == 3 * 2 + 2 + 1
-    summary = summarize(runs, ["norm.name"]).set_index("norm.name")
+    summary = condition_summary(runs, ["norm.name"]).set_index("norm.name")
     assert summary.loc["bn", "test_acc_mean"] == pytest.approx(82.0)
     assert summary.loc["bn", "test_acc_std"] == pytest.approx(2.0)
     assert summary.loc["bn", "n"] == 3 and summary.loc["brn", "n"] == 1
@@ -206,6 +206,6 @@ def test_moving_average_question_keeps_its_two_settings_apart():
             for norm in ("bn", "moving_average") for lr, decay in (("constant", 0.0), ("step", 5e-4))
             for seed in range(5)]
     frame = pd.DataFrame(rows)
-    summary = summarize(frame, condition_columns(frame, "moving_average_question"))
+    summary = condition_summary(frame, condition_columns(frame, "moving_average_question"))
     assert len(summary) == 4 and set(summary["n"]) == {5}
     assert sorted(summary["test_acc_mean"]) == [82.0, 82.0, 87.0, 87.0]

@@ -12,7 +12,7 @@ from test_train import make_config
 from test_wandb_logger import offline_env, read_records  # noqa: F401 (fixture)
 from test_wandb_runs import offline_runs
 
-from brn_repro.aggregate import condition_columns, load_runs, summarize
+from brn_repro.aggregate import condition_columns, condition_summary, load_runs
 from brn_repro.claims import evaluate_claims
 from brn_repro.dashboard import (
     PANELS,
@@ -235,7 +235,7 @@ def test_offline_aggregate_logs_results_as_an_artifact_and_says_what_it_would_sa
     # what aggregate(..., log_to_wandb=True) calls once results/ is written (figures aside:
     # test_aggregate draws them; here a stand-in PNG keeps this test to seconds)
     runs, curves = load_runs(runs_root)
-    summaries = {name: summarize(frame, condition_columns(frame, name) or ["norm.name"])
+    summaries = {name: condition_summary(frame, condition_columns(frame, name) or ["norm.name"])
                  for name, frame in runs.groupby("experiment")}
     (out / "fig1_baseline").mkdir(parents=True)
     for name, summary in summaries.items():

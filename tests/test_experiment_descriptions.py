@@ -14,7 +14,7 @@ from script_modules import load_script
 
 import brn_repro.config  # noqa: F401  (resolvers)
 from brn_repro import experiments
-from brn_repro.aggregate import condition_columns, load_runs, summarize
+from brn_repro.aggregate import condition_columns, condition_summary, load_runs
 from brn_repro.dashboard import PANELS
 from brn_repro.experiments import EXPERIMENTS, Experiment, check_described, configured
 from brn_repro.loggers import flatten_config
@@ -130,7 +130,7 @@ def test_adding_an_experiment_is_one_config_and_one_description(tmp_path, monkey
     frame = runs[runs["experiment"] == "lr_probe"]
     by = condition_columns(frame, "lr_probe")
     assert by == ["norm.name", "optim.lr"]  # its description's, not every column that varies
-    summary = summarize(frame, by).set_index(by)
+    summary = condition_summary(frame, by).set_index(by)
     assert len(summary) == 4 and (summary["n"] == 2).all()
     for (norm, lr), row in summary.iterrows():
         expected = 50.0 + 10.0 * (norm == "gn") + 100.0 * lr + 0.5  # mean over seeds 0 and 1

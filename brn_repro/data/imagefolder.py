@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from brn_repro.data.sources import DatasetError, DatasetNotFoundError
+from brn_repro.data.errors import DatasetError, DatasetNotFoundError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

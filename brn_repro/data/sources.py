@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from brn_repro.data.errors import DatasetError, DatasetNotFoundError
+
 # A module constant (not a default argument) so tests can point it at a tmp dir.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # Where downloads go when no cache is passed: $BRN_DATA, else data/ in the cwd.
@@ -51,14 +53,6 @@ NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 IMAGE_SIZES = {"fashion_mnist": 28, "cifar10": 32, "cifar100": 32}  # native; the model check reads it before loading
 TRAIN_IMAGES = {"fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}  # for epochs
 GZIP_MAGIC = b"\x1f\x8b"
-
-
-class DatasetError(RuntimeError):
-    """A dataset that is there but cannot be read; one line naming the file."""
-
-
-class DatasetNotFoundError(DatasetError):
-    """A dataset that is nowhere; one line naming where it looked and how to get it."""
 
 
 @dataclass

@@ -229,7 +229,7 @@ def plain_batch_stats(x: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _plain_grouped_batch_norm(x, weight, bias, groups, eps, adjust):
-    """``_GroupedBatchNorm`` in plain ops (see the module docstring); same ``adjust``."""
+    """``_GroupedBatchNormFn`` in plain ops (see the module docstring); same ``adjust``."""
     xg, mean, var = plain_batch_stats(x, groups)
     invstd = (var + eps).rsqrt()
     with torch.no_grad():
@@ -253,7 +253,7 @@ def _plain_grouped_batch_norm(x, weight, bias, groups, eps, adjust):
     return y.reshape(x.shape).to(x.dtype)
 
 
-class _GroupedBatchNorm(torch.autograd.Function):
+class _GroupedBatchNormFn(torch.autograd.Function):
     """Training-mode batchnorm over per-worker groups with per-step affine factors.
 
     forward(x, weight, bias, groups, eps, adjust): the batch statistics are computed
@@ -321,10 +321,10 @@ def grouped_batch_norm(
     eps: float,
     adjust: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor] | None],
 ) -> Tensor:
-    """See ``_GroupedBatchNorm``. ``adjust`` runs inside the forward, without autograd;
+    """See ``_GroupedBatchNormFn``. ``adjust`` runs inside the forward, without autograd;
     under ``torch.compile`` the plain-ops formulation runs instead."""
     if fused_kernels():
-        return _GroupedBatchNorm.apply(x, weight, bias, groups, eps, adjust)
+        return _GroupedBatchNormFn.apply(x, weight, bias, groups, eps, adjust)
     return _plain_grouped_batch_norm(x, weight, bias, groups, eps, adjust)
 
 
