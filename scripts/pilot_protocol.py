@@ -241,11 +241,11 @@ def relaxation(start: int, steps: int) -> dict[str, int]:
             if r_end < 8 * start else 5 * start, "r_max_end_step": r_end}
 
 
-def regime(runs: pd.DataFrame, curves: pd.DataFrame, out: Path) -> None:
-    from brn_repro.stats import effect_for_power, power_equivalence, power_superiority, superiority
+def regime_tables(runs: pd.DataFrame, curves: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Stage regime's BN-only tables: the small-batch and non-i.i.d. penalties (paired by
+    seed), when the averages beat one worker's batch, and BN's weight growth."""
+    from brn_repro.stats import superiority
 
-    runs = runs.assign(recipe=runs["recipe.noniid.labels_per_batch"].astype(int).astype(str) + " x "
-                       + runs["recipe.noniid.images_per_label"].astype(int).astype(str))
     step_lr = runs[runs["lr_schedule"] == "step"]
     iid = step_lr[step_lr["sampler.name"] == "iid"].pivot(index="seed", columns="per_worker_batch",
                                                           values="test_acc")
@@ -258,9 +258,8 @@ def regime(runs: pd.DataFrame, curves: pd.DataFrame, out: Path) -> None:
                      "penalty_per_seed": " ".join(f"{v:+.2f}" for v in pen),
                      "one_sided_p": round(test.p, 4) if test else None})
     small = pd.DataFrame(rows)
-    non = step_lr[step_lr["sampler.name"] == "noniid"]
     rows = []
-    for recipe, group in non.groupby("recipe", sort=False):
+    for recipe, group in step_lr[step_lr["sampler.name"] == "noniid"].groupby("recipe", sort=False):
         acc = group.set_index("seed")
         pen = iid[32].loc[acc.index] - acc["test_acc"]
         rows.append({"recipe": recipe, "labels_per_batch": int(acc["recipe.noniid.labels_per_batch"].iloc[0]),
@@ -269,7 +268,11 @@ def regime(runs: pd.DataFrame, curves: pd.DataFrame, out: Path) -> None:
                      "penalty_vs_iid_32": round(pen.mean(), 2), "penalty_sd": round(pen.std(ddof=1), 3),
                      "penalty_per_seed": " ".join(f"{v:+.2f}" for v in pen)})
     noniid = pd.DataFrame(rows).sort_values("labels_per_batch", ascending=False)
-    # When BN's averages beat one worker's batch (mean over seeds), i.i.d. and non-i.i.d.
+    return {"small": small, "noniid": noniid, "cross": crossing_table(curves), "growth": growth_table(runs, curves)}
+
+
+def crossing_table(curves: pd.DataFrame) -> pd.DataFrame:
+    """When BN's averages beat one worker's batch (mean over seeds), i.i.d. and non-i.i.d."""
     rows = []
     for (sampler, pwb, recipe, schedule), group in curves.groupby(
             ["sampler.name", "per_worker_batch", "recipe", "lr_schedule"]):
@@ -280,52 +283,67 @@ def regime(runs: pd.DataFrame, curves: pd.DataFrame, out: Path) -> None:
                      "below_from_step": below_from(mean["ema_error/mean"] < mean[noise]),
                      "ema_error_end": round(mean["ema_error/mean"].iloc[-1], 4),
                      "noise_end": round(mean[noise].iloc[-1], 4)})
-    cross = pd.DataFrame(rows)
-    # BN's weight growth from initialization (claim 4's setting, and the profile's)
+    return pd.DataFrame(rows)
+
+
+def growth_table(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """BN's weight growth from initialization at per-worker 32 (claim 4's setting, and the profile's)."""
     last = curves.sort_values("step").groupby("run_dir").tail(1).set_index("run_dir")["weight_norm"]
     bn32 = runs[(runs["sampler.name"] == "iid") & (runs["per_worker_batch"] == 32)]
     growth = bn32.assign(weight_norm_end=bn32["run_dir"].map(last))
     growth = growth.assign(growth_from_init=growth["weight_norm_end"] - growth["weight_norm_init"])
-    growth = growth[["lr_schedule", "optim.weight_decay", "seed", "weight_norm_init", "weight_norm_end",
-                     "growth_from_init"]].round({"weight_norm_init": 3, "weight_norm_end": 3, "growth_from_init": 3})
-    # --- the design, each number from the tables above
-    steps = int(runs["steps"].iloc[0])
-    design = {}
+    return growth[["lr_schedule", "optim.weight_decay", "seed", "weight_norm_init", "weight_norm_end",
+                   "growth_from_init"]].round({"weight_norm_init": 3, "weight_norm_end": 3, "growth_from_init": 3})
+
+
+def pooled_sd(table: pd.DataFrame, penalty: str) -> float:
+    """The paired spread, pooled over the candidates whose penalty is under SAME_ORDER points
+    (3 seeds each give too rough a sd; a penalty of tens of points, per-worker 1 or the
+    2 x 16 recipe, is another regime with another spread)."""
+    same = table[(table[penalty] > 0) & (table[penalty] < SAME_ORDER)]
+    return float((same["penalty_sd"] ** 2).mean() ** 0.5)
+
+
+def tost_seeds(delta: float, sd: float) -> int | None:
+    from brn_repro.stats import power_equivalence
+
+    return next((n for n in SEED_COUNTS if power_equivalence(0.0, delta, sd, n) >= POWER), None)
+
+
+def regime_margin(sd: float, n: int, share: float) -> float:
+    """The BN penalty at which the claim's test has POWER if BRN recovers ``share`` of it."""
+    from brn_repro.stats import effect_for_power
+
+    return effect_for_power(sd, n, power=POWER) / share
+
+
+def first_fit(candidates, sd: float, share: float):
+    """The first (candidate, n) whose pilot penalty clears the regime margin with POWER:
+    the regime check (one-sided against the margin) is then expected to pass."""
+    from brn_repro.stats import power_superiority
+
+    for key, penalty in candidates:
+        for n in SEED_COUNTS:
+            m = regime_margin(sd, n, share)
+            if power_superiority(penalty, sd, n, shift=m) >= POWER:
+                return key, n, m
+    return None, None, None
+
+
+def regime_design(tables: dict[str, pd.DataFrame], steps: int) -> dict[str, object]:
+    """The claims' regimes, margins, seeds and schedules, each from the tables."""
+    from brn_repro.stats import power_equivalence, power_superiority
+
+    small, noniid, cross = tables["small"], tables["noniid"], tables["cross"]
     by_b = small.set_index("per_worker_batch")
-    # The paired spread, pooled over the candidates whose penalty is under SAME_ORDER points
-    # (3 seeds each give too rough a sd; a penalty of tens of points, per-worker 1 or the
-    # 2 x 16 recipe, is another regime with another spread).
-    def pooled_sd(table: pd.DataFrame, penalty: str) -> float:
-        same = table[(table[penalty] > 0) & (table[penalty] < SAME_ORDER)]
-        return float((same["penalty_sd"] ** 2).mean() ** 0.5)
-
     sd2 = pooled_sd(small, "penalty_vs_32")
-    design["paired_sd_small_batch"] = sd2
-
-    def tost_seeds(delta: float, sd: float) -> int | None:
-        return next((n for n in SEED_COUNTS if power_equivalence(0.0, delta, sd, n) >= POWER), None)
-
-    def regime_margin(sd: float, n: int, share: float) -> float:
-        """The BN penalty at which the claim's test has POWER if BRN recovers ``share`` of it."""
-        return effect_for_power(sd, n, power=POWER) / share
-
-    def first_fit(candidates, sd: float, share: float):
-        """The first (candidate, n) whose pilot penalty clears the regime margin with POWER:
-        the regime check (one-sided against the margin) is then expected to pass."""
-        for key, penalty in candidates:
-            for n in SEED_COUNTS:
-                m = regime_margin(sd, n, share)
-                if power_superiority(penalty, sd, n, shift=m) >= POWER:
-                    return key, n, m
-        return None, None, None
-
     # Claim 2: the paper's 4 first, then the larger of the smaller batches.
     b2, n2, m2 = first_fit([(b, float(by_b.loc[b, "penalty_vs_32"])) for b in (4, 2, 1) if b in by_b.index],
                            sd2, SHARE_FIG2)
     penalty2 = float(by_b.loc[b2, "penalty_vs_32"]) if b2 else float("nan")
     delta = penalty2 / 2  # "matches": closer to BN at 32 than halfway to the small-batch problem
-    design |= {"claim2_per_worker_batch": b2, "claim2_seeds": n2, "claim2_regime_margin": m2,
-               "bn_penalty_at_claim2_batch": penalty2, "equivalence_margin": delta}
+    design = {"paired_sd_small_batch": sd2, "claim2_per_worker_batch": b2, "claim2_seeds": n2,
+              "claim2_regime_margin": m2, "bn_penalty_at_claim2_batch": penalty2, "equivalence_margin": delta}
     # Claim 3: the recipe with the most labels (the paper's 2 images per label) first.
     sd3 = pooled_sd(noniid, "penalty_vs_iid_32") * 2 ** 0.5  # d holds two penalties
     recipe3, n3, m3 = first_fit([(r["recipe"], float(r["penalty_vs_iid_32"])) for _, r in noniid.iterrows()],
@@ -350,18 +368,26 @@ def regime(runs: pd.DataFrame, curves: pd.DataFrame, out: Path) -> None:
         p3 = float(noniid.set_index("recipe").loc[recipe3, "penalty_vs_iid_32"])
         design["power_claim3a"] = power_superiority(SHARE_FIG3 * p3, sd3, n3)
         design["power_claim3b_tost"] = power_equivalence(0.0, delta, sd2, n3)
-    growth_const = growth[growth["lr_schedule"] == "constant"]["growth_from_init"]
-    design |= {"bn_constant_lr_growth_min": float(growth_const.min()),
-               "bn_constant_lr_growth_max": float(growth_const.max())}
+    growth_const = tables["growth"].query("lr_schedule == 'constant'")["growth_from_init"]
+    return design | {"bn_constant_lr_growth_min": float(growth_const.min()),
+                     "bn_constant_lr_growth_max": float(growth_const.max())}
+
+
+def regime(runs: pd.DataFrame, curves: pd.DataFrame, out: Path) -> None:
+    """Stage regime's tables and design, written to ``out`` and printed."""
+    runs = runs.assign(recipe=runs["recipe.noniid.labels_per_batch"].astype(int).astype(str) + " x "
+                       + runs["recipe.noniid.images_per_label"].astype(int).astype(str))
+    tables = regime_tables(runs, curves)
+    design = regime_design(tables, int(runs["steps"].iloc[0]))
     out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame([{"quantity": k, "value": round(v, 4) if isinstance(v, float) else v}
                           for k, v in design.items()])
-    for frame, name in ((runs, "pilot_runs.csv"), (curves, "pilot_curves.csv"), (small, "small_batch.csv"),
-                        (noniid, "noniid.csv"), (cross, "crossing.csv"), (growth, "weight_growth.csv"),
-                        (table, "design.csv")):
+    for frame, name in ((runs, "pilot_runs.csv"), (curves, "pilot_curves.csv"), (tables["small"], "small_batch.csv"),
+                        (tables["noniid"], "noniid.csv"), (tables["cross"], "crossing.csv"),
+                        (tables["growth"], "weight_growth.csv"), (table, "design.csv")):
         write_atomic(out / name, lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
     pd.set_option("display.width", 200)
-    for frame in (small, noniid, cross, growth, table):
+    for frame in (*tables.values(), table):
         print(frame.to_string(index=False), end="\n\n")
 
 

@@ -53,3 +53,16 @@ def test_the_profile_holds_the_designs_schedules_and_recipe():
         for key in ("relax_start", "d_max_end_step", "r_max_end_step"):
             assert schedule[key] == int(design[f"{claim}_{key}"]), (claim, key)
     assert f"{recipe.noniid.labels_per_batch} x {recipe.noniid.images_per_label}" == design["claim3_recipe"]
+
+
+def test_the_committed_regime_tables_and_design_recompute_from_the_pilots_runs(tmp_path, capsys):
+    """Stage regime's tables and design.csv, recomputed from its committed runs and curves,
+    are the committed files byte for byte (a refactor of the stage cannot move them)."""
+    import pandas as pd
+    from script_modules import load_script
+
+    pilot = load_script("pilot_protocol")
+    committed = ROOT / "results" / "pilot" / "regime"
+    pilot.regime(pd.read_csv(committed / "pilot_runs.csv"), pd.read_csv(committed / "pilot_curves.csv"), tmp_path)
+    for name in ("small_batch.csv", "noniid.csv", "crossing.csv", "weight_growth.csv", "design.csv"):
+        assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
