@@ -13,12 +13,12 @@ a smaller sample or a crash. The means in the ``ours`` column are descriptive on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import pandas as pd
 
-from brn_repro.experiments import deciding, supporting
 from brn_repro.protocol import limits_at
 from brn_repro.stats import (
     FINISHED,
@@ -70,7 +70,10 @@ GROWTH_FACTOR, STARTUP_STEPS = 2.0, 100
 # The pilot's paired seed-to-seed sd of BN differences: the powers stated in the report.
 PILOT_SD_SMALL_BATCH, PILOT_SD_DID = 0.453, 1.266
 
-VERDICT_RULES = (
+# The verdict rules the report states before any number: this preamble, which every claim
+# shares, then each claim's own rule (``PaperClaim.rule_text``, in ``CLAIMS`` order), then
+# the closing sentence (``brn_repro.report.verdict_rules`` joins them).
+RULES_PREAMBLE = (
     "Each claim has one **primary** comparison and one **regime check**, both fixed before "
     "any BRN run of this protocol, from a pilot of BN alone ([pilot/README.md](pilot/README.md), "
     "stage regime). The regime check asks whether the problem the claim is about exists here, "
@@ -89,31 +92,10 @@ VERDICT_RULES = (
     "the report says whether they agree. **Divergence**: a diverged run (NaN/inf loss) is a "
     "failure of its condition and is never dropped: in a difference it counts at chance "
     "accuracy (100 / classes), it makes any equivalence fail. A comparison with runs not "
-    "finished, a seed missing on one side, or fewer than 2 paired seeds is **inconclusive**. "
-    f"**Claim 1** (BRN − BN, per-worker 32, i.i.d.). Regime: BRN's r_max and d_max are at "
-    f"least {RELAXED_AT_LEAST:g} over the last third of the run (its schedule, read from the "
-    "runs' configs; the r and d clip fractions are reported). Reproduced iff equivalent "
-    "(TOST); otherwise not reproduced. **Claim 2** (BRN − BN at the smallest per-worker batch "
-    "of fig2_small_batch; per-worker 4, the paper's, is secondary). Regime: BN at 32 beats BN "
-    f"at that batch by more than {SMALL_BATCH_MARGIN:g} point (one-sided paired t against "
-    "the margin). Reproduced iff BRN > BN (one-sided); *not reproduced (BN significantly "
-    "better)* iff the reverse test is significant; otherwise *not reproduced (no significant "
-    "difference)*. **Claim 3** (fig3_noniid, per-worker 32). Regime: BN's non-i.i.d. penalty "
-    f"(BN i.i.d. − BN non-i.i.d.) exceeds {NONIID_MARGIN:g} points (one-sided paired t against "
-    "the margin). (a) the difference in differences d = (BN iid − BN non-iid) − (BRN iid − "
-    "BRN non-iid) > 0, one-sided; (b) BRN non-iid equivalent to BRN iid (TOST). Reproduced "
-    "iff (a) and (b); partly iff (a) alone; not reproduced iff (a) is not significant. A "
-    "diverged run among the four conditions makes (a) inconclusive (no value for it is "
-    "neutral). **Claim 4** (moving averages in training vs BN, per-worker 32, the same seeds; "
-    "primary: constant lr without weight decay, so neither damps the growth the paper warns "
-    "of; the profile's setting secondary). Regime: BN's runs of the setting complete. Per "
-    f"seed the moving-average run *blows up* iff it diverges after step {STARTUP_STEPS} or its "
-    "weight norm grows from initialization to the end by more than "
-    f"{GROWTH_FACTOR:g} times BN's growth (same seed, same initial weights); a NaN by step "
-    f"{STARTUP_STEPS} is a start-up instability, reported apart and not counted as blowing "
-    "up. Reproduced iff a majority of the seeds blow up. Accuracies are top-1 % on the test "
-    "set, model in inference mode (moving statistics), at the last step."
+    "finished, a seed missing on one side, or fewer than 2 paired seeds is **inconclusive**."
 )
+RULES_CLOSING = ("Accuracies are top-1 % on the test set, model in inference mode (moving "
+                 "statistics), at the last step.")
 
 
 @dataclass
@@ -155,6 +137,41 @@ class Claim:
     power: str = ""  # the primary's power at the paper's effect, from the pilot's spread
     robust: str = ""  # the primary's robustness check
     p_values: dict[str, float] = field(default_factory=dict)  # the primaries' p, for Holm
+
+
+@dataclass(frozen=True)
+class PaperClaim:
+    """One of the paper's claims, all of it in one place: what the paper says, the rule that
+    decides it (stated in the report before any number), the experiment whose runs decide
+    it, and the function that applies the rule. ``CLAIMS`` registers them; the report, the
+    protocol section, the dashboard and the reproduction driver (``brn_repro.experiments``:
+    an experiment that decides a claim is in ``make reproduce``) read that table.
+
+    ``comparison``: the primary comparison, as the rule names it. ``rule``: the rest of the
+    claim's rule (regime check, verdict). ``experiment``: the experiment deciding it;
+    ``secondary``: experiments its secondary rows also read. ``decide(claim, runs, chance,
+    curves)``: the verdict, a ``Claim``.
+    """
+
+    key: str
+    text: str
+    paper: str
+    comparison: str
+    rule: str
+    experiment: str
+    decide: Callable[[PaperClaim, pd.DataFrame, float, pd.DataFrame | None], Claim]
+    secondary: tuple[str, ...] = ()
+
+    @property
+    def rule_text(self) -> str:
+        return f"**Claim {self.key}** ({self.comparison}). {self.rule}"
+
+    def result(self) -> Claim:
+        """The claim's verdict before any comparison: not run."""
+        return Claim(self.key, self.text, self.paper)
+
+    def evaluate(self, runs: pd.DataFrame, chance: float, curves: pd.DataFrame | None = None) -> Claim:
+        return self.decide(self, runs, chance, curves)
 
 
 def stats(frame: pd.DataFrame, metric: str = "test_acc") -> Stats:
@@ -279,10 +296,8 @@ def relaxation_check(brn: pd.DataFrame, curves: pd.DataFrame | None) -> tuple[Ro
     return Row(label, paper, ours, PASSES if passed else FAILS), passed
 
 
-def claim_1(runs: pd.DataFrame, chance: float, curves: pd.DataFrame | None = None) -> Claim:
-    claim = Claim("1", "At normal batch sizes BRN matches or slightly beats BN.",
-                  "per-worker 32, i.i.d.: BN 78.3%, BRN 78.5%")
-    experiment = deciding("1")
+def _decide_1(spec: PaperClaim, runs: pd.DataFrame, chance: float, curves: pd.DataFrame | None) -> Claim:
+    claim, experiment = spec.result(), spec.experiment
     bn, brn = _select(runs, experiment, norm__name="bn"), _select(runs, experiment, norm__name="brn")
     claim.ours = f"BN {stats(bn).text()}, BRN {stats(brn).text()}"
     eq, why = _compare("equivalence", {"BRN": brn, "BN": bn}, chance)
@@ -311,10 +326,8 @@ def claim_1(runs: pd.DataFrame, chance: float, curves: pd.DataFrame | None = Non
     return claim
 
 
-def claim_2(runs: pd.DataFrame, chance: float) -> Claim:
-    claim = Claim("2", "With small normalization batches BRN ends higher than BN, yet below "
-                  "normalizing over 32.", "microbatches of 4: BN 74.2%, BRN 76.5%; both below 78.3/78.5")
-    experiment = deciding("2")
+def _decide_2(spec: PaperClaim, runs: pd.DataFrame, chance: float, curves: pd.DataFrame | None) -> Claim:
+    claim, experiment = spec.result(), spec.experiment
     fig2 = runs[runs["experiment"] == experiment]
     if fig2.empty:
         return claim
@@ -325,14 +338,14 @@ def claim_2(runs: pd.DataFrame, chance: float) -> Claim:
     batches = sorted({int(v) for v in fig2["data.per_worker_batch"].dropna()})
     small = batches[0]  # the primary: the smallest per-worker batch of the experiment
     bn_s, brn_s = at("bn", small), at("brn", small)
-    at_32 = deciding("1")  # claim 1's runs: BN at per-worker 32, claim 2's regime reference
+    at_32 = CLAIMS["1"].experiment  # claim 1's runs: BN at per-worker 32, claim 2's regime reference
     bn32 = _select(runs, at_32, norm__name="bn", data__per_worker_batch=32)
     claim.ours = f"b={small}: BRN {stats(brn_s).text()}, BN {stats(bn_s).text()}; BN at 32 {stats(bn32).text()}"
     sup, why = _compare("superiority", {"BRN": brn_s, "BN": bn_s}, chance)
     claim.primary = sup.text() if sup else "-"
     claim.robust = _robust(sup)
     claim.rows.append(_row(f"BRN > BN at per-worker batch {small}", "76.5 vs 74.2 (at 4)", sup, why, True))
-    for name in (experiment, *supporting("2")):  # the paper's per-worker 4, any other batch: secondary
+    for name in (experiment, *spec.secondary):  # the paper's per-worker 4, any other batch: secondary
         other = runs[runs["experiment"] == name]
         for b in sorted({int(v) for v in other["data.per_worker_batch"].dropna()} - {small, 32}):
             pick = {norm: _select(runs, name, norm__name=norm, data__per_worker_batch=b) for norm in ("brn", "bn")}
@@ -368,14 +381,11 @@ def claim_2(runs: pd.DataFrame, chance: float) -> Claim:
     return claim
 
 
-def claim_3(runs: pd.DataFrame, chance: float) -> Claim:
-    claim = Claim("3", "With non-i.i.d. minibatches BN overfits to the minibatch distribution "
-                  "(its train accuracy in inference mode is low), while BRN matches the i.i.d. result.",
-                  "BN 67.0% (train 72.8%), BRN 78.6%, i.i.d. 78.3%; BN with minibatch stats 76.5%, "
-                  "BN on split halves 77.4%")
+def _decide_3(spec: PaperClaim, runs: pd.DataFrame, chance: float, curves: pd.DataFrame | None) -> Claim:
+    claim = spec.result()
 
     def pick(norm: str, sampler: str) -> pd.DataFrame:
-        return _select(runs, deciding("3"), norm__name=norm, sampler__name=sampler)
+        return _select(runs, spec.experiment, norm__name=norm, sampler__name=sampler)
 
     four = {"BN iid": pick("bn", "iid"), "BN non-iid": pick("bn", "noniid"),
             "BRN iid": pick("brn", "iid"), "BRN non-iid": pick("brn", "noniid")}
@@ -408,18 +418,12 @@ def claim_3(runs: pd.DataFrame, chance: float) -> Claim:
                                "(probe)", "76.5 vs 67.0",
                                *_compare("superiority", {"probe": bn_non, "inference": inference},
                                          chance, metric="minibatch_stats_acc")))
-    claim.rows += _controls(bn_non, chance, runs)
+    claim.rows += _controls(spec, bn_non, chance, runs)
     penalty, why_p = _compare("superiority", {"BN iid": bn_iid, "BN non-iid": bn_non}, chance,
                               shift=NONIID_MARGIN)
     regime = _regime_row(f"regime: BN i.i.d. − BN non-i.i.d. > {NONIID_MARGIN:g} (one-sided)",
                          "78.3 − 67.0 = 11.3", penalty, why_p)
-    n = did.n if did and did.n >= 2 else 5
-    effect = penalty.mean if penalty and penalty.n >= 2 else NONIID_MARGIN
-    claim.power = (f"(a) power if BRN recovers all of the measured BN penalty ({effect:+.2f}) with the "
-                   f"pilot's paired sd {PILOT_SD_DID:g} and n = {n}: "
-                   f"{power_superiority(effect, PILOT_SD_DID, n, ALPHA):.2f}; (b) TOST power at a true "
-                   f"difference of 0 with sd {PILOT_SD_SMALL_BATCH:g}: "
-                   f"{power_equivalence(0.0, MATCH_MARGIN, PILOT_SD_SMALL_BATCH, n, ALPHA):.2f}")
+    claim.power = _power_3(did, penalty)
     if not _gate(claim, *regime, "BN's non-i.i.d. problem"):
         return claim
     if why:
@@ -437,9 +441,20 @@ def claim_3(runs: pd.DataFrame, chance: float) -> Claim:
     return claim
 
 
-def _controls(bn_non: pd.DataFrame, chance: float, runs: pd.DataFrame) -> list[Row]:
+def _power_3(did, penalty) -> str:
+    """Claim 3's powers: (a) at the measured BN penalty, (b) TOST at no difference."""
+    n = did.n if did and did.n >= 2 else 5
+    effect = penalty.mean if penalty and penalty.n >= 2 else NONIID_MARGIN
+    return (f"(a) power if BRN recovers all of the measured BN penalty ({effect:+.2f}) with the "
+            f"pilot's paired sd {PILOT_SD_DID:g} and n = {n}: "
+            f"{power_superiority(effect, PILOT_SD_DID, n, ALPHA):.2f}; (b) TOST power at a true "
+            f"difference of 0 with sd {PILOT_SD_SMALL_BATCH:g}: "
+            f"{power_equivalence(0.0, MATCH_MARGIN, PILOT_SD_SMALL_BATCH, n, ALPHA):.2f}")
+
+
+def _controls(spec: PaperClaim, bn_non: pd.DataFrame, chance: float, runs: pd.DataFrame) -> list[Row]:
     """Claim 3's secondary controls (fig3_controls): BN on split groups, GN non-i.i.d."""
-    (controls,) = supporting("3")
+    (controls,) = spec.secondary
     split = _select(runs, controls, norm__name="bn", sampler__name="noniid_split")
     split_size = _select(runs, controls, norm__name="bn", sampler__name="iid")
     seeds = set(split["seed"]) if "seed" in split else set()
@@ -479,12 +494,11 @@ def _setting_label(schedule: str, weight_decay: float) -> str:
     return f"{schedule} lr, weight decay {weight_decay:g}"
 
 
-def claim_4(runs: pd.DataFrame, curves: pd.DataFrame | None) -> Claim:
+def _decide_4(spec: PaperClaim, runs: pd.DataFrame, chance: float, curves: pd.DataFrame | None) -> Claim:
     """Primary: constant lr without weight decay (neither damps the weights' growth that
     the paper warns of); the profile's own lr schedule and weight decay are secondary."""
-    claim = Claim("4", "Normalizing with moving averages in training (no BRN correction) blows up.",
-                  "'has been observed to lead to the model blowing up' (section 2); no number")
-    exp = runs[runs["experiment"] == deciding("4")]
+    claim = spec.result()
+    exp = runs[runs["experiment"] == spec.experiment]
     needed = ("norm.name", "train.lr_schedule", "optim.weight_decay")
     if exp.empty or not all(c in exp.columns for c in needed):
         return claim
@@ -549,9 +563,54 @@ def multiplicity(claims: list[Claim]) -> str:
             f"{len(pvalues)} tested primaries, Holm's step-down adjustment gives: " + "; ".join(parts) + ".")
 
 
+CLAIMS: dict[str, PaperClaim] = {c.key: c for c in (
+    PaperClaim(
+        "1", "At normal batch sizes BRN matches or slightly beats BN.",
+        "per-worker 32, i.i.d.: BN 78.3%, BRN 78.5%", "BRN − BN, per-worker 32, i.i.d.",
+        f"Regime: BRN's r_max and d_max are at least {RELAXED_AT_LEAST:g} over the last third of the "
+        "run (its schedule, read from the runs' configs; the r and d clip fractions are reported). "
+        "Reproduced iff equivalent (TOST); otherwise not reproduced.",
+        "fig1_baseline", _decide_1),
+    PaperClaim(
+        "2", "With small normalization batches BRN ends higher than BN, yet below normalizing over 32.",
+        "microbatches of 4: BN 74.2%, BRN 76.5%; both below 78.3/78.5",
+        "BRN − BN at the smallest per-worker batch of fig2_small_batch; per-worker 4, the paper's, "
+        "is secondary",
+        f"Regime: BN at 32 beats BN at that batch by more than {SMALL_BATCH_MARGIN:g} point (one-sided "
+        "paired t against the margin). Reproduced iff BRN > BN (one-sided); *not reproduced (BN "
+        "significantly better)* iff the reverse test is significant; otherwise *not reproduced (no "
+        "significant difference)*.",
+        "fig2_small_batch", _decide_2, secondary=("fig1_baseline", "fig2_paper_batch")),
+    PaperClaim(
+        "3", "With non-i.i.d. minibatches BN overfits to the minibatch distribution (its train "
+        "accuracy in inference mode is low), while BRN matches the i.i.d. result.",
+        "BN 67.0% (train 72.8%), BRN 78.6%, i.i.d. 78.3%; BN with minibatch stats 76.5%, BN on "
+        "split halves 77.4%", "fig3_noniid, per-worker 32",
+        f"Regime: BN's non-i.i.d. penalty (BN i.i.d. − BN non-i.i.d.) exceeds {NONIID_MARGIN:g} points "
+        "(one-sided paired t against the margin). (a) the difference in differences d = (BN iid − "
+        "BN non-iid) − (BRN iid − BRN non-iid) > 0, one-sided; (b) BRN non-iid equivalent to BRN "
+        "iid (TOST). Reproduced iff (a) and (b); partly iff (a) alone; not reproduced iff (a) is "
+        "not significant. A diverged run among the four conditions makes (a) inconclusive (no "
+        "value for it is neutral).",
+        "fig3_noniid", _decide_3, secondary=("fig3_controls",)),
+    PaperClaim(
+        "4", "Normalizing with moving averages in training (no BRN correction) blows up.",
+        "'has been observed to lead to the model blowing up' (section 2); no number",
+        "moving averages in training vs BN, per-worker 32, the same seeds; primary: constant lr "
+        "without weight decay, so neither damps the growth the paper warns of; the profile's "
+        "setting secondary",
+        f"Regime: BN's runs of the setting complete. Per seed the moving-average run *blows up* iff "
+        f"it diverges after step {STARTUP_STEPS} or its weight norm grows from initialization to the "
+        f"end by more than {GROWTH_FACTOR:g} times BN's growth (same seed, same initial weights); a "
+        f"NaN by step {STARTUP_STEPS} is a start-up instability, reported apart and not counted as "
+        "blowing up. Reproduced iff a majority of the seeds blow up.",
+        "moving_average_question", _decide_4),
+)}
+
+
 def evaluate_claims(runs: pd.DataFrame, curves: pd.DataFrame | None = None) -> list[Claim]:
-    """The four claims; ``curves`` (one row per evaluation, ``run_dir`` to match runs) feeds
-    claim 1's clip fractions and claim 4's weight growth, and may be missing (W&B source)."""
+    """Every claim of ``CLAIMS``, in order; ``curves`` (one row per evaluation, ``run_dir`` to
+    match runs) feeds claim 1's clip fractions and claim 4's weight growth, and may be missing
+    (W&B source)."""
     chance = _chance(runs)
-    return [claim_1(runs, chance, curves), claim_2(runs, chance), claim_3(runs, chance),
-            claim_4(runs, curves)]
+    return [claim.evaluate(runs, chance, curves) for claim in CLAIMS.values()]

@@ -10,7 +10,10 @@ and one ``Experiment`` in ``EXPERIMENTS``; ``check_described`` (run by the drive
 tests) says which one is missing.
 
 The claims are the paper's (Ioffe 2017, PAPER.md), numbered as ``brn_repro.claims`` numbers
-them: 1 (Fig 1), 2 (Fig 2), 3 (Fig 3), 4 (section 2's moving averages in training).
+them: 1 (Fig 1), 2 (Fig 2), 3 (Fig 3), 4 (section 2's moving averages in training). Each claim
+names the experiment that decides it and those its secondary rows read
+(``brn_repro.claims.CLAIMS``); ``Experiment.decides``/``supports`` read that table, so adding
+a claim is one ``PaperClaim``.
 """
 
 from __future__ import annotations
@@ -31,8 +34,6 @@ class Experiment:
 
     ``conditions``: the config columns that tell one condition from another (seed aside);
     the summary, the figures' lines and the paired comparisons group by them.
-    ``decides``: the claim whose primary comparison its runs decide (seeds: its config).
-    ``supports``: claims whose secondary rows also read its runs.
     ``figures``: figures beyond ``COMMON_FIGURES`` (plots.FIGURES names).
     ``claim_figure``: the figure shown beside the claim it decides in REPORT.md.
     """
@@ -40,10 +41,18 @@ class Experiment:
     name: str
     title: str
     conditions: tuple[str, ...]
-    decides: str | None = None
-    supports: tuple[str, ...] = ()
     figures: tuple[str, ...] = ()
     claim_figure: str = "test_acc_vs_step"
+
+    @property
+    def decides(self) -> str | None:
+        """The claim whose primary comparison its runs decide (seeds: its config)."""
+        return next((key for key, claim in _claims().items() if claim.experiment == self.name), None)
+
+    @property
+    def supports(self) -> tuple[str, ...]:
+        """The claims whose secondary rows also read its runs."""
+        return tuple(key for key, claim in _claims().items() if self.name in claim.secondary)
 
     @property
     def in_default_reproduction(self) -> bool:
@@ -58,20 +67,19 @@ class Experiment:
 
 # In the order the driver runs them (fig3_noniid's i.i.d. runs are fig2's records).
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
-    Experiment("fig1_baseline", "Fig. 1 baseline (per-worker batch 32)", ("norm.name",),
-               decides="1", supports=("2",)),
+    Experiment("fig1_baseline", "Fig. 1 baseline (per-worker batch 32)", ("norm.name",)),
     Experiment("fig2_small_batch", "Fig. 2 small per-worker batch",
-               ("norm.name", "data.per_worker_batch"), decides="2"),
+               ("norm.name", "data.per_worker_batch")),
     Experiment("fig2_paper_batch", "Fig. 2 at the paper's per-worker 4",
-               ("norm.name", "data.per_worker_batch"), supports=("2",)),
+               ("norm.name", "data.per_worker_batch")),
     Experiment("fig3_noniid", "Fig. 3 non-i.i.d. minibatches", ("norm.name", "sampler.name"),
-               decides="3", figures=("train_acc_vs_step",)),
+               figures=("train_acc_vs_step",)),
     # claim 4's primary (constant lr, no weight decay) and the profile's setting
     Experiment("moving_average_question", "Moving averages in training (claim 4)",
-               ("norm.name", "train.lr_schedule", "optim.weight_decay"), decides="4",
+               ("norm.name", "train.lr_schedule", "optim.weight_decay"),
                figures=("loss_vs_step", "weight_norm_vs_step"), claim_figure="weight_norm_vs_step"),
     Experiment("fig3_controls", "Fig. 3 controls",
-               ("norm.name", "sampler.name", "data.per_worker_batch"), supports=("3",)),
+               ("norm.name", "sampler.name", "data.per_worker_batch")),
     Experiment("batch_size_sweep", "Batch-size sweep", ("norm.name", "data.per_worker_batch"),
                figures=("acc_vs_per_worker_batch",)),
     Experiment("rd_schedule_ablation", "rₘₐₓ × dₘₐₓ ablation", ("norm.r_max", "norm.d_max"),
@@ -96,21 +104,27 @@ def figures(name: str) -> tuple[str, ...]:
     return EXPERIMENTS[name].all_figures if name in EXPERIMENTS else COMMON_FIGURES
 
 
+def _claims() -> dict:
+    """``brn_repro.claims.CLAIMS``, imported on use: the claims module reads the protocol
+    module, which reads this one."""
+    from brn_repro.claims import CLAIMS
+
+    return CLAIMS
+
+
 def deciding(claim: str) -> str:
     """The experiment whose runs decide ``claim``'s primary comparison."""
-    (name,) = [e.name for e in EXPERIMENTS.values() if e.decides == claim]
-    return name
+    return _claims()[claim].experiment
 
 
 def supporting(claim: str) -> list[str]:
     """The experiments, beside the deciding one, that ``claim``'s secondary rows read."""
-    return [e.name for e in EXPERIMENTS.values() if claim in e.supports]
+    return list(_claims()[claim].secondary)
 
 
 def claim_experiments() -> dict[str, str]:
     """Claim -> the experiment deciding it, in claim order."""
-    return {e.decides: e.name for e in sorted(EXPERIMENTS.values(), key=lambda e: e.decides or "")
-            if e.decides is not None}
+    return {key: claim.experiment for key, claim in _claims().items()}
 
 
 def configured(conf_dir: Path = CONF_DIR) -> list[str]:

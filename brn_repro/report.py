@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from brn_repro.claims import VERDICT_RULES, Claim, multiplicity, stats
+from brn_repro.claims import CLAIMS, RULES_CLOSING, RULES_PREAMBLE, Claim, multiplicity, stats
 from brn_repro.experiments import EXPERIMENTS, claim_experiments
 from brn_repro.files import write_atomic
 from brn_repro.machines import machines_section
@@ -27,6 +27,11 @@ def _commits(runs: pd.DataFrame) -> str:
     trained = distinct.get("git_commit", pd.Series(dtype=object)).fillna("not recorded")
     counts = ", ".join(f"`{c}` ({n})" for c, n in trained.value_counts().items())
     return f"aggregated at `{git_commit() or 'unknown'}`; runs trained at {counts or '-'}"
+
+
+def verdict_rules() -> str:
+    """The pre-registered verdict rules: the shared preamble, each claim's own rule, the close."""
+    return " ".join((RULES_PREAMBLE, *(claim.rule_text for claim in CLAIMS.values()), RULES_CLOSING))
 
 
 def claims_table(claims: list[Claim]) -> list[str]:
@@ -151,7 +156,7 @@ def write_report(out: Path, runs: pd.DataFrame, summaries: dict[str, pd.DataFram
         + _wall_text(wall_seconds, runs_trained, len(distinct)),
         "", *machines_section(runs, out), *protocol_section(runs, curves), *deviations_section(runs),
         *_history(out),
-        "## Verdicts", "", "**Verdict rules (pre-registered).** " + VERDICT_RULES, "",
+        "## Verdicts", "", "**Verdict rules (pre-registered).** " + verdict_rules(), "",
         *claims_table(claims), "",
         "## The claims in detail", "", *_claim_sections(claims, figures, out),
         "## Accuracy against the per-worker batch (the Group Norm paper's figure)", "",

@@ -19,6 +19,7 @@ import pytest
 from scipy import stats as sps
 
 from brn_repro.claims import (
+    CLAIMS,
     FAILS,
     GROWTH_FACTOR,
     INCONCLUSIVE,
@@ -32,16 +33,12 @@ from brn_repro.claims import (
     REPRODUCED,
     SMALL_BATCH_MARGIN,
     STARTUP_STEPS,
-    VERDICT_RULES,
     Claim,
-    claim_1,
-    claim_2,
-    claim_3,
-    claim_4,
     evaluate_claims,
     multiplicity,
     relaxation_check,
 )
+from brn_repro.report import verdict_rules
 from brn_repro.weight_growth import (
     BLOWS_UP_DIVERGED,
     BLOWS_UP_GROWTH,
@@ -52,6 +49,8 @@ from brn_repro.weight_growth import (
 )
 
 CHANCE = 10.0
+# Each claim's rule applied to a frame of runs, as evaluate_claims applies it.
+claim_1, claim_2, claim_3, claim_4 = (CLAIMS[key].evaluate for key in "1234")
 FEWER = f"{INCONCLUSIVE}: fewer than 2 paired seeds"
 
 
@@ -448,7 +447,7 @@ def test_claim_4_per_seed_rule():
     # 2 of 5 blow up: not a majority -> not reproduced
     ma = {0: "diverged@13", 1: "diverged@500", 2: 12.5, 3: 12.0, 4: 11.0}
     frame, curves = claim4_frame(ma, BN_GROWS_1)
-    claim = claim_4(frame, curves)
+    claim = claim_4(frame, CHANCE, curves)
     assert claim.regime.verdict == PASSES and claim.regime.ours == "5 of 5 BN runs completed"
     row = claim.rows[0]
     assert row.primary and row.label == "moving averages vs BN, constant lr, weight decay 0"
@@ -461,7 +460,7 @@ def test_claim_4_per_seed_rule():
     assert claim.ours == "2 of 10 runs of the experiment diverged"
     # the same NaN at step 500 instead of 13 makes it 3 of 5: a majority -> reproduced
     frame, curves = claim4_frame(ma | {0: "diverged@500"}, BN_GROWS_1)
-    claim = claim_4(frame, curves)
+    claim = claim_4(frame, CHANCE, curves)
     assert claim.rows[0].verdict == "blows up (majority of seeds)" and claim.verdict == REPRODUCED
     assert claim.rows[0].ours.startswith("3 of 5 seeds blow up; ")
 
@@ -478,7 +477,7 @@ def test_startup_window_boundary(step, verdict):
 def test_claim_4_half_is_not_a_majority():
     # 2 of 4 seeds blow up (+3 > 2): exactly half -> does not blow up
     frame, curves = claim4_frame({0: 13.0, 1: 13.0, 2: 11.0, 3: 11.0}, {s: 11.0 for s in range(4)})
-    claim = claim_4(frame, curves)
+    claim = claim_4(frame, CHANCE, curves)
     assert claim.rows[0].ours.startswith("2 of 4 seeds blow up; ")
     assert claim.rows[0].verdict == "does not blow up" and claim.verdict == NOT_REPRODUCED
 
@@ -487,13 +486,13 @@ def test_claim_4_shrinking_bn_weights_do_not_make_any_growth_count():
     # BN shrinks 10 -> 8.5 (growth -1.5). Seed 0: MA +2 > 2 x (-1.5) = -3, but not > 2 x |-1.5| = 3;
     # seeds 1, 2: +3.5 > 3 blow up -> 2 of 3, a majority
     frame, curves = claim4_frame({0: 12.0, 1: 13.5, 2: 13.5}, {s: 8.5 for s in range(3)})
-    claim = claim_4(frame, curves)
+    claim = claim_4(frame, CHANCE, curves)
     assert "seed 0: +2.0 vs BN -1.5 (does not blow up)" in claim.rows[0].ours
     assert "seed 1: +3.5 vs BN -1.5 (blows up (weight norm))" in claim.rows[0].ours
     assert claim.verdict == REPRODUCED
     # every MA seed at +2: none counts
     frame, curves = claim4_frame({s: 12.0 for s in range(3)}, {s: 8.5 for s in range(3)})
-    assert claim_4(frame, curves).verdict == NOT_REPRODUCED
+    assert claim_4(frame, CHANCE, curves).verdict == NOT_REPRODUCED
 
 
 def test_claim_4_unmeasured_seeds():
@@ -501,16 +500,16 @@ def test_claim_4_unmeasured_seeds():
     # 2 of 5 blow up, 3 unmeasured could make a majority -> inconclusive
     ma = {0: "diverged@500", 1: "diverged@500", 2: 12.0, 3: 12.0, 4: 12.0}
     frame, _ = claim4_frame(ma, BN_GROWS_1)
-    claim = claim_4(frame, None)
+    claim = claim_4(frame, CHANCE, None)
     assert claim.rows[0].verdict == f"{INCONCLUSIVE}: 3 seed(s) without curves or BN pair"
     assert claim.verdict == claim.rows[0].verdict
     assert "seed 2: - vs BN - (unmeasured)" in claim.rows[0].ours
     # 3 of 5 blow up: the 2 unmeasured cannot undo the majority
     frame, _ = claim4_frame(ma | {2: "diverged@500"}, BN_GROWS_1)
-    assert claim_4(frame, None).verdict == REPRODUCED
+    assert claim_4(frame, CHANCE, None).verdict == REPRODUCED
     # BN lacks seed 4's pair; 0 of 5 blow up and the 1 unmeasured cannot make a majority
     frame, curves = claim4_frame({s: 11.0 for s in range(5)}, {s: 11.0 for s in range(4)})
-    claim = claim_4(frame, curves)
+    claim = claim_4(frame, CHANCE, curves)
     assert "seed 4: +1.0 vs BN - (unmeasured)" in claim.rows[0].ours
     assert claim.rows[0].verdict == "does not blow up" and claim.verdict == NOT_REPRODUCED
 
@@ -518,7 +517,7 @@ def test_claim_4_unmeasured_seeds():
 def test_claim_4_regime_failure_is_inconclusive_although_the_ma_runs_blow_up():
     # every MA seed diverges at step 500 (5 of 5 blow up), but BN's seed 2 diverged too
     frame, curves = claim4_frame({s: "diverged@500" for s in range(5)}, BN_GROWS_1 | {2: "diverged@700"})
-    claim = claim_4(frame, curves)
+    claim = claim_4(frame, CHANCE, curves)
     assert claim.rows[0].verdict == "blows up (majority of seeds)"
     assert claim.regime.verdict == FAILS and claim.regime.ours == "4 of 5 BN runs completed"
     assert claim.verdict == f"{INCONCLUSIVE}: a BN baseline that trains absent at this scale"
@@ -528,7 +527,7 @@ def test_claim_4_unfinished_bn_leaves_the_regime_undecided():
     # BN's seed 4 is still running: nothing says BN fails to train, the check cannot be decided
     # yet, and the verdict should say what is missing (as the primary row does).
     frame, curves = claim4_frame({s: "diverged@500" for s in range(5)}, BN_GROWS_1 | {4: "incomplete"})
-    claim = claim_4(frame, curves)
+    claim = claim_4(frame, CHANCE, curves)
     assert claim.rows[0].verdict == f"{INCONCLUSIVE}: seeds [4] of BN not finished"
     assert claim.regime.verdict != FAILS
     assert claim.verdict == f"{INCONCLUSIVE}: seeds [4] of BN not finished"
@@ -536,7 +535,7 @@ def test_claim_4_unfinished_bn_leaves_the_regime_undecided():
 
 def test_claim_4_no_bn_runs_leaves_the_regime_undecided():
     frame, curves = claim4_frame({s: "diverged@500" for s in range(5)}, {})
-    claim = claim_4(frame, curves)
+    claim = claim_4(frame, CHANCE, curves)
     assert claim.regime.verdict != FAILS
     assert "absent at this scale" not in claim.verdict
     assert claim.verdict.startswith((NOT_RUN, INCONCLUSIVE))
@@ -544,7 +543,7 @@ def test_claim_4_no_bn_runs_leaves_the_regime_undecided():
 
 def test_claim_4_unfinished_ma_run_is_inconclusive():
     frame, curves = claim4_frame({0: 13.0, 1: "incomplete", 2: 13.0}, {s: 11.0 for s in range(3)})
-    claim = claim_4(frame, curves)
+    claim = claim_4(frame, CHANCE, curves)
     assert claim.regime.verdict == PASSES
     assert claim.verdict == f"{INCONCLUSIVE}: seeds [1] of constant lr, weight decay 0 not finished"
 
@@ -556,16 +555,16 @@ def test_claim_4_only_the_primary_setting_decides():
                                            {s: 11.0 for s in range(3)}, setting=PROFILE)
     primary, primary_curves = claim4_frame({s: 10.5 for s in range(3)}, {s: 11.0 for s in range(3)})
     frame, curves = pd.concat([profile, primary]), pd.concat([profile_curves, primary_curves])
-    claim = claim_4(frame, curves)
+    claim = claim_4(frame, CHANCE, curves)
     assert [(r.label, r.verdict, r.primary) for r in claim.rows] == [
         ("moving averages vs BN, constant lr, weight decay 0", "does not blow up", True),
         ("moving averages vs BN, cosine lr, weight decay 0.0005", "blows up (majority of seeds)", False)]
     assert claim.verdict == NOT_REPRODUCED
     assert claim.ours == "3 of 12 runs of the experiment diverged"
     # without the primary setting there is no verdict, whatever the secondary shows
-    no_primary = claim_4(profile, profile_curves)
+    no_primary = claim_4(profile, CHANCE, profile_curves)
     assert no_primary.verdict.startswith(NOT_RUN) and no_primary.regime is None
-    assert claim_4(pd.DataFrame(runs_of("fig1_baseline", "bn", BN_32)), None).verdict == NOT_RUN
+    assert claim_4(pd.DataFrame(runs_of("fig1_baseline", "bn", BN_32)), CHANCE).verdict == NOT_RUN
 
 
 def test_seed_growth_reads_the_last_logged_step_and_skips_non_finite_norms():
@@ -609,20 +608,24 @@ def test_multiplicity_holm_across_the_primaries():
 def test_evaluate_claims_and_rules_text():
     claims = evaluate_claims(fig1(BN_32, CLOSE))
     assert [c.verdict for c in claims] == [REPRODUCED, NOT_RUN, NOT_RUN, NOT_RUN]
+    rules = verdict_rules()
     for words in ("paired by seed", "alpha = 0.05 per claim", "margin **±0.485 point**",
                   "by more than 0.546 point", "exceeds 1.08 points", "at least 2 over the last third",
                   "diverges after step 100", "more than 2 times BN's growth", "a NaN by step 100",
                   "<precondition> absent at this scale", "chance accuracy", "one-sided paired t-test",
                   "Holm", "Wilcoxon", "bootstrap"):
-        assert words in VERDICT_RULES, words
-    assert "±1 point" not in VERDICT_RULES and "standard error" not in VERDICT_RULES
+        assert words in rules, words
+    assert "±1 point" not in rules and "standard error" not in rules
+    # each claim's own rule, in the claims' order, between the shared preamble and the close
+    at = [rules.index(claim.rule_text) for claim in CLAIMS.values()]
+    assert at == sorted(at) and [f"**Claim {key}** (" in rules for key in CLAIMS] == [True] * len(CLAIMS)
 
 
 def test_claim_4_states_the_growth_after_the_early_jump_apart_from_the_rule():
     # curves at steps 100 (INIT + 0.3), 200, 300: MA seeds 2 and 3 end at INIT + 4 and INIT + 6,
     # BN at INIT + 1. From step 100: MA +3.7 and +5.7 (mean 4.7), BN +0.7: 6.71 times
     frame, curves = claim4_frame({2: INIT + 4, 3: INIT + 6}, {2: INIT + 1, 3: INIT + 1})
-    claim = claim_4(frame, curves)
+    claim = claim_4(frame, CHANCE, curves)
     assert claim.verdict == REPRODUCED  # the rule measures from initialization: +4, +6 > 2 x 1
     assert claim.detail == ("Sensitivity, not the rule: from the first evaluation (step 100) to the end, "
                             "leaving out the early jump, the 2 completed moving-average runs of the primary "
@@ -630,5 +633,5 @@ def test_claim_4_states_the_growth_after_the_early_jump_apart_from_the_rule():
                             "the rule's factor 2.")
     # MA ending at INIT + 5 grows +4.7 after step 100, BN ending at INIT + 3 +2.7: 1.74 times, under
     frame, curves = claim4_frame({2: INIT + 5, 3: INIT + 5}, {2: INIT + 3, 3: INIT + 3})
-    assert claim_4(frame, curves).detail.endswith("+4.7 on average against BN's +2.7 (same seeds): "
+    assert claim_4(frame, CHANCE, curves).detail.endswith("+4.7 on average against BN's +2.7 (same seeds): "
                                                   "1.74 times, under the rule's factor 2.")

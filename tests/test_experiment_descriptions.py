@@ -15,6 +15,7 @@ from script_modules import load_script
 import brn_repro.config  # noqa: F401  (resolvers)
 from brn_repro import experiments
 from brn_repro.aggregate import condition_columns, condition_summary, load_runs
+from brn_repro.claims import CLAIMS
 from brn_repro.dashboard import PANELS
 from brn_repro.experiments import EXPERIMENTS, Experiment, check_described, configured
 from brn_repro.loggers import flatten_config
@@ -69,7 +70,7 @@ def test_descriptions_name_real_figures_claims_and_config_columns():
             assert description.name == name
             assert set(description.all_figures) <= set(FIGURES), name
             assert description.claim_figure in description.all_figures, name
-            assert {*description.supports, description.decides} - {None} <= {"1", "2", "3", "4"}
+            assert {*description.supports, description.decides} - {None} <= set(CLAIMS)
             # each condition column is a key of the experiment's composed runs (the sweep's
             # first and last points: a condition's own keys, such as norm.momentum_start)
             head = compose("config", overrides=[f"experiment={name}", "profile=quick"],
@@ -82,6 +83,9 @@ def test_descriptions_name_real_figures_claims_and_config_columns():
                 keys |= set(flatten_config(OmegaConf.to_container(config, resolve=True)))
             assert set(description.conditions) <= set(keys), (name, set(description.conditions) - set(keys))
     assert set(PANELS) <= set(FIGURES)
+    # each claim names experiments that are described (and so configured: check_described)
+    for claim in CLAIMS.values():
+        assert {claim.experiment, *claim.secondary} <= set(EXPERIMENTS), claim.key
 
 
 PROBE = """# @package _global_
