@@ -51,8 +51,6 @@ class NormSpec:
     on every process (all-reduced by ``brn_repro.distributed``). ``layers``: the classes it
     builds that hold batch or moving statistics, by which a built model's layers are
     found. ``conv``: the convolution it pairs with (``convert.CONV_KINDS``) or None.
-    ``later``: in the comparison of the post-2017 answers (MABN, FRN, EvoNorm-S0, GN + WS
-    beside BN, BRN and GN): rows of the report's batch-size table.
     ``description``: one line for a reader of the table.
     """
 
@@ -64,7 +62,6 @@ class NormSpec:
     moving_statistics: tuple[str, ...] = ()
     layers: tuple[type[nn.Module], ...] = ()
     conv: str | None = None
-    later: bool = False
 
     def __post_init__(self) -> None:
         if self.per_worker and not self.batch_statistics:
@@ -189,18 +186,18 @@ _MOVING_STD = ("running_mean", "running_std")
 TABLE: dict[str, NormSpec] = {spec.name: spec for spec in (
     NormSpec("bn", _bn, _BATCH, "torch's BatchNorm (+ per_worker_batch groups)",
              batch_statistics=True, moving_statistics=_RUNNING,
-             layers=(nn.modules.batchnorm._BatchNorm,), later=True),
+             layers=(nn.modules.batchnorm._BatchNorm,)),
     NormSpec("brn", _brn, _BATCH | {"r_max", "d_max", "relax_start", "r_max_end_step",
                                     "d_max_end_step", "shape"},
              "Batch Renorm (Ioffe 2017); relax_start, *_end_step, shape: the paper's relaxation",
              batch_statistics=True, moving_statistics=_MOVING_STD,
-             layers=(BatchRenorm1d, BatchRenorm2d, BatchRenorm2d.for_dim(3)), later=True),
+             layers=(BatchRenorm1d, BatchRenorm2d, BatchRenorm2d.for_dim(3))),
     NormSpec("moving_average", _moving_average,
              _BATCH | {"momentum_start", "momentum_end_step", "shape", "init_from_batch"},
              "normalize with the moving averages in training (Ioffe 2017 section 2's naive idea)",
              batch_statistics=True, moving_statistics=_MOVING_STD,
              layers=(MovingAverageNorm1d, MovingAverageNorm2d, MovingAverageNorm2d.for_dim(3))),
-    NormSpec("gn", _gn, _COMMON | {"num_groups"}, "GroupNorm (Wu & He 2018)", later=True),
+    NormSpec("gn", _gn, _COMMON | {"num_groups"}, "GroupNorm (Wu & He 2018)"),
     NormSpec("ln", lambda options, dim: lambda c: nn.GroupNorm(1, c, **options), _COMMON,
              "LayerNorm over (C, H, W), as GroupNorm with one group"),
     NormSpec("in", _in, _COMMON, "InstanceNorm"),
@@ -216,14 +213,14 @@ TABLE: dict[str, NormSpec] = {spec.name: spec for spec in (
                                        "r_max", "per_worker_batch", "dim"}),
              "Moving Average Batch Normalization (Yan et al. 2020); momentum is a decay (0.98)",
              batch_statistics=True, moving_statistics=("running_var",), layers=(MABN2d,),
-             conv="centered", later=True),
+             conv="centered"),
     NormSpec("frn", _frn, frozenset({"eps"}),
-             "Filter Response Normalization + TLU (Singh & Krishnan 2020), timm's", later=True),
+             "Filter Response Normalization + TLU (Singh & Krishnan 2020), timm's"),
     NormSpec("evonorm_s0", _evonorm_s0, frozenset({"eps", "num_groups"}),
-             "EvoNorm-S0 (Liu et al. 2020), timm's", later=True),
+             "EvoNorm-S0 (Liu et al. 2020), timm's"),
     NormSpec("gn_ws", _gn, _COMMON | {"num_groups"},
              "GroupNorm with weight-standardized convolutions (Qiao et al. 2019; timm's StdConv2d)",
-             conv="standardized", later=True),
+             conv="standardized"),
 )}
 NORM_NAMES = tuple(TABLE)  # the built-in names; ``norm_names()`` includes registered ones
 
