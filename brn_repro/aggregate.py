@@ -23,12 +23,12 @@ import pandas as pd
 
 from brn_repro.experiments import described
 from brn_repro.files import check_writable_dir, write_atomic
-from brn_repro.loggers import flatten_config
 from brn_repro.records import (
     EXECUTION_KEYS,
     PLAIN_NAME,
     RecordError,
     find_records,
+    flatten_config,
     identity,
     membership_path,
     read_config,

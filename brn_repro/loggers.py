@@ -40,7 +40,6 @@ __all__ = [
     "build_logger",
     "progress_bar",
     "wandb_config",
-    "flatten_config",
     "has_wandb_credentials",
     "resolve_wandb_mode",
     "offline_hint",
@@ -83,23 +82,6 @@ class NullLogger:
 
 
 # --------------------------------------------------------------------------- config
-
-
-def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten a nested config into dotted keys (``norm.name``, ``optim.lr``), secrets dropped:
-    the columns of runs.csv. (W&B takes the config nested: :func:`wandb_config`.)
-
-    Lists stay as values (``train.step_milestones`` keeps ``[0.5, 0.75]``); empty
-    sub-dicts produce no key.
-    """
-    flat: dict[str, Any] = {}
-    for key, value in scrub(cfg).items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_config(value, prefix=f"{dotted}."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def wandb_config(cfg: Mapping[str, Any]) -> dict[str, Any]:

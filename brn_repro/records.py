@@ -34,7 +34,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,23 @@ def public_config(config: dict[str, Any]) -> dict[str, Any]:
     holding one of the environment, keys read from the environment): what config.yaml,
     the run's identity and W&B hold."""
     return scrub(json.loads(json.dumps(config)))
+
+
+def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten a nested config into dotted keys (``norm.name``, ``optim.lr``), secrets dropped:
+    the columns of runs.csv. (W&B takes the config nested: ``loggers.wandb_config``.)
+
+    Lists stay as values (``train.step_milestones`` keeps ``[0.5, 0.75]``); empty
+    sub-dicts produce no key.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in scrub(cfg).items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, prefix=f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
 
 
 def split_blind(config: dict[str, Any]) -> bool:

@@ -18,9 +18,8 @@ from brn_repro.aggregate import condition_columns, condition_summary, load_runs
 from brn_repro.claims import CLAIMS
 from brn_repro.dashboard import PANELS
 from brn_repro.experiments import EXPERIMENTS, Experiment, check_described, configured
-from brn_repro.loggers import flatten_config
 from brn_repro.plots import FIGURES
-from brn_repro.records import RunRecord
+from brn_repro.records import RunRecord, flatten_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

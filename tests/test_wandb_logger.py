@@ -20,10 +20,10 @@ from brn_repro.loggers import (
     NullLogger,
     WandbLogger,
     build_logger,
-    flatten_config,
     offline_hint,
     resolve_wandb_mode,
 )
+from brn_repro.records import flatten_config
 
 FAKE_API_KEY = "0123456789abcdef0123456789abcdef01234567"
 SECRET_VALUES = ("sk-live-SECRET-VALUE-1", "hf_TOKEN_VALUE_2", "hunter2-PASSWORD-3", "s3cr3t-4")
