@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from brn_repro.models import as_layout
-from brn_repro.norm import BatchRenorm1d, BatchRenorm2d, MovingAverageNorm1d, MovingAverageNorm2d
+from brn_repro.norm._common import MovingStdNorm
 from brn_repro.norm._grouped import batch_stats, layout_of, normalize, sqrt
 from brn_repro.norm.registry import batch_statistics_layer
 
@@ -103,7 +103,7 @@ def _moving_estimates(layer: nn.Module) -> tuple[Tensor, Tensor] | None:
         if not layer.track_running_stats or layer.running_mean is None:
             return None
         return layer.running_mean.double(), sqrt(layer.running_var.double() + layer.eps)
-    if isinstance(layer, BatchRenorm1d | BatchRenorm2d | MovingAverageNorm1d | MovingAverageNorm2d):
+    if isinstance(layer, MovingStdNorm):  # BRN, the moving-average norm: any dimension
         return layer.running_mean.double(), layer.running_std.double()  # eps already inside
     return None
 
