@@ -85,9 +85,9 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
     return config
 
 
-def norm_batch(config: RunConfig | dict[str, Any]) -> int:
+def norm_batch(cfg: RunConfig) -> int:
     """Examples per normalization group (``schema.SamplerConfig.group_size``)."""
-    return RunConfig.of(config).norm_batch
+    return cfg.norm_batch
 
 
 def check_probe_recipe(cfg: RunConfig) -> None:
@@ -190,11 +190,10 @@ CHANNELS_LAST_FASTER: dict[tuple[str, str, str], frozenset[str]] = {
 CL_MIN_PER_WORKER = 4  # eager bn / brn only
 
 
-def memory_format(config: RunConfig | dict[str, Any], device: torch.device,
+def memory_format(cfg: RunConfig, device: torch.device,
                   compiled: bool = False) -> torch.memory_format:
     """The layout the model's weights and batches take (not part of a run's identity:
     it changes rounding, not the computation)."""
-    cfg = RunConfig.of(config)
     choice = cfg.train.channels_last
     if choice == "auto":
         norm, mode = cfg.norm.name, "compiled" if compiled else "eager"
@@ -215,11 +214,10 @@ def memory_format(config: RunConfig | dict[str, Any], device: torch.device,
 COMPILE_MIN_IMAGES = {"cpu": 100_000, "cuda": 750_000}
 
 
-def wants_compile(config: RunConfig | dict[str, Any], device: torch.device, world_size: int,
+def wants_compile(cfg: RunConfig, device: torch.device, world_size: int,
                   model: torch.nn.Module) -> bool:
     """Whether the run compiles its model (``train.compile``; not part of a run's
     identity: it changes rounding, not the computation)."""
-    cfg = RunConfig.of(config)
     if cfg.train.compile != "auto":
         return bool(cfg.train.compile)
     images = cfg.train.steps * cfg.global_batch
@@ -228,10 +226,10 @@ def wants_compile(config: RunConfig | dict[str, Any], device: torch.device, worl
             and all(getattr(m, "compiles", True) for m in model.modules()))
 
 
-def apply_precision(config: RunConfig | dict[str, Any]) -> torch.dtype:
+def apply_precision(cfg: RunConfig) -> torch.dtype:
     """Set TF32 on or off for this run (torch's flags are global: every run sets them)
     and return the dtype the model and batches take."""
-    dtype, tf32 = PRECISIONS[RunConfig.of(config).train.precision]
+    dtype, tf32 = PRECISIONS[cfg.train.precision]
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     return dtype
@@ -254,12 +252,11 @@ def validate_model(model: dict[str, Any]) -> None:
 TRAINING_COPIES = 4
 
 
-def check_model_fits(config: RunConfig | dict[str, Any], device: torch.device, world_size: int = 1) -> None:
+def check_model_fits(cfg: RunConfig, device: torch.device, world_size: int = 1) -> None:
     """Before any data loads, on the meta device (shapes, no memory): the norm layers take
     the shapes training gives them, and training fits in the device's free memory. One
     ConfigError line otherwise (model.width=65536 was an allocator traceback, and
     dataset.image_size=4 at per-worker batch 1 a norm's traceback at step 1)."""
-    cfg = RunConfig.of(config)
     channels, size, classes = model_input(cfg)
     batch = cfg.global_batch // world_size  # this process's share of each step
     model = f"model={cfg.model.name}" + "".join(f" model.{k}={v}" for k, v in cfg.model.options.items())
@@ -349,8 +346,7 @@ def _size(nbytes: float) -> str:
     return f"{nbytes:.3g} TB"
 
 
-def norm_options(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
-    cfg = RunConfig.of(config)
+def norm_options(cfg: RunConfig) -> dict[str, Any]:
     options = dict(cfg.norm.options)
     if norm_spec(cfg.norm.name).per_worker:  # its statistics are each worker's
         options["per_worker_batch"] = cfg.norm_batch
@@ -362,26 +358,24 @@ def _norm_error(err: ValueError) -> ConfigError:
     return ConfigError(message if message.startswith("norm") else f"norm.{message}")
 
 
-def norm_factory(config: RunConfig | dict[str, Any]) -> NormFactory:
-    cfg = RunConfig.of(config)
+def norm_factory(cfg: RunConfig) -> NormFactory:
     try:
         return build_norm(cfg.norm.name, **norm_options(cfg))
     except ValueError as err:
         raise _norm_error(err) from None
 
 
-def check_norm(config: RunConfig | dict[str, Any]) -> None:
+def check_norm(cfg: RunConfig) -> None:
     """Build one layer: every option (momentum, r_max < 1, d_max < 0, eps ...) of every
     norm is checked where the layer checks it, as one line naming the key."""
     try:
-        norm_factory(config)(4)
+        norm_factory(cfg)(4)
     except ValueError as err:
         raise _norm_error(err) from None
 
 
-def relaxation_warning(config: RunConfig | dict[str, Any]) -> str | None:
+def relaxation_warning(cfg: RunConfig) -> str | None:
     """BRN whose limits never leave 1 / 0 within the run is plain batchnorm: say so."""
-    cfg = RunConfig.of(config)
     norm, steps = cfg.norm.options, cfg.train.steps
     if cfg.norm.name == "brn" and norm.get("r_max_end_step") is not None:
         start = norm.get("relax_start") or 0
@@ -393,8 +387,8 @@ def relaxation_warning(config: RunConfig | dict[str, Any]) -> str | None:
     return None
 
 
-def build_optimizer(config: RunConfig | dict[str, Any], params) -> torch.optim.Optimizer:
-    o = RunConfig.of(config).optim
+def build_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    o = cfg.optim
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                                weight_decay=o.weight_decay)
@@ -404,8 +398,8 @@ def build_optimizer(config: RunConfig | dict[str, Any], params) -> torch.optim.O
     return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
-def build_lr_schedule(config: RunConfig | dict[str, Any], optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    train = RunConfig.of(config).train
+def build_lr_schedule(cfg: RunConfig, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    train = cfg.train
     steps, warmup, kind, gamma = train.steps, train.warmup_steps, train.lr_schedule, train.step_gamma
     milestones = [round(f * steps) for f in train.step_milestones]
 

@@ -3,7 +3,9 @@
 Hydra composes conf/ into a dict; ``RunConfig.parse(config)`` checks every value's type
 and range against the dataclasses below (one ``ConfigError`` line naming the key and
 what it must be) and returns the view that modules read by attribute
-(``cfg.train.steps``). A group whose keys depend on the implementation it picks (a
+(``cfg.train.steps``); ``train.run`` parses once and every function below it takes that
+view, never the dict (``cfg.raw`` is the dict, for the record, its identity and W&B).
+A group whose keys depend on the implementation it picks (a
 norm's options, a model's sizes, a logger's settings) is typed as far as it is common:
 its ``name``, with the rest in ``options``, checked by what it builds (the norm table,
 the model builders). Rules that relate keys to each other (a sampler recipe that must
@@ -201,6 +203,8 @@ class RunConfig:
     tags: list[str] = field(default_factory=list)
     notes: str | None = None
     group: str | None = None
+    # the resolved config it was parsed from: what the record, its identity and W&B hold
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def norm_batch(self) -> int:
@@ -210,12 +214,6 @@ class RunConfig:
     @property
     def global_batch(self) -> int:
         return self.data.workers * self.data.per_worker_batch
-
-    @classmethod
-    def of(cls, config: RunConfig | dict[str, Any]) -> RunConfig:
-        """The typed view of ``config`` (``validate`` builds it once; a function handed
-        the dict gets it here)."""
-        return config if isinstance(config, RunConfig) else cls.parse(config)
 
     @classmethod
     def parse(cls, config: dict[str, Any]) -> RunConfig:
@@ -231,7 +229,8 @@ class RunConfig:
                   "notes": _value(str | None, config.get("notes"), "notes", {}),
                   "group": _value(str | None, config.get("group"), "group", {})}
         return cls(seed=seed, experiment=str(config.get("experiment", "adhoc")),
-                   profile_name=str(config.get("profile_name", "default")), **groups, **choices, **labels)
+                   profile_name=str(config.get("profile_name", "default")), **groups, **choices, **labels,
+                   raw=config)
 
 
 def check_value(value: Any, hint: Any, key: str, **rule: Any) -> Any:

@@ -81,10 +81,9 @@ def weight_norm(model: torch.nn.Module) -> float:
     return math.sqrt(sum(p.detach().pow(2).sum().item() for p in model.parameters()))
 
 
-def prepare(config: RunConfig | dict[str, Any], ctx: distributed.Context = distributed.SINGLE_PROCESS
+def prepare(cfg: RunConfig, ctx: distributed.Context = distributed.SINGLE_PROCESS
             ) -> tuple[TrainingData, torch.nn.Module]:
     """Everything that can fail on bad input, before any training or any record."""
-    cfg = RunConfig.of(config)
     try:
         # finds the dataset; one-line DatasetError when it can't
         data = TrainingData(cfg, rank=ctx.rank, world_size=ctx.world_size)
@@ -165,13 +164,14 @@ def evaluate(model, ema, data: TrainingData, cfg: RunConfig, final: bool, ctx: d
 def run(config: dict[str, Any]) -> dict[str, Any]:
     """Train ``config`` (a resolved config as a plain dict); returns the run's summary."""
     kernels.pin(config["train"]["cpu_isa"])  # before this process's first torch op: it fixes the kernels
-    cfg = validate(config)  # the typed view every function below reads
-    config = {**config, "git_commit": git_commit()}  # recorded, not part of the run's identity
+    # the typed view every function below reads (cfg.raw: the dict the record holds); the
+    # commit is recorded, not part of the run's identity
+    cfg = validate({**config, "git_commit": git_commit()})
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     ctx, device = distributed.init(cfg.train.device)
     distributed.check_workers(cfg.data.workers, ctx)
-    record = RunRecord(cfg.paths.runs, config, main=ctx.is_main)  # rank 0 writes
+    record = RunRecord(cfg.paths.runs, cfg.raw, main=ctx.is_main)  # rank 0 writes
     record.check_writable()
     done = record.summary()
     if done is not None:  # before loading anything: re-running a finished sweep is quick
@@ -189,7 +189,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             ctx.say(f"already {done['status']} by another process: {record.dir}; nothing to do")
             return done
         with signals.training():  # from here a signal stops the run at its next step, checkpointed
-            return train_run(config, record, data, model, ctx, device)
+            return train_run(cfg, record, data, model, ctx, device)
 
 
 def stop_signalled(step: int, every: int, ctx: distributed.Context, device: torch.device) -> bool:
@@ -202,19 +202,19 @@ def stop_signalled(step: int, every: int, ctx: distributed.Context, device: torc
     return distributed.all_reduce_sum([float(signals.received() is not None)], ctx, device)[0] > 0
 
 
-def open_logger(config: dict[str, Any], cfg: RunConfig, record: RunRecord, ctx: distributed.Context) -> RunLogger:
+def open_logger(cfg: RunConfig, record: RunRecord, ctx: distributed.Context) -> RunLogger:
     """One W&B run per training of the record from step 0 (its attempt id: same across resumes,
     new when trained again), grouped by profile and experiment, tagged with every experiment
     the run serves, the record's identity in its config as ``record``; rank 0 logs for all.
     The user's ``tags`` / ``notes`` / ``group`` (top-level keys) are added, ``logger.*`` winning."""
     options = dict(cfg.logger.options)
     tags = record.experiments()
-    for extra in (config.get("tags"), options.pop("tags", None)):  # the user's: top-level, then logger.tags
+    for extra in (cfg.tags, options.pop("tags", None)):  # the user's: top-level, then logger.tags
         tags += [extra] if isinstance(extra, str) else list(extra or [])
-    options["notes"] = options.get("notes") or config.get("notes")
-    group = options.pop("group", None) or config.get("group") or f"{cfg.profile_name}/{cfg.experiment}"
-    return build_logger(cfg.logger.name, main=ctx.is_main, config={**public_config(config), "record": record.dir.name},
-                        run_dir=record.dir, run_name=run_name(config), run_id=record.attempt_id, group=group,
+    options["notes"] = options.get("notes") or cfg.notes
+    group = options.pop("group", None) or cfg.group or f"{cfg.profile_name}/{cfg.experiment}"
+    return build_logger(cfg.logger.name, main=ctx.is_main, config={**public_config(cfg.raw), "record": record.dir.name},
+                        run_dir=record.dir, run_name=run_name(cfg.raw), run_id=record.attempt_id, group=group,
                         tags=list(dict.fromkeys(tags)), **options)
 
 
@@ -227,21 +227,20 @@ def metrics_row(step: int, loss: torch.Tensor, accuracies: dict[str, float], ima
             **distributed.all_reduce_mean(norm_diagnostics(training.model), ctx, device)}
 
 
-def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, model: torch.nn.Module,
+def train_run(cfg: RunConfig, record: RunRecord, data: TrainingData, model: torch.nn.Module,
               ctx: distributed.Context = distributed.SINGLE_PROCESS,
               device: torch.device = distributed.CPU) -> dict[str, Any]:
     """The loop: train, evaluate, checkpoint, and leave the summary (rank 0 writes)."""
     # --- setup: the model on its device, what trains it, the checkpoint it goes on from
-    cfg = RunConfig.of(config)
     train = cfg.train
     compiled = wants_compile(cfg, device, ctx.world_size, model)
     dtype, layout = apply_precision(cfg), memory_format(cfg, device, compiled)
     training, progress, net = set_up(cfg, record, model, data, compiled, dtype, layout, ctx, device)
-    logger = open_logger(config, cfg, record, ctx)
+    logger = open_logger(cfg, record, ctx)
     moving_statistics = distributed.MovingStatistics(model, ctx)
     divergence = FirstNonFinite(DIVERGENCE_SYNC_EVERY.get(device.type, 50), device)
     bar = progress_bar(main=ctx.is_main, show=train.progress, total=train.steps,
-                       initial=progress.step, desc=run_name(config), unit="step")
+                       initial=progress.step, desc=run_name(cfg.raw), unit="step")
     model.train()
     progress.start_clocks()
     signalled = False
@@ -286,7 +285,7 @@ def train_run(config: dict[str, Any], record: RunRecord, data: TrainingData, mod
             progress.status = "stopped"
             break
     bar.close()
-    return end_run(config, cfg, record, training, progress, logger, data, compiled, signalled, ctx, device)
+    return end_run(cfg, record, training, progress, logger, data, compiled, signalled, ctx, device)
 
 
 def set_up(cfg: RunConfig, record: RunRecord, model: torch.nn.Module, data: TrainingData, compiled: bool,
@@ -311,7 +310,7 @@ def set_up(cfg: RunConfig, record: RunRecord, model: torch.nn.Module, data: Trai
     return training, progress, net
 
 
-def end_run(config: dict[str, Any], cfg: RunConfig, record: RunRecord, training: Training, progress: Progress,
+def end_run(cfg: RunConfig, record: RunRecord, training: Training, progress: Progress,
             logger: RunLogger, data: TrainingData, compiled: bool, signalled: bool,
             ctx: distributed.Context, device: torch.device) -> dict[str, Any]:
     """The summary, written for a completed or diverged run; a run stopped by a signal is
@@ -320,7 +319,7 @@ def end_run(config: dict[str, Any], cfg: RunConfig, record: RunRecord, training:
         with progress.timing_evaluation():
             progress.last = evaluate(training.model, training.ema, data, cfg, True, ctx, device)
         logger.log(progress.last, progress.step)
-    summary = summarize(progress, config, record, data.global_batch, compiled, ctx, device)
+    summary = summarize(progress, cfg.raw, record, data.global_batch, compiled, ctx, device)
     if signalled and progress.status == "stopped":
         logger.finish()
         signum = signals.received()

@@ -36,6 +36,7 @@ from brn_repro.files import write_csv  # noqa: E402
 from brn_repro.loop import FirstNonFinite  # noqa: E402
 from brn_repro.models import build_model  # noqa: E402
 from brn_repro.norm import NORM_NAMES, build_norm, norm_spec  # noqa: E402
+from brn_repro.schema import RunConfig  # noqa: E402
 from brn_repro.train import DIVERGENCE_SYNC_EVERY, compile_model, forward_backward, place  # noqa: E402
 
 BATCH_NORMS = tuple(name for name in NORM_NAMES if norm_spec(name).per_worker)
@@ -54,15 +55,15 @@ def compose_config(*overrides: str) -> dict:
 def runner_step(config: dict, layout: torch.memory_format, device: torch.device,
                 compiled: bool) -> Callable[[], None]:
     """The runner's training step for ``config``, as `brn_repro.train.train_run` takes it."""
-    data = TrainingData(config)
+    data = TrainingData(RunConfig.parse(config))
     torch.manual_seed(0)
     model = build_model(config["model"]["name"], num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size, norm_layer=norm_factory(config),
+                        image_size=data.image_size, norm_layer=norm_factory(RunConfig.parse(config)),
                         width=config["model"]["width"])
-    dtype = apply_precision(config)
+    dtype = apply_precision(RunConfig.parse(config))
     model.to(device, dtype, memory_format=layout).train()
-    optimizer = build_optimizer(config, model.parameters())
-    scheduler = build_lr_schedule(config, optimizer)
+    optimizer = build_optimizer(RunConfig.parse(config), model.parameters())
+    scheduler = build_lr_schedule(RunConfig.parse(config), optimizer)
     moving_statistics = distributed.MovingStatistics(model, distributed.SINGLE_PROCESS)
     net = compile_model(model) if compiled else model
     # as the runner: the divergence flag read every step on a CPU, every 50 on a GPU

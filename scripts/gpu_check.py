@@ -32,6 +32,7 @@ from brn_repro.data import TrainingData  # noqa: E402
 from brn_repro.files import write_csv  # noqa: E402
 from brn_repro.models import build_model  # noqa: E402
 from brn_repro.numerics import CHECK_OVERRIDES, layer_cases, split_errors  # noqa: E402
+from brn_repro.schema import RunConfig  # noqa: E402
 from brn_repro.train import run  # noqa: E402
 
 
@@ -45,14 +46,14 @@ def compose_config(data: Path, *overrides: str) -> dict:
 def model_for(config: dict) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model("small_cnn", num_classes=10, in_channels=1, image_size=28,
-                       norm_layer=norm_factory(config), width=config["model"]["width"])
+                       norm_layer=norm_factory(RunConfig.parse(config)), width=config["model"]["width"])
 
 
 def split_rows(data: Path, device: torch.device) -> list[dict]:
     rows = []
     for norm, options in CHECK_OVERRIDES.items():
         config = compose_config(data, f"norm={norm}", *options, "data.per_worker_batch=8", "data.workers=2")
-        loader = TrainingData(config)
+        loader = TrainingData(RunConfig.parse(config))
         batch, warm = loader.train_batch(), loader.train_batch()
         worst: dict[str, float] = {}
         for layer, x, upstream in layer_cases(model_for(config), batch, warm=warm):
@@ -71,7 +72,7 @@ def split_rows(data: Path, device: torch.device) -> list[dict]:
 
 def precision_rows(data: Path, device: torch.device) -> list[dict]:
     config = compose_config(data, "norm=brn", *CHECK_OVERRIDES["brn"], "data.per_worker_batch=8", "data.workers=2")
-    x, y = TrainingData(config).train_batch()
+    x, y = TrainingData(RunConfig.parse(config)).train_batch()
 
     def gradient(dtype, where):
         model = model_for(config).to(where, dtype).train()

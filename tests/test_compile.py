@@ -16,6 +16,7 @@ import brn_repro.norm._grouped as grouped
 from brn_repro.config import ConfigError, validate, wants_compile
 from brn_repro.norm import build_norm
 from brn_repro.records import RunRecord
+from brn_repro.schema import RunConfig
 from brn_repro.train import run
 
 RELAXING_BRN = dict(per_worker_batch=4, momentum=0.3, r_max=3.0, d_max=5.0, relax_start=1,
@@ -151,15 +152,15 @@ def test_auto_compiles_where_it_pays(tmp_path, tiny_fashion_mnist):
     longer = make_config(tmp_path, tiny_fashion_mnist, "train.steps=25000")  # 800k images
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), build_norm("bn")(2))
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not wants_compile(short, cpu, 1, model)
-    assert wants_compile(long, cpu, 1, model)
-    assert not wants_compile(long, cuda, 1, model)  # a GPU pays the compilation back later
-    assert wants_compile(longer, cuda, 1, model)
-    assert not wants_compile(long, cpu, 2, model)   # several processes: eager
+    assert not wants_compile(RunConfig.parse(short), cpu, 1, model)
+    assert wants_compile(RunConfig.parse(long), cpu, 1, model)
+    assert not wants_compile(RunConfig.parse(long), cuda, 1, model)  # a GPU pays the compilation back later
+    assert wants_compile(RunConfig.parse(longer), cuda, 1, model)
+    assert not wants_compile(RunConfig.parse(long), cpu, 2, model)   # several processes: eager
     mabn = torch.nn.Sequential(build_norm("mabn")(2))
-    assert not wants_compile(long, cpu, 1, mabn)    # MABN runs eager inside a compiled graph
+    assert not wants_compile(RunConfig.parse(long), cpu, 1, mabn)    # MABN runs eager inside a compiled graph
     forced = make_config(tmp_path, tiny_fashion_mnist, "train.compile=true")
-    assert wants_compile(forced, cuda, 2, mabn)
+    assert wants_compile(RunConfig.parse(forced), cuda, 2, mabn)
 
 
 def test_bad_compile_value_is_one_line_error(tmp_path, tiny_fashion_mnist):

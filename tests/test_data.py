@@ -35,7 +35,7 @@ from brn_repro.data import (
     noniid_test_indices,
 )
 from brn_repro.data.sources import DatasetTensors
-from brn_repro.schema import SamplerConfig
+from brn_repro.schema import RunConfig, SamplerConfig
 
 IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 0x00000803, 0x00000801
 
@@ -603,7 +603,7 @@ def test_quick_fig3_split_normalizes_groups_of_one_image_per_label_and_probes_mo
     sampler = config["sampler"]
     assert (sampler["labels_per_batch"], sampler["images_per_label"]) == (4, 8)  # the pilot's recipe
     assert config["data"]["per_worker_batch"] == 32
-    assert norm_batch(config) == norm_options(config)["per_worker_batch"] == 4
+    assert norm_batch(RunConfig.parse(config)) == norm_options(RunConfig.parse(config))["per_worker_batch"] == 4
     # the probe runs on the non-i.i.d. runs only (the i.i.d. ones are fig2's records)
     noniid, iid = fig3_config("bn_noniid"), fig3_config("bn_iid")
     assert noniid["train"]["minibatch_stats_eval"] and not iid["train"]["minibatch_stats_eval"]
@@ -614,7 +614,7 @@ def test_quick_fig3_split_normalizes_groups_of_one_image_per_label_and_probes_mo
         validate(fig3_config(condition))
     paper = fig3_config("bn_split", profile="paper")
     validate(paper)
-    assert norm_batch(paper) == 16  # the paper's two halves of 16
+    assert norm_batch(RunConfig.parse(paper)) == 16  # the paper's two halves of 16
 
 
 @pytest.mark.parametrize("overrides,needles", [
@@ -662,19 +662,20 @@ def test_probe_labels_beyond_an_imagefolders_classes_fail_before_training(tmp_pa
                          "recipe.noniid.eval_images=2", "recipe.global_batch=2", profile="paper")
     validate(config)  # the classes are not known to the config
     with pytest.raises(ValueError) as err:
-        TrainingData(config)
+        TrainingData(RunConfig.parse(config))
     assert "train.minibatch_eval_labels=3" in str(err.value) and "\n" not in str(err.value)
     config["train"]["minibatch_eval_labels"] = 2
-    TrainingData(config)
+    TrainingData(RunConfig.parse(config))
 
 
 def test_train_size_is_a_balanced_subset_the_same_for_every_seed(tmp_path, tiny_fashion_mnist):
     from tests.test_train import make_config
 
-    full = TrainingData(make_config(tmp_path, tiny_fashion_mnist))
+    full = TrainingData(RunConfig.parse(make_config(tmp_path, tiny_fashion_mnist)))
     seen = []
     for seed in (0, 1):
-        data = TrainingData(make_config(tmp_path, tiny_fashion_mnist, "data.train_size=100", f"seed={seed}"))
+        config = make_config(tmp_path, tiny_fashion_mnist, "data.train_size=100", f"seed={seed}")
+        data = TrainingData(RunConfig.parse(config))
         assert torch.bincount(data.train_labels, minlength=10).tolist() == [10] * 10
         seen.append(data.tensors.train_x)
         # every training batch is drawn from the subset
@@ -692,7 +693,7 @@ def test_train_size_the_set_cannot_give_is_one_line(tmp_path, tiny_fashion_mnist
     from tests.test_train import make_config
 
     with pytest.raises(ValueError, match=f"data.train_size={size}") as err:
-        TrainingData(make_config(tmp_path, tiny_fashion_mnist, f"data.train_size={size}"))
+        TrainingData(RunConfig.parse(make_config(tmp_path, tiny_fashion_mnist, f"data.train_size={size}")))
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
@@ -704,8 +705,8 @@ def test_resize_shrinks_by_averaging_each_block_and_runs_train_on_it(tmp_path, t
                           dtype=torch.uint8)
     # 2x2 block means: (0+10+2+12)/4 = 6, (20+30+22+33)/4 = 26.25, 100.25, 0.75 -> rounded
     assert resize(images, 2).tolist() == [[[[6, 26], [100, 1]]]]
-    data = TrainingData(make_config(tmp_path, tiny_fashion_mnist, "dataset.image_size=14"))
-    full = TrainingData(make_config(tmp_path, tiny_fashion_mnist))
+    data = TrainingData(RunConfig.parse(make_config(tmp_path, tiny_fashion_mnist, "dataset.image_size=14")))
+    full = TrainingData(RunConfig.parse(make_config(tmp_path, tiny_fashion_mnist)))
     assert data.image_size == 14 and data.tensors.test_x.shape[-2:] == (14, 14)
     assert torch.equal(data.tensors.train_x, resize(full.tensors.train_x, 14))
 

@@ -21,6 +21,7 @@ from brn_repro.config import ConfigError
 from brn_repro.models.small_cnn import SmallCNN
 from brn_repro.norm import build_norm
 from brn_repro.records import RunRecord
+from brn_repro.schema import RunConfig
 from brn_repro.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -333,7 +334,7 @@ def test_precision_is_checked_and_float32_means_float32_on_a_gpu():
     try:
         for name, (dtype, tf32) in PRECISIONS.items():
             config["train"]["precision"] = name
-            assert apply_precision(config) == dtype
+            assert apply_precision(RunConfig.parse(config)) == dtype
             assert torch.backends.cudnn.allow_tf32 is tf32 and torch.backends.cuda.matmul.allow_tf32 is tf32
         assert PRECISIONS["float32"] == (torch.float32, False)  # torch's own default is TF32 convolutions
     finally:

@@ -17,6 +17,7 @@ from brn_repro import distributed, evaluate, records, report
 from brn_repro.config import ConfigError, norm_options, resolve, validate
 from brn_repro.norm import NORM_NAMES, NormSpec, build_norm, norm_spec, register_norm
 from brn_repro.norm.registry import TABLE, batch_statistics_layer, moving_statistics
+from brn_repro.schema import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +86,7 @@ def test_a_norm_added_as_one_entry_is_built_checked_named_and_averaged(throwaway
     for name in ("rms", "rms_blind"):
         register_norm(rms_spec(name, name == "rms"))
     validate(config)
-    layer = config_module.norm_factory(config)(3)
+    layer = config_module.norm_factory(RunConfig.parse(config))(3)
     assert type(layer) is RmsNorm and layer.eps == 1e-3 and layer.per_worker_batch == 8
     with pytest.raises(ValueError, match=r"norm.affine is not an option of norm=rms; it takes \['eps', "):
         build_norm("rms", affine=True)
@@ -102,7 +103,7 @@ def test_a_norm_added_as_one_entry_is_built_checked_named_and_averaged(throwaway
     assert names[("rms", tuple(split))] != names[("rms", tuple(other_split))]
     assert names[("rms_blind", tuple(split))].startswith("rms_blind-gb64-iid-s0-")
     assert names[("rms_blind", tuple(split))] == names[("rms_blind", tuple(other_split))]
-    assert "per_worker_batch" not in norm_options(compose_config(throwaway_norms, "norm=rms_blind"))
+    assert "per_worker_batch" not in norm_options(RunConfig.parse(compose_config(throwaway_norms, "norm=rms_blind")))
 
     # across processes: its moving statistic is averaged, its counter is not
     model = nn.Sequential(nn.Conv2d(1, 3, 1), build_norm("rms")(3), nn.BatchNorm2d(3))

@@ -5,6 +5,7 @@ import typing
 import torch
 
 from brn_repro.data import InMemoryTrainingData, StreamingTrainingData, TrainingData
+from brn_repro.schema import RunConfig
 from tests.test_data import write_pngs
 from tests.test_train import make_config
 
@@ -34,10 +35,11 @@ def test_the_constructor_picks_the_kind_and_both_kinds_answer_the_same_interface
     write_pngs(tmp_path / "folder", {"cat": (30, 60, 90), "dog": (220, 200, 10)})
     eval_recipe = ("train.minibatch_eval_labels=2", "train.minibatch_eval_images=1", "train.eval_batch=3",
                    "data.per_worker_batch=2", "data.workers=2", "data.train_eval_size=4")
-    in_memory = TrainingData(make_config(tmp_path, tiny_fashion_mnist, *eval_recipe), rank=0, world_size=1)
-    streamed = TrainingData(make_config(tmp_path, tiny_fashion_mnist, "dataset=imagefolder",
+    in_memory = TrainingData(RunConfig.parse(make_config(tmp_path, tiny_fashion_mnist, *eval_recipe)),
+                             rank=0, world_size=1)
+    streamed = TrainingData(RunConfig.parse(make_config(tmp_path, tiny_fashion_mnist, "dataset=imagefolder",
                                         f"dataset.root={tmp_path / 'folder'}", "dataset.image_size=16",
-                                        "dataset.loader_workers=0", *eval_recipe))
+                                        "dataset.loader_workers=0", *eval_recipe)))
     assert type(in_memory) is InMemoryTrainingData and type(streamed) is StreamingTrainingData
 
     # every public method is the interface's, implemented in both (nothing abstract left)

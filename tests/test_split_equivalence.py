@@ -15,6 +15,7 @@ from brn_repro.data import TrainingData
 from brn_repro.models import build_model
 from brn_repro.norm._grouped import batch_stats
 from brn_repro.numerics import CHECK_OVERRIDES, layer_cases, split_errors
+from brn_repro.schema import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -38,14 +39,14 @@ def _config(norm: str) -> dict:
 @pytest.fixture(scope="module")
 def real_batches():
     """The runner's first two global batches of seed 0 (16 Fashion-MNIST images each)."""
-    data = TrainingData(_config("bn"))
+    data = TrainingData(RunConfig.parse(_config("bn")))
     return [data.train_batch() for _ in range(2)]
 
 
 def _model(config: dict) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model("small_cnn", num_classes=10, in_channels=1, image_size=28,
-                       norm_layer=norm_factory(config), width=config["model"]["width"])
+                       norm_layer=norm_factory(RunConfig.parse(config)), width=config["model"]["width"])
 
 
 # float32 rounding gives ~1e-7 for outputs and statistics; torch's batchnorm backward

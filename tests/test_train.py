@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from brn_repro.config import ConfigError
 from brn_repro.records import RunRecord
+from brn_repro.schema import RunConfig
 from brn_repro.train import run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -54,7 +55,7 @@ def test_untrained_model_scores_near_chance(tmp_path, tiny_fashion_mnist):
     from brn_repro.train import prepare
 
     config = make_config(tmp_path, tiny_fashion_mnist)
-    data, model = prepare(config)
+    data, model = prepare(RunConfig.parse(config))
     acc, _ = accuracy(model, data.test_batches())
     assert acc < 30.0
 
@@ -89,7 +90,7 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, tiny_fashion_mnist, m
 
     assert got["test_acc"] == expected["test_acc"]
     # the weight norm at initialization survives the resume (claim 4's growth is measured from it)
-    _, model = prepare(straight)
+    _, model = prepare(RunConfig.parse(straight))
     init = sum(p.detach().pow(2).sum().item() for p in model.parameters()) ** 0.5
     assert got["weight_norm_init"] == expected["weight_norm_init"] == pytest.approx(init, rel=1e-6)
     timing = ("images_per_second",)
@@ -176,7 +177,7 @@ def test_sampler_and_norm_groups_follow_the_config(tmp_path, tiny_fashion_mnist)
 
     config = make_config(tmp_path, tiny_fashion_mnist, "sampler=noniid_split",
                          "sampler.labels_per_batch=4", "sampler.images_per_label=2")
-    assert norm_options(config)["per_worker_batch"] == 4  # halves normalized on their own
+    assert norm_options(RunConfig.parse(config))["per_worker_batch"] == 4  # halves normalized on their own
     with pytest.raises(ConfigError):
         run(make_config(tmp_path, tiny_fashion_mnist, "sampler=noniid_split",
                         "sampler.labels_per_batch=8", "sampler.images_per_label=1"))
@@ -300,19 +301,20 @@ def test_channels_last_choice_is_checked_and_auto_follows_the_measurements(tmp_p
     monkeypatch.setattr(config_module, "CHANNELS_LAST_FASTER",
                         {("small_cnn", "cpu", "eager"): frozenset({"bn", "none", "moving_average"}),
                          ("small_cnn", "cpu", "compiled"): frozenset({"bn"})})
-    layout = {norm_pwb: config_module.memory_format(make_config(tmp_path, tiny_fashion_mnist, f"norm={norm_pwb[0]}",
-                                                                 f"data.per_worker_batch={norm_pwb[1]}"), cpu)
+    layout = {norm_pwb: config_module.memory_format(
+                  RunConfig.parse(make_config(tmp_path, tiny_fashion_mnist, f"norm={norm_pwb[0]}",
+                                              f"data.per_worker_batch={norm_pwb[1]}")), cpu)
               for norm_pwb in (("bn", 8), ("bn", 2), ("none", 2), ("moving_average", 2), ("brn", 8))}
     assert layout == {("bn", 8): torch.channels_last, ("bn", 2): torch.contiguous_format,  # too few per group
                       ("none", 2): torch.channels_last, ("moving_average", 2): torch.channels_last,
                       ("brn", 8): torch.contiguous_format}  # not measured faster
     # compiled, the per-worker regrouping is a view: no minimum group size
     small_groups = make_config(tmp_path, tiny_fashion_mnist, "norm=bn", "data.per_worker_batch=2")
-    assert config_module.memory_format(small_groups, cpu, compiled=True) == torch.channels_last
+    assert config_module.memory_format(RunConfig.parse(small_groups), cpu, compiled=True) == torch.channels_last
     none = make_config(tmp_path, tiny_fashion_mnist, "norm=none")
-    assert config_module.memory_format(none, cpu, compiled=True) == torch.contiguous_format
-    assert config_module.memory_format(make_config(tmp_path, tiny_fashion_mnist), torch.device("cuda")) \
-        == torch.contiguous_format
+    assert config_module.memory_format(RunConfig.parse(none), cpu, compiled=True) == torch.contiguous_format
+    default = RunConfig.parse(make_config(tmp_path, tiny_fashion_mnist))
+    assert config_module.memory_format(default, torch.device("cuda")) == torch.contiguous_format
 
 
 @pytest.mark.parametrize("other", ["brn", "moving_average", "gn"])
@@ -324,7 +326,7 @@ def test_same_seed_gives_bn_and_other_norms_the_same_start_and_batches(tmp_path,
 
     built = {}
     for norm in ("bn", other):
-        data, model = prepare(make_config(tmp_path, tiny_fashion_mnist, f"norm={norm}", "seed=3"))
+        data, model = prepare(RunConfig.parse(make_config(tmp_path, tiny_fashion_mnist, f"norm={norm}", "seed=3")))
         weights = {k: v for k, v in model.state_dict().items() if k.endswith(".weight") and v.dim() > 1}
         built[norm] = (weights, [data.train_batch() for _ in range(3)])
     (bn_weights, bn_batches), (weights, batches) = built["bn"], built[other]
@@ -333,7 +335,7 @@ def test_same_seed_gives_bn_and_other_norms_the_same_start_and_batches(tmp_path,
         assert torch.equal(bn_weights[key], weights[key]), key
     for (x_bn, y_bn), (x, y) in zip(bn_batches, batches, strict=True):
         assert torch.equal(x_bn, x) and torch.equal(y_bn, y)
-    _, other_seed = prepare(make_config(tmp_path, tiny_fashion_mnist, f"norm={other}", "seed=4"))
+    _, other_seed = prepare(RunConfig.parse(make_config(tmp_path, tiny_fashion_mnist, f"norm={other}", "seed=4")))
     assert not torch.equal(other_seed.state_dict()["features.0.weight"], weights["features.0.weight"])
 
 

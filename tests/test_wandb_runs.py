@@ -181,7 +181,7 @@ def test_the_configs_tags_notes_and_group_reach_the_wandb_run_and_logger_options
     record = RunRecord(runs, config)
     record.attempt_id = "attempt0test"  # as RunRecord.start() or resume() leave it
     theirs = {**config, "tags": ["theirs", "mine"], "notes": "from config", "group": "config_group"}
-    open_logger(theirs, validate(config), record, SINGLE_PROCESS).finish()
+    open_logger(validate(theirs), record, SINGLE_PROCESS).finish()
     ((state, records),) = offline_runs(record.dir)
     assert state["run_id"] == "attempt0test" and state["config"]["record"] == record.dir.name
     assert sorted(state["tags"]) == ["adhoc", "mine", "theirs"]

@@ -75,14 +75,13 @@ class TrainingData(ABC):
     test_labels: Tensor
     steps_taken: int
 
-    def __new__(cls, config: RunConfig | dict[str, Any], rank: int = 0, world_size: int = 1):
+    def __new__(cls, cfg: RunConfig, rank: int = 0, world_size: int = 1):
         if cls is TrainingData:  # the source is cached, so __init__ reads it again for free
-            streamed = isinstance(_source(RunConfig.of(config)), ImageFolderSplits)
+            streamed = isinstance(_source(cfg), ImageFolderSplits)
             cls = StreamingTrainingData if streamed else InMemoryTrainingData
         return super().__new__(cls)
 
-    def __init__(self, config: RunConfig | dict[str, Any], rank: int = 0, world_size: int = 1):
-        cfg = RunConfig.of(config)
+    def __init__(self, cfg: RunConfig, rank: int = 0, world_size: int = 1):
         data, train, sampler = cfg.data, cfg.train, cfg.sampler
         self.eval_batch, self.train_eval_size = train.eval_batch, data.train_eval_size
         self.eval_recipe = (train.minibatch_eval_labels, train.minibatch_eval_images)
