@@ -13,6 +13,7 @@ not a silently smaller sample.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -229,9 +230,17 @@ def _moments(diffs: Sequence[float] | pd.Series) -> tuple[int, float, float]:
     return n, mean, se
 
 
+def _ttest(x: np.ndarray, popmean: float, alternative: str = "two-sided"):
+    """scipy's one-sample t-test of the paired differences ``x`` (= ``ttest_rel(a, b)`` for
+    x = a - b), quiet about nearly equal differences: their sd is what the test has."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        return sps.ttest_1samp(x, popmean, alternative=alternative)
+
+
 def _t_interval(x: np.ndarray, level: float) -> tuple[float, float]:
     """The two-sided ``level`` t CI of the mean of ``x`` (scipy's, of the paired t-test)."""
-    ci = sps.ttest_1samp(x, 0.0).confidence_interval(level)
+    ci = _ttest(x, 0.0).confidence_interval(level)
     return float(ci.low), float(ci.high)
 
 
@@ -252,7 +261,7 @@ def superiority(diffs: Sequence[float] | pd.Series, alpha: float = 0.05,
         p, low, high = (0.0 if mean > shift else 1.0), mean, mean
     else:
         x = np.asarray(diffs, dtype=float)
-        test = sps.ttest_1samp(x, shift, alternative="greater")  # = ttest_rel(a, b) on a - b = x
+        test = _ttest(x, shift, alternative="greater")
         t, p = float(test.statistic), float(test.pvalue)
         low, high = _t_interval(x, CI_LEVEL)
     significant = p < alpha
@@ -280,8 +289,8 @@ def equivalence(diffs: Sequence[float] | pd.Series, margin: float = 1.0, alpha: 
         p = max(p_lower, p_upper)
     else:  # TOST: the two one-sided t-tests against the shifted margins
         x = np.asarray(diffs, dtype=float)
-        p_lower = float(sps.ttest_1samp(x, -margin, alternative="greater").pvalue)
-        p_upper = float(sps.ttest_1samp(x, margin, alternative="less").pvalue)
+        p_lower = float(_ttest(x, -margin, alternative="greater").pvalue)
+        p_upper = float(_ttest(x, margin, alternative="less").pvalue)
         p = max(p_lower, p_upper)
         low, high = _t_interval(x, 1 - 2 * alpha)
     equivalent = n >= 2 and not n_diverged and p < alpha
