@@ -261,24 +261,31 @@ def minibatch_stats_accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, T
 
 class WeightEMA:
     """Exponential moving average of all parameters and floating buffers (the paper
-    evaluates with moving averages of the parameters, mu and sigma included)."""
+    evaluates with moving averages of the parameters, mu and sigma included): timm's
+    ``ModelEmaV3``, which lerps every floating tensor of the state dict and copies the
+    integer ones (a BRN layer's step, BN's num_batches_tracked), per tensor (foreach off:
+    ``lerp_`` as before, bit for bit) and without its bfloat16 stochastic rounding.
+    (torch's ``AveragedModel`` + ``get_ema_multi_avg_fn`` does not fit: it averages integer
+    buffers too, copies the model at its first update, and renames the state's keys.)
+    ``state_dict`` is the averaged model's own, as checkpoints have always held it."""
 
     def __init__(self, model: nn.Module, decay: float):
+        from timm.utils.model_ema import ModelEmaV3  # timm is slow to import: only with an EMA
+
         if not 0.0 < decay < 1.0:
             raise ValueError(f"train.ema_decay={decay!r} must lie in (0, 1)")
         self.decay = decay
-        self.model = copy.deepcopy(model).eval()
+        self.ema = ModelEmaV3(model, decay=decay, foreach=False, stochastic_rounding=False)
         for p in self.model.parameters():
             p.requires_grad_(False)
 
-    @torch.no_grad()
+    @property
+    def model(self) -> nn.Module:
+        """The averaged copy of the model, in eval mode."""
+        return self.ema.module
+
     def update(self, model: nn.Module) -> None:
-        live = model.state_dict()
-        for name, value in self.model.state_dict().items():
-            if value.is_floating_point():
-                value.lerp_(live[name], 1.0 - self.decay)
-            else:
-                value.copy_(live[name])
+        self.ema.update(model)
 
     def state_dict(self) -> dict[str, Tensor]:
         return self.model.state_dict()

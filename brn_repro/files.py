@@ -5,7 +5,6 @@ included) leaves the old one as it was. Every result file of the harness goes th
 
 from __future__ import annotations
 
-import csv
 import errno
 import os
 import re
@@ -92,15 +91,17 @@ def write_atomic(path: str | Path, data: str | bytes | Callable[[Path], None]) -
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """``rows`` (dicts with the same keys) as a CSV, replaced whole (``write_atomic``)."""
+    """``rows`` (dicts with the first row's keys) as a CSV, replaced whole (``write_atomic``):
+    pandas' ``to_csv`` with the csv module's bytes (CRLF lines, ``str`` of each value as it
+    is, None as an empty field, a NaN as ``nan``), as this wrote them before pandas."""
+    import pandas as pd  # slow to import: only where a CSV is written
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    def cell(value: Any) -> Any:  # to_csv leaves NaN empty, as None; the csv module wrote str(NaN)
+        return str(value) if value is not None and pd.api.types.is_scalar(value) and pd.isna(value) else value
 
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    write_atomic(path, write)
+    frame = pd.DataFrame([{key: cell(v) for key, v in row.items()} for row in rows], columns=list(rows[0]),
+                         dtype=object)  # object: no int column becomes float for its None
+    write_atomic(path, frame.to_csv(index=False, lineterminator="\r\n"))
 
 

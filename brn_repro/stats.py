@@ -13,6 +13,7 @@ not a silently smaller sample.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -229,6 +230,20 @@ def _moments(diffs: Sequence[float] | pd.Series) -> tuple[int, float, float]:
     return n, mean, se
 
 
+def _ttest(x: np.ndarray, popmean: float, alternative: str = "two-sided"):
+    """scipy's one-sample t-test of the paired differences ``x`` (= ``ttest_rel(a, b)`` for
+    x = a - b), quiet about nearly equal differences: their sd is what the test has."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        return sps.ttest_1samp(x, popmean, alternative=alternative)
+
+
+def _t_interval(x: np.ndarray, level: float) -> tuple[float, float]:
+    """The two-sided ``level`` t CI of the mean of ``x`` (scipy's, of the paired t-test)."""
+    ci = _ttest(x, 0.0).confidence_interval(level)
+    return float(ci.low), float(ci.high)
+
+
 def superiority(diffs: Sequence[float] | pd.Series, alpha: float = 0.05,
                 diverged: Mapping[str, int] | None = None, shift: float = 0.0) -> Superiority:
     """One-sided paired t-test (Student, n - 1 df) of H1: mean difference > ``shift`` (0:
@@ -241,15 +256,16 @@ def superiority(diffs: Sequence[float] | pd.Series, alpha: float = 0.05,
     nan = float("nan")
     if n < 2:
         return Superiority(n, mean, nan, nan, CI_LEVEL, nan, counts, INSUFFICIENT, nan, False, shift)
-    if se == 0:
+    if se == 0:  # scipy's t-test divides by the zero sd here (nan, a warning): decided by hand
         t = math.copysign(math.inf, mean - shift) if mean != shift else nan
-        p, half = (0.0 if mean > shift else 1.0), 0.0
+        p, low, high = (0.0 if mean > shift else 1.0), mean, mean
     else:
-        t = (mean - shift) / se
-        p = float(sps.t.sf(t, n - 1))
-        half = float(sps.t.ppf(0.5 + CI_LEVEL / 2, n - 1)) * se
+        x = np.asarray(diffs, dtype=float)
+        test = _ttest(x, shift, alternative="greater")
+        t, p = float(test.statistic), float(test.pvalue)
+        low, high = _t_interval(x, CI_LEVEL)
     significant = p < alpha
-    return Superiority(n, mean, mean - half, mean + half, CI_LEVEL, p, counts,
+    return Superiority(n, mean, low, high, CI_LEVEL, p, counts,
                        "significant" if significant else "not significant", t, significant, shift,
                        robust_superiority(diffs, alpha, shift, significant))
 
@@ -271,12 +287,12 @@ def equivalence(diffs: Sequence[float] | pd.Series, margin: float = 1.0, alpha: 
         low = high = mean
         p_lower, p_upper = (0.0 if mean > -margin else 1.0), (0.0 if mean < margin else 1.0)
         p = max(p_lower, p_upper)
-    else:
-        half = float(sps.t.ppf(1 - alpha, n - 1)) * se
-        low, high = mean - half, mean + half
-        p_lower = float(sps.t.sf((mean + margin) / se, n - 1))
-        p_upper = float(sps.t.cdf((mean - margin) / se, n - 1))
+    else:  # TOST: the two one-sided t-tests against the shifted margins
+        x = np.asarray(diffs, dtype=float)
+        p_lower = float(_ttest(x, -margin, alternative="greater").pvalue)
+        p_upper = float(_ttest(x, margin, alternative="less").pvalue)
         p = max(p_lower, p_upper)
+        low, high = _t_interval(x, 1 - 2 * alpha)
     equivalent = n >= 2 and not n_diverged and p < alpha
     verdict = (f"not equivalent: {n_diverged} run{'s' * (n_diverged > 1)} diverged" if n_diverged
                else INSUFFICIENT if n < 2 else "equivalent" if equivalent else "not equivalent")

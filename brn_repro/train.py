@@ -30,6 +30,7 @@ import hydra
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -363,13 +364,20 @@ def main(cfg: DictConfig) -> float:
     return float("nan") if test_acc is None else float(test_acc)
 
 
+def sweep_size(params: dict[str, str]) -> int:
+    """The number of jobs of ``hydra.sweeper.params`` as Hydra's sweeper splits them: its
+    override parser reads ``range()``, ``choice()``, quoted commas and ``[a,b]`` (one value)."""
+    overrides = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
+    return math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1 for o in overrides)
+
+
 def one_run_of_a_sweep(cfg: DictConfig, params: dict[str, str] | None) -> str | None:
     """``experiment=NAME`` without ``-m`` trains one configuration of the experiment's
     sweep (``params``: its ``hydra.sweeper.params``), its own values and none of the swept
     ones: say which, and how to run them all."""
     if not params or cfg.experiment == "adhoc":
         return None
-    runs = math.prod(len(str(values).split(",")) for values in params.values())
+    runs = sweep_size(params)
     here = [f"{key}={OmegaConf.select(cfg, f'{key}.name' if (CONF_DIR / key).is_dir() else key)}"
             for key in params if not key.startswith("+")]
     unset = [key.lstrip("+") for key in params if key.startswith("+")]

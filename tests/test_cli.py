@@ -217,6 +217,17 @@ def test_an_experiment_without_m_says_what_it_trains_and_how_to_run_all():
     assert one_run_of_a_sweep(adhoc, adhoc.hydra.sweeper.params) is None
 
 
+def test_a_sweeps_size_is_counted_as_hydras_sweeper_splits_it():
+    from brn_repro.train import one_run_of_a_sweep, sweep_size
+
+    cfg = OmegaConf.create({"experiment": "mine", "seed": 1, "notes": "a,b"})
+    note = one_run_of_a_sweep(cfg, {"seed": "range(1,4)", "notes": "'a,b'"})
+    assert note.startswith("note: experiment=mine is a sweep of 3 runs over seed, notes;")  # not 2 x 2
+    # range() and choice() are sweeps; a quoted comma and a list are one value each
+    assert sweep_size({"seed": "range(1,4)", "notes": "'a,b'", "norm": "bn,brn"}) == 6
+    assert sweep_size({"optim.lr": "choice(0.1,0.2)", "tags": "[a,b]", "group": 3}) == 2
+
+
 def test_tags_notes_and_group_are_recorded_but_not_the_runs_identity(tmp_path, tiny_fashion_mnist):
     labelled = train(tmp_path, tiny_fashion_mnist, "logger=none", "tags=[mine,ablation]", "notes=first try",
                      "group=probe")

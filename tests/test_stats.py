@@ -369,3 +369,38 @@ def test_holm_by_hand():
     assert holm({"x": 0.6, "y": 0.7}) == {"x": 1.0, "y": 1.0}
     assert holm({"only": 0.03}) == {"only": 0.03}
     assert holm({}) == {}
+
+
+def closed_form_t(x: np.ndarray, shift: float, level: float) -> tuple[float, float, float, float]:
+    """The paired t-test by hand: t = (mean - shift) / (sd / sqrt n), its one-sided (greater)
+    p from the t distribution's tail, and the two-sided ``level`` CI mean ± t_q * se."""
+    n, mean = len(x), float(x.mean())
+    se = float(x.std(ddof=1)) / math.sqrt(n)
+    half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * se
+    return (mean - shift) / se, float(sps.t.sf((mean - shift) / se, n - 1)), mean - half, mean + half
+
+
+def test_scipys_t_tests_match_the_closed_form():
+    # superiority and TOST call scipy's ttest_1samp on the paired differences (ttest_rel's own
+    # computation); they agree with the hand computation to the last bits on random samples
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        x = rng.normal(rng.normal(0, 1), rng.uniform(0.1, 3), int(rng.integers(2, 20))).round(2)
+        if x.max() == x.min():
+            continue
+        for shift in (0.0, 0.5):
+            t, p, low, high = closed_form_t(x, shift, 0.95)
+            result = superiority(x, shift=shift)
+            assert result.t == pytest.approx(t, rel=1e-12, abs=1e-12)
+            assert result.p == pytest.approx(p, rel=1e-10, abs=1e-15)
+            assert (result.ci_low, result.ci_high) == (pytest.approx(low, rel=1e-12, abs=1e-12),
+                                                       pytest.approx(high, rel=1e-12, abs=1e-12))
+        for margin in (0.5, 1.0):
+            _, p_lower, low, high = closed_form_t(x, -margin, 0.90)
+            t_upper = closed_form_t(x, margin, 0.90)[0]
+            result = equivalence(x, margin=margin)
+            assert result.p_lower == pytest.approx(p_lower, rel=1e-10, abs=1e-15)
+            assert result.p_upper == pytest.approx(float(sps.t.cdf(t_upper, len(x) - 1)), rel=1e-10, abs=1e-15)
+            assert result.p == max(result.p_lower, result.p_upper)
+            assert (result.ci_low, result.ci_high) == (pytest.approx(low, rel=1e-12, abs=1e-12),
+                                                       pytest.approx(high, rel=1e-12, abs=1e-12))

@@ -220,6 +220,38 @@ def test_weight_ema_matches_hand_computation():
     assert int(state["1.step"]) == 7  # integer buffers are copied, not averaged
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_ema_is_bit_identical_to_the_hand_written_lerp(dtype):
+    # WeightEMA is timm's ModelEmaV3; the hand-written EMA it replaced (kept here as the
+    # reference) lerped each floating state tensor by name and copied the others
+    from brn_repro.evaluate import WeightEMA
+    from brn_repro.norm import BatchRenorm2d
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), BatchRenorm2d(2), torch.nn.BatchNorm2d(2)).to(dtype)
+    ema = WeightEMA(model, decay=0.99)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    for step in range(25):
+        with torch.no_grad():
+            for value in model.state_dict().values():
+                value.add_(torch.randn_like(value)) if value.is_floating_point() else value.fill_(step)
+        ema.update(model)
+        for name, value in model.state_dict().items():
+            if reference[name].is_floating_point():
+                reference[name].lerp_(value, 1.0 - 0.99)
+            else:
+                reference[name].copy_(value)
+    state = ema.state_dict()
+    assert list(state) == list(reference) and ema.model.training is False
+    assert state["0.weight"].dtype == dtype
+    assert all(torch.equal(state[k], reference[k]) for k in state)
+    assert not any(p.requires_grad for p in ema.model.parameters())
+    # a checkpoint's "ema" loads back into a fresh one (its keys are the model's own)
+    other = WeightEMA(model, decay=0.99)
+    other.load_state_dict(state)
+    assert all(torch.equal(other.state_dict()[k], reference[k]) for k in state)
+
+
 def test_ema_run_and_imagefolder_run(tmp_path, tiny_fashion_mnist):
     import numpy as np
     from PIL import Image

@@ -178,6 +178,7 @@ def _draw(ax, runs: pd.DataFrame, curves: pd.DataFrame, metric: str, colour, tex
         per_step = data.groupby("step")[metric].agg(["mean", "std"]).dropna(subset=["mean"])
         ax.plot(per_step.index, per_step["mean"], "-", color=colour, label=text, lw=1.6)
         sd, (low, high) = per_step["std"].fillna(0), VALID.get(metric, (None, None))
+        # by hand, not seaborn's lineplot(errorbar="sd"): it cannot cut the band to VALID's limits
         ax.fill_between(per_step.index, (per_step["mean"] - sd).clip(lower=low),
                         (per_step["mean"] + sd).clip(upper=high), color=colour, alpha=0.13, lw=0)
     for run_dir, step in diverged[["run_dir", "diverged_step"]].itertuples(index=False):
