@@ -55,7 +55,7 @@ reproduce-full:  ## the default reproduction plus the secondary rows and the swe
 		--started-at $$start --full $(WANDB_FLAG)
 
 aggregate: $(STAMP)  ## re-aggregate existing run records into results/
-	$(BIN)/python -m brn_repro.aggregate --runs runs/$(PROFILE) --out results $(WANDB_FLAG)
+	$(BIN)/python -m brn_repro.analysis.aggregate --runs runs/$(PROFILE) --out results $(WANDB_FLAG)
 
 verify-results: $(STAMP)  ## retrain 2 committed runs at random, compare with results/runs.csv (exactly, or within the kernel spread)
 	$(BIN)/python scripts/verify_results.py --sample 2

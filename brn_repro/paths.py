@@ -1,7 +1,7 @@
 """Where the Hydra configs are. The repository keeps them at its top, ``conf/``; the wheel
 ships the same files inside the package, ``brn_repro/conf/`` (pyproject.toml maps the
 package ``brn_repro.conf`` to ``conf/``), so that an install outside the checkout composes
-them too. Standard library only: ``brn_repro.experiments`` reads it without the harness."""
+them too. Standard library only: ``brn_repro.analysis.experiments`` reads it without the harness."""
 
 from __future__ import annotations
 

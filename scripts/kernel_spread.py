@@ -6,7 +6,7 @@ runs are the reference, read from its runs dir when they are there).
 
     python scripts/kernel_spread.py            # make kernel-spread; ~15 min on 2 cores
 
-The report (brn_repro.report) states the spread; scripts/verify_results.py uses it as the
+The report (brn_repro.analysis.report) states the spread; scripts/verify_results.py uses it as the
 tolerance where this machine's kernels differ from those a committed run recorded.
 """
 

@@ -35,9 +35,9 @@ import seaborn as sns  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from brn_repro.aggregate import load_runs  # noqa: E402
+from brn_repro.analysis.aggregate import load_runs  # noqa: E402
+from brn_repro.analysis.protocol import below_from  # noqa: E402
 from brn_repro.files import write_atomic  # noqa: E402
-from brn_repro.protocol import below_from  # noqa: E402
 
 SETTINGS = [  # one home for the pilot's numbers; every evaluation on the whole test set,
     # so the last quarter's gain compares like with like
@@ -175,7 +175,7 @@ STAGE_TITLES = {
 def figure(curves: pd.DataFrame, path: Path, stage: str) -> None:
     """Each pilot condition's moving-average error against one worker's batch noise (dashed),
     mean over its seeds; one row per split, mean and std error side by side."""
-    from brn_repro.plots.labels import label, number_text, seeds_text
+    from brn_repro.analysis.plots.labels import label, number_text, seeds_text
 
     names = {"alpha": "α", "lr": "lr", "steps": "steps", "train_size": "images", "lr_schedule": "lr"}
     varying = [k for k in names if k in curves and curves[k].astype(str).nunique() > 1] or ["alpha"]
@@ -244,7 +244,7 @@ def relaxation(start: int, steps: int) -> dict[str, int]:
 def regime_tables(runs: pd.DataFrame, curves: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Stage regime's BN-only tables: the small-batch and non-i.i.d. penalties (paired by
     seed), when the averages beat one worker's batch, and BN's weight growth."""
-    from brn_repro.stats import superiority
+    from brn_repro.analysis.stats import superiority
 
     step_lr = runs[runs["lr_schedule"] == "step"]
     iid = step_lr[step_lr["sampler.name"] == "iid"].pivot(index="seed", columns="per_worker_batch",
@@ -305,14 +305,14 @@ def pooled_sd(table: pd.DataFrame, penalty: str) -> float:
 
 
 def tost_seeds(delta: float, sd: float) -> int | None:
-    from brn_repro.stats import power_equivalence
+    from brn_repro.analysis.stats import power_equivalence
 
     return next((n for n in SEED_COUNTS if power_equivalence(0.0, delta, sd, n) >= POWER), None)
 
 
 def regime_margin(sd: float, n: int, share: float) -> float:
     """The BN penalty at which the claim's test has POWER if BRN recovers ``share`` of it."""
-    from brn_repro.stats import effect_for_power
+    from brn_repro.analysis.stats import effect_for_power
 
     return effect_for_power(sd, n, power=POWER) / share
 
@@ -320,7 +320,7 @@ def regime_margin(sd: float, n: int, share: float) -> float:
 def first_fit(candidates, sd: float, share: float):
     """The first (candidate, n) whose pilot penalty clears the regime margin with POWER:
     the regime check (one-sided against the margin) is then expected to pass."""
-    from brn_repro.stats import power_superiority
+    from brn_repro.analysis.stats import power_superiority
 
     for key, penalty in candidates:
         for n in SEED_COUNTS:
@@ -332,7 +332,7 @@ def first_fit(candidates, sd: float, share: float):
 
 def regime_design(tables: dict[str, pd.DataFrame], steps: int) -> dict[str, object]:
     """The claims' regimes, margins, seeds and schedules, each from the tables."""
-    from brn_repro.stats import power_equivalence, power_superiority
+    from brn_repro.analysis.stats import power_equivalence, power_superiority
 
     small, noniid, cross = tables["small"], tables["noniid"], tables["cross"]
     by_b = small.set_index("per_worker_batch")

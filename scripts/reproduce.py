@@ -1,7 +1,7 @@
 """`make reproduce`: run the paper's experiments as Hydra sweeps, then aggregate.
 
 The experiments are the configs in conf/experiment/, each with its description in
-brn_repro.experiments: by default those that decide a claim (``make reproduce``), with
+brn_repro.analysis.experiments: by default those that decide a claim (``make reproduce``), with
 ``--full`` every one (``make reproduce-full``: secondary rows and sweeps too). For each
 experiment this expands its sweep
 (conf/experiment/<name>.yaml, ``hydra.sweeper.params``, split by Hydra's own sweeper) with the
@@ -37,10 +37,10 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from brn_repro import signals
-from brn_repro.aggregate import check_out
+from brn_repro.analysis.aggregate import check_out
+from brn_repro.analysis.dashboard import offline_sync_line
+from brn_repro.analysis.experiments import configured, reproduction
 from brn_repro.config import ConfigError, resolve  # (and registers the config resolvers)
-from brn_repro.dashboard import offline_sync_line
-from brn_repro.experiments import configured, reproduction
 from brn_repro.files import RecordError, write_atomic
 from brn_repro.records import RunRecord, public_config, read_membership, write_membership
 
@@ -158,7 +158,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="space-separated names (default: those that decide a claim)")
     parser.add_argument("--full", action="store_true",
                         help="also run the secondary rows' experiments and the sweeps no claim reads "
-                             "(batch sizes, r/d schedules; brn_repro.experiments lists them)")
+                             "(batch sizes, r/d schedules; brn_repro.analysis.experiments lists them)")
     parser.add_argument("--launcher", default="local", choices=["local", "slurm"],
                         help="hydra/launcher: local (joblib) or slurm")
     parser.add_argument("--started-at", type=float, default=None,
@@ -248,7 +248,7 @@ def run_sweeps(todo: list[str], every: list[RunRecord], recorded_before: int, sw
 
 def finish(args: argparse.Namespace, runs: Path, start: float, trained: int, failed: list[str]) -> None:
     """Aggregate into ``--out`` (one line and exit 2 on a damaged record or plan)."""
-    from brn_repro.aggregate import aggregate
+    from brn_repro.analysis.aggregate import aggregate
 
     wall = time.time() - start
     try:

@@ -26,7 +26,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce import expand  # noqa: E402  (the sweep as make reproduce composes it)
 
-from brn_repro.experiments import reproduction  # noqa: E402
+from brn_repro.analysis.experiments import reproduction  # noqa: E402
 from brn_repro.kernels import DECIDING, same_kernels  # noqa: E402
 from brn_repro.records import read_metrics_file, run_dir_name  # noqa: E402
 

@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from brn_repro.aggregate import aggregate, condition_summary, load_runs
-from brn_repro.claims import NOT_REPRODUCED, NOT_RUN, REPRODUCED, evaluate_claims
+from brn_repro.analysis.aggregate import aggregate, condition_summary, load_runs
+from brn_repro.analysis.claims import NOT_REPRODUCED, NOT_RUN, REPRODUCED, evaluate_claims
 from brn_repro.records import RunRecord, find_records, read_config, write_membership
 
 RELAXED = {"relax_start": 0, "r_max": 3.0, "d_max": 5.0, "r_max_end_step": 100, "d_max_end_step": 100}
@@ -197,7 +197,7 @@ def test_runs_and_curves_tables_alone_reproduce_the_report(tmp_path):
 def test_moving_average_question_keeps_its_two_settings_apart():
     """Claim 4's primary (constant lr, no weight decay) and the profile's setting are four
     conditions of 5 seeds, not two norms of 10 pooled runs."""
-    from brn_repro.aggregate import condition_columns
+    from brn_repro.analysis.aggregate import condition_columns
 
     rows = [{"experiment": "moving_average_question", "norm.name": norm, "train.lr_schedule": lr,
              "optim.weight_decay": decay, "norm.momentum": 0.1, "seed": seed,

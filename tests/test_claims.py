@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from brn_repro.claims import (
+from brn_repro.analysis.claims import (
     CLAIMS,
     FAILS,
     GROWTH_FACTOR,
@@ -38,8 +38,8 @@ from brn_repro.claims import (
     multiplicity,
     relaxation_check,
 )
-from brn_repro.report import verdict_rules
-from brn_repro.weight_growth import (
+from brn_repro.analysis.report import verdict_rules
+from brn_repro.analysis.weight_growth import (
     BLOWS_UP_DIVERGED,
     BLOWS_UP_GROWTH,
     NO_BLOW_UP,

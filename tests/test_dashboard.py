@@ -12,9 +12,9 @@ from test_train import make_config
 from test_wandb_logger import offline_env, read_records  # noqa: F401 (fixture)
 from test_wandb_runs import offline_runs
 
-from brn_repro.aggregate import condition_columns, condition_summary, load_runs
-from brn_repro.claims import evaluate_claims
-from brn_repro.dashboard import (
+from brn_repro.analysis.aggregate import condition_columns, condition_summary, load_runs
+from brn_repro.analysis.claims import evaluate_claims
+from brn_repro.analysis.dashboard import (
     PANELS,
     PanelSpec,
     build_report,
@@ -23,9 +23,9 @@ from brn_repro.dashboard import (
     offline_sync_line,
     publish,
 )
-from brn_repro.experiments import claim_experiments
+from brn_repro.analysis.experiments import claim_experiments
+from brn_repro.analysis.report import claims_table
 from brn_repro.records import RunRecord, write_membership
-from brn_repro.report import claims_table
 from brn_repro.train import run
 
 pytest.importorskip("wandb_workspaces")
@@ -68,7 +68,7 @@ def test_each_experiment_gets_the_panels_its_runs_call_for(aggregated):
     assert curve not in panels["fig2_small_batch"]  # one per-worker batch: no curve
     assert "weight norm" in titles["moving_average_question"]
     assert "weight norm" not in titles["fig2_small_batch"]
-    # the charts of the figures the experiment's description lists (brn_repro.experiments)
+    # the charts of the figures the experiment's description lists (brn_repro.analysis.experiments)
     assert "train accuracy (%), inference mode" in titles["fig3_noniid"]
     assert "train accuracy (%), inference mode" not in titles["fig1_baseline"]
 
@@ -283,7 +283,7 @@ def test_online_retagging_adds_every_experiment_a_record_serves(tmp_path):
     record's W&B run is its summary's training (``attempt_id``), not its directory's name."""
     import pandas as pd
 
-    from brn_repro.dashboard import _retag
+    from brn_repro.analysis.dashboard import _retag
 
     class Run:
         def __init__(self, tags):

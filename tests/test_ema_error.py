@@ -14,10 +14,10 @@ import torch
 from test_train import make_config
 from torch import Tensor, nn
 
-from brn_repro import plots
+from brn_repro.analysis import plots
+from brn_repro.analysis.plots import ema_error_figure
 from brn_repro.evaluate import moving_average_errors
 from brn_repro.norm import BatchNorm2d, BatchRenorm2d, MABN2d, MovingAverageNorm1d
-from brn_repro.plots import ema_error_figure
 from brn_repro.records import RunRecord
 from brn_repro.train import run
 

@@ -1,5 +1,5 @@
 """Each experiment is one config (conf/experiment/<name>.yaml) and one description
-(brn_repro.experiments): the two sets match, the descriptions name real figures, claims and
+(brn_repro.analysis.experiments): the two sets match, the descriptions name real figures, claims and
 config columns, and an experiment added as one config + one description is planned by
 the driver and summarized by its own conditions."""
 
@@ -13,12 +13,12 @@ from omegaconf import OmegaConf
 from script_modules import load_script
 
 import brn_repro.config  # noqa: F401  (resolvers)
-from brn_repro import experiments
-from brn_repro.aggregate import condition_columns, condition_summary, load_runs
-from brn_repro.claims import CLAIMS
-from brn_repro.dashboard import PANELS
-from brn_repro.experiments import EXPERIMENTS, Experiment, check_described, configured
-from brn_repro.plots import FIGURES
+from brn_repro.analysis import experiments
+from brn_repro.analysis.aggregate import condition_columns, condition_summary, load_runs
+from brn_repro.analysis.claims import CLAIMS
+from brn_repro.analysis.dashboard import PANELS
+from brn_repro.analysis.experiments import EXPERIMENTS, Experiment, check_described, configured
+from brn_repro.analysis.plots import FIGURES
 from brn_repro.records import RunRecord, flatten_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def test_a_config_or_a_description_alone_is_named(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"conf/experiment/undescribed\.yaml: no description"):
         check_described(conf)
     monkeypatch.setitem(EXPERIMENTS, "unconfigured", Experiment("unconfigured", "t", ("seed",)))
-    with pytest.raises(ValueError, match="unconfigured in brn_repro.experiments.EXPERIMENTS: no config"):
+    with pytest.raises(ValueError, match="unconfigured in brn_repro.analysis.experiments.EXPERIMENTS: no config"):
         check_described(ROOT / "conf")
 
 

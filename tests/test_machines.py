@@ -1,8 +1,8 @@
-"""The report's "Numbers across machines" (brn_repro.machines) from hand-made records."""
+"""The report's "Numbers across machines" (brn_repro.analysis.machines) from hand-made records."""
 
 import pandas as pd
 
-from brn_repro.machines import kernels_text, machines_section, spread_lines
+from brn_repro.analysis.machines import kernels_text, machines_section, spread_lines
 
 PINNED = {"kernels.cpu": "AMD EPYC", "kernels.aten": "AVX2", "kernels.onednn": "AVX2", "kernels.mkl": "COMPATIBLE",
           "kernels.inductor": "avx2", "kernels.march": "x86-64-v3", "kernels.compiler": "g++ 12.2.0",

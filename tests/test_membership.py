@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from script_modules import load_script
 
-from brn_repro import aggregate as aggregate_module
-from brn_repro.aggregate import load_runs
+from brn_repro.analysis import aggregate as aggregate_module
+from brn_repro.analysis.aggregate import load_runs
 from brn_repro.records import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]

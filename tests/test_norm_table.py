@@ -13,7 +13,8 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from brn_repro import config as config_module
-from brn_repro import distributed, evaluate, records, report
+from brn_repro import distributed, evaluate, records
+from brn_repro.analysis import report
 from brn_repro.config import ConfigError, norm_options, resolve, validate
 from brn_repro.norm import NORM_NAMES, NormSpec, build_norm, norm_spec, register_norm
 from brn_repro.norm.registry import TABLE, batch_statistics_layer, moving_statistics

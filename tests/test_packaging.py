@@ -208,3 +208,12 @@ def test_the_installed_wheel_trains_from_any_directory(tmp_path, wheel, tiny_fas
     assert json.loads(summary.read_text())["status"] == "completed"
     assert yaml.safe_load((summary.parent / "config.yaml").read_text())["git_commit"] is None
     assert not any(elsewhere.iterdir()), "nothing written where it was run from"
+
+
+def test_training_imports_nothing_of_the_analysis():
+    """brn_repro.analysis reads what training wrote; nothing that trains imports it."""
+    done = subprocess.run([sys.executable, "-c", "import sys, brn_repro.train, brn_repro.loop, brn_repro.records; "
+                           "print(sorted(m for m in sys.modules if m.startswith('brn_repro.analysis')))"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from script_modules import load_script
 
-from brn_repro import claims
-from brn_repro.stats import effect_for_power, power_superiority
+from brn_repro.analysis import claims
+from brn_repro.analysis.stats import effect_for_power, power_superiority
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_hex, to_rgb
 
-from brn_repro import plots
+from brn_repro.analysis import plots
+from brn_repro.analysis.plots import labels
 from brn_repro.norm import norm_spec
-from brn_repro.plots import labels
 from tests.script_modules import load_script
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from brn_repro.protocol import converged_reference, protocol_section
+from brn_repro.analysis.protocol import converged_reference, protocol_section
 
 
 def frame(rows):
@@ -69,7 +69,7 @@ def test_protocol_section_names_what_the_configs_lack():
 
 
 def test_deviations_table_puts_the_papers_setup_beside_the_runs_own():
-    from brn_repro.protocol import PAPER_SETUP, deviations_section
+    from brn_repro.analysis.protocol import PAPER_SETUP, deviations_section
 
     runs = frame([{"experiment": "fig1_baseline", "norm.name": n, "seed": s, "run_dir": f"{n}{s}",
                    "dataset.image_size": 14, "train.ema_decay": None, "norm.relax_start": 1900,
@@ -91,7 +91,7 @@ def test_deviations_table_puts_the_papers_setup_beside_the_runs_own():
 
 
 def test_the_report_carries_the_hand_written_protocol_history(tmp_path):
-    from brn_repro.report import HISTORY, _history
+    from brn_repro.analysis.report import HISTORY, _history
 
     assert _history(tmp_path) == []  # none written: no section
     (tmp_path / HISTORY).write_text("# Protocol history\n\n| protocol | verdicts |\n|---|---|\n| A | x |\n")

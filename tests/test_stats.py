@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from brn_repro.stats import (
+from brn_repro.analysis.stats import (
     INSUFFICIENT,
     chance_level,
     difference_in_differences,

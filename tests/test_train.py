@@ -351,7 +351,7 @@ def test_channels_last_choice_is_checked_and_auto_follows_the_measurements(tmp_p
 
 @pytest.mark.parametrize("other", ["brn", "moving_average", "gn"])
 def test_same_seed_gives_bn_and_other_norms_the_same_start_and_batches(tmp_path, tiny_fashion_mnist, other):
-    """What the paired verdicts rest on (brn_repro.stats): with one seed, BN and another
+    """What the paired verdicts rest on (brn_repro.analysis.stats): with one seed, BN and another
     norm start from the same convolution and classifier weights and see the same
     batches, so the per-seed difference measures the norm alone."""
     from brn_repro.train import prepare

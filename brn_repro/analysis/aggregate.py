@@ -1,6 +1,6 @@
 """Run records -> one pandas frame -> per-experiment summaries, figures and the report.
 
-    python -m brn_repro.aggregate --runs runs --out results
+    python -m brn_repro.analysis.aggregate --runs runs --out results
 
 Reads every run directory (``config.yaml`` + ``summary.json`` + ``metrics.jsonl``)
 under ``--runs`` (or, with ``--source wandb``, the runs of a W&B project), writes
@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from brn_repro.experiments import described
+from brn_repro.analysis.experiments import described
 from brn_repro.files import check_writable_dir, write_atomic
 from brn_repro.records import (
     EXECUTION_KEYS,
@@ -256,9 +256,9 @@ def aggregate(runs_root: str | Path, out: str | Path, wall_seconds: float | None
               log_to_wandb: bool = False, runs_trained: int | None = None) -> Path:
     """Records -> summaries, figures, REPORT.md under ``out``. ``wall_seconds`` and
     ``runs_trained``: of the ``make reproduce`` call that asks (the report says so)."""
-    from brn_repro.claims import evaluate_claims
-    from brn_repro.plots import experiment_figures
-    from brn_repro.report import write_report
+    from brn_repro.analysis.claims import evaluate_claims
+    from brn_repro.analysis.plots import experiment_figures
+    from brn_repro.analysis.report import write_report
 
     out = Path(out)
     check_out(out)
@@ -286,8 +286,8 @@ def aggregate(runs_root: str | Path, out: str | Path, wall_seconds: float | None
     claims = evaluate_claims(runs, curves)
     report = write_report(out, runs, summaries, claims, figures, wall_seconds, runs_trained, curves)
     if log_to_wandb:
-        from brn_repro.dashboard import publish
-        from brn_repro.report import claims_table
+        from brn_repro.analysis.dashboard import publish
+        from brn_repro.analysis.report import claims_table
 
         print(publish(out, Path(runs_root), runs, summaries, figures, claims, claims_table(claims),
                       project, entity))

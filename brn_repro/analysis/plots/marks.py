@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from brn_repro.plots.labels import number_text
+from brn_repro.analysis.plots.labels import number_text
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The W&B dashboard, built in code by ``python -m brn_repro.aggregate --wandb``.
+"""The W&B dashboard, built in code by ``python -m brn_repro.analysis.aggregate --wandb``.
 
 From the same aggregate that writes results/, three things go to the W&B project:
 
@@ -15,7 +15,7 @@ From the same aggregate that writes results/, three things go to the W&B project
   claims' runs are separated there).
 
 An experiment's panels are the W&B counterparts of its figures in results/, as its
-description lists them (``brn_repro.experiments``).
+description lists them (``brn_repro.analysis.experiments``).
 
 Online (credentials), all three are saved. Offline, the aggregate run and its artifact go
 to an offline run that ``wandb sync`` uploads with the training runs; the workspace and
@@ -31,8 +31,8 @@ from typing import Any
 
 import pandas as pd
 
-from brn_repro.experiments import claim_experiments
-from brn_repro.experiments import figures as figures_of
+from brn_repro.analysis.experiments import claim_experiments
+from brn_repro.analysis.experiments import figures as figures_of
 from brn_repro.loggers import PRIVATE_SETTINGS, resolve_wandb_mode
 from brn_repro.records import read_summary
 
@@ -210,7 +210,7 @@ def publish(out: Path, runs_root: Path, runs: pd.DataFrame, summaries: dict[str,
             f"and report '{report.title}' ({len(report.blocks)} blocks)")
     if mode != "online":
         lines.append(f"wandb: offline; would save {what} to {target}/{project}; run "
-                     f"`python -m brn_repro.aggregate --runs {runs_root} --out {out} --wandb` "
+                     f"`python -m brn_repro.analysis.aggregate --runs {runs_root} --out {out} --wandb` "
                      "with credentials to save them")
         return "\n".join(lines)
     workspace.save()

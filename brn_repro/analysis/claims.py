@@ -3,7 +3,7 @@
 Why pre-registered: each verdict's rule is fixed here, and the report states it
 (``VERDICT_RULES``) before any number, so no rule can be chosen after seeing the
 outcome. Why paired: runs with the same seed share initial weights and batch order,
-so the per-seed difference cancels the seed-to-seed spread (``brn_repro.stats``).
+so the per-seed difference cancels the seed-to-seed spread (``brn_repro.analysis.stats``).
 Each claim has one *primary* comparison that alone decides its verdict; secondary
 rows are context and never change it. A diverged run is never dropped: it counts at
 chance in a difference and fails an equivalence. A condition whose runs have not all
@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from brn_repro.protocol import limits_at
-from brn_repro.stats import (
+from brn_repro.analysis.protocol import limits_at
+from brn_repro.analysis.stats import (
     FINISHED,
     chance_level,
     difference_in_differences,
@@ -31,7 +31,7 @@ from brn_repro.stats import (
     power_superiority,
     superiority,
 )
-from brn_repro.weight_growth import (
+from brn_repro.analysis.weight_growth import (
     BLOWS_UP_DIVERGED,
     BLOWS_UP_GROWTH,
     STARTUP_NAN,
@@ -72,7 +72,7 @@ PILOT_SD_SMALL_BATCH, PILOT_SD_DID = 0.453, 1.266
 
 # The verdict rules the report states before any number: this preamble, which every claim
 # shares, then each claim's own rule (``PaperClaim.rule_text``, in ``CLAIMS`` order), then
-# the closing sentence (``brn_repro.report.verdict_rules`` joins them).
+# the closing sentence (``brn_repro.analysis.report.verdict_rules`` joins them).
 RULES_PREAMBLE = (
     "Each claim has one **primary** comparison and one **regime check**, both fixed before "
     "any BRN run of this protocol, from a pilot of BN alone ([pilot/README.md](pilot/README.md), "
@@ -144,7 +144,7 @@ class PaperClaim:
     """One of the paper's claims, all of it in one place: what the paper says, the rule that
     decides it (stated in the report before any number), the experiment whose runs decide
     it, and the function that applies the rule. ``CLAIMS`` registers them; the report, the
-    protocol section, the dashboard and the reproduction driver (``brn_repro.experiments``:
+    protocol section, the dashboard and the reproduction driver (``brn_repro.analysis.experiments``:
     an experiment that decides a claim is in ``make reproduce``) read that table.
 
     ``comparison``: the primary comparison, as the rule names it. ``rule``: the rest of the

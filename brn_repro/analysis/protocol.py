@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from brn_repro.experiments import claim_experiments, deciding
+from brn_repro.analysis.experiments import claim_experiments, deciding
 
 CONVERGED_GAIN = 0.5  # test-accuracy points over the last quarter of the run
 
@@ -161,7 +161,7 @@ def protocol_section(runs: pd.DataFrame, curves: pd.DataFrame | None) -> list[st
         "measurements, figures, and what each choice rests on), before any BRN run under this "
         "protocol; BRN results of earlier protocols had been read (see *Protocol history*). The "
         "numbers live in the profile (`conf/profile/<profile>.yaml`) and the claims' rules "
-        "(`brn_repro/claims.py`), and are read back here from the runs' own configs.", "",
+        "(`brn_repro/analysis/claims.py`), and are read back here from the runs' own configs.", "",
         f"- **Run length**: {steps} steps x global batch {batch} = {steps * batch:,} images = "
         f"{epochs} {ref['dataset.name']} ({int(train_images) if train_images else '?'} training "
         f"images); {ref['model.name']} width {ref.get('model.width', '-')}; {ref['optim.name']} "

@@ -29,10 +29,9 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from brn_repro import experiments  # noqa: E402
-from brn_repro.files import write_atomic  # noqa: E402
-from brn_repro.plots import marks as vertical  # noqa: E402
-from brn_repro.plots.labels import (  # noqa: E402
+from brn_repro.analysis import experiments  # noqa: E402
+from brn_repro.analysis.plots import marks as vertical  # noqa: E402
+from brn_repro.analysis.plots.labels import (  # noqa: E402
     ANY,
     VALID,
     condition_text,
@@ -42,13 +41,14 @@ from brn_repro.plots.labels import (  # noqa: E402
     short,
     value_text,
 )
-from brn_repro.plots.style import (  # noqa: E402
+from brn_repro.analysis.plots.style import (  # noqa: E402
     Styles,
     contrast,  # noqa: F401 (tests read it here)
     palette,
     sort_key,
     text_colour,
 )
+from brn_repro.files import write_atomic  # noqa: E402
 
 MAX_LINES = 8  # conditions on one axis; more become small multiples
 DIVERGED_NOTE = "× = a diverged run, at the step it diverged (on the bottom edge: before its first evaluation)"
@@ -525,7 +525,7 @@ def heatmap_figure(frame: pd.DataFrame, path: Path, title: str) -> Path | None:
     return _finish(fig, path, title, f"{seeds_text(counts)} per cell (completed runs)")
 
 
-# Each figure an experiment can get, by its file's stem (brn_repro.experiments lists which
+# Each figure an experiment can get, by its file's stem (brn_repro.analysis.experiments lists which
 # ones each gets), in the order the report shows them: (frame, its curves, condition
 # columns, path, the experiment's title, its styles) -> the figure, or None where its runs
 # lack the data.

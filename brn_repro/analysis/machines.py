@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from brn_repro.experiments import described
+from brn_repro.analysis.experiments import described
 
 KERNEL_COLUMNS = ("aten", "onednn", "mkl", "inductor", "march", "compiler", "torch", "threads")
 SPREAD_REFERENCE = "pinned"

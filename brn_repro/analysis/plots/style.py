@@ -10,7 +10,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib.colors import to_rgb
 
-from brn_repro.plots.labels import ANY
+from brn_repro.analysis.plots.labels import ANY
 
 # Okabe-Ito's colour-blind-safe colours, ordered so the first four differ most (orange, as
 # close to vermillion as it is, comes only after five conditions; yellow left out: it does

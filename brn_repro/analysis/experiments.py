@@ -9,10 +9,10 @@ purpose: a key added to the config would enter every run's identity
 and one ``Experiment`` in ``EXPERIMENTS``; ``check_described`` (run by the driver and the
 tests) says which one is missing.
 
-The claims are the paper's (Ioffe 2017, PAPER.md), numbered as ``brn_repro.claims`` numbers
+The claims are the paper's (Ioffe 2017, PAPER.md), numbered as ``brn_repro.analysis.claims`` numbers
 them: 1 (Fig 1), 2 (Fig 2), 3 (Fig 3), 4 (section 2's moving averages in training). Each claim
 names the experiment that decides it and those its secondary rows read
-(``brn_repro.claims.CLAIMS``); ``Experiment.decides``/``supports`` read that table, so adding
+(``brn_repro.analysis.claims.CLAIMS``); ``Experiment.decides``/``supports`` read that table, so adding
 a claim is one ``PaperClaim``.
 """
 
@@ -105,9 +105,9 @@ def figures(name: str) -> tuple[str, ...]:
 
 
 def _claims() -> dict:
-    """``brn_repro.claims.CLAIMS``, imported on use: the claims module reads the protocol
+    """``brn_repro.analysis.claims.CLAIMS``, imported on use: the claims module reads the protocol
     module, which reads this one."""
-    from brn_repro.claims import CLAIMS
+    from brn_repro.analysis.claims import CLAIMS
 
     return CLAIMS
 
@@ -140,9 +140,9 @@ def check_described(conf_dir: Path = CONF_DIR) -> None:
     problems = []
     if missing := sorted(configs - table):
         problems.append(f"{', '.join(f'conf/experiment/{n}.yaml' for n in missing)}: no "
-                        "description; add an Experiment to brn_repro.experiments.EXPERIMENTS")
+                        "description; add an Experiment to brn_repro.analysis.experiments.EXPERIMENTS")
     if orphans := sorted(table - configs):
-        problems.append(f"{', '.join(orphans)} in brn_repro.experiments.EXPERIMENTS: no config; "
+        problems.append(f"{', '.join(orphans)} in brn_repro.analysis.experiments.EXPERIMENTS: no config; "
                         "add conf/experiment/<name>.yaml or remove the description")
     if problems:
         raise ValueError("; ".join(problems))

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from brn_repro.claims import CLAIMS, RULES_CLOSING, RULES_PREAMBLE, Claim, multiplicity, stats
-from brn_repro.experiments import EXPERIMENTS, claim_experiments
+from brn_repro.analysis.claims import CLAIMS, RULES_CLOSING, RULES_PREAMBLE, Claim, multiplicity, stats
+from brn_repro.analysis.experiments import EXPERIMENTS, claim_experiments
+from brn_repro.analysis.machines import machines_section
+from brn_repro.analysis.protocol import deviations_section, protocol_section
 from brn_repro.files import write_atomic
-from brn_repro.machines import machines_section
-from brn_repro.protocol import deviations_section, protocol_section
 from brn_repro.provenance import git_commit
 
 # Group Norm paper (Wu & He 2018), ResNet-50 ImageNet top-1 *error* by images per GPU.
@@ -146,7 +146,7 @@ def write_report(out: Path, runs: pd.DataFrame, summaries: dict[str, pd.DataFram
     run_wall = pd.to_numeric(distinct["wall_seconds"], errors="coerce").sum()
     lines = [
         "# Batch Renormalization: reproduction report", "",
-        f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m brn_repro.aggregate` "
+        f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `python -m brn_repro.analysis.aggregate` "
         "from the run records; every number below comes from a run that happened.", "",
         f"- profile: {profiles or '-'}; dataset: {datasets or '-'}; model: {models or '-'}",
         f"- code: {_commits(runs)}",
