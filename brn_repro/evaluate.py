@@ -136,43 +136,61 @@ def moving_average_errors(model: nn.Module, batches: Iterable[tuple[Tensor, Tens
     layers = [(name or "layer", m) for name, m in model.named_modules() if _moving_estimates(m) is not None]
     if not layers:
         return {}
-    device, to_model = _device(model), _to_model(model)
+    device = _device(model)
     # Per layer, rows [sum x, sum x^2, count] per channel, in one buffer for one all-reduce.
     flat = torch.zeros(sum(3 * m.num_features for _, m in layers), dtype=torch.float64, device=device)
     sums = [part.view(3, -1) for part in flat.split([3 * m.num_features for _, m in layers])]
     # Per layer, the groups' [mu_B, sigma_B] (2 x groups x channels each), kept on the
     # device until the population is known: small next to the activations.
     groups: list[list[Tensor]] = [[] for _ in layers]
+    _population_pass(model, batches, [(m, _statistics_hook(acc, stats, m.eps, group_size))
+                                      for (_, m), acc, stats in zip(layers, sums, groups, strict=True)])
+    if all_reduce is not None:
+        all_reduce(flat)
+    rows, noise = _errors_against_population(layers, sums, groups, device)
+    if group_size is not None and all_reduce is not None:
+        all_reduce(noise)
+    # The one host sync; a layer the forward never reached has no population.
+    values = torch.cat([torch.stack(rows), noise], dim=1).tolist()
+    return _error_keys([(name, layer, v) for (name, layer), v in zip(layers, values, strict=True) if v[2] > 0])
 
-    def accumulate(acc: Tensor, stats: list[Tensor], eps: float) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
-        def hook(_: nn.Module, args: tuple[Tensor, ...]) -> None:
-            # One pass of var_mean in the activations' dtype (torch's cascaded sums:
-            # ~1e-7 in float32), per group, then float64 on the small results: a float64
-            # copy of every activation cost as much as the evaluation itself.
-            x = args[0]
-            per_example = x[0, 0].numel()
-            whole = x.shape[0] // group_size if group_size is not None else 0
-            parts = []  # (mean, var, values per channel) of disjoint pieces of the batch
-            if whole:
-                # (groups, group_size, C, ...): a view in either layout (the batch dim is outermost)
-                cut = x[:whole * group_size].reshape(whole, group_size, *x.shape[1:])
-                var, mean = torch.var_mean(cut, dim=[1, *range(3, cut.dim())], correction=0)
-                mean, var = mean.double(), var.double()
-                stats.append(torch.stack([mean, sqrt(var + eps)]))
-                parts.append((mean, var, group_size * per_example))
-            rest = x[whole * group_size:] if whole else x
-            if rest.shape[0]:
-                var, mean = torch.var_mean(rest, dim=[0, *range(2, rest.dim())], correction=0)
-                parts.append((mean.double().unsqueeze(0), var.double().unsqueeze(0), rest.shape[0] * per_example))
-            for mean, var, n in parts:
-                acc[0] += mean.sum(0) * n
-                acc[1] += (var + mean.square()).sum(0) * n
-            acc[2] += x.shape[0] * per_example
-        return hook
 
+def _statistics_hook(acc: Tensor, stats: list[Tensor], eps: float, group_size: int | None
+                     ) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
+    """A forward pre-hook adding a layer's input to its population sums ``acc`` and, with
+    ``group_size``, its groups' [mu_B, sigma_B] to ``stats``."""
+    def hook(_: nn.Module, args: tuple[Tensor, ...]) -> None:
+        # One pass of var_mean in the activations' dtype (torch's cascaded sums:
+        # ~1e-7 in float32), per group, then float64 on the small results: a float64
+        # copy of every activation cost as much as the evaluation itself.
+        x = args[0]
+        per_example = x[0, 0].numel()
+        whole = x.shape[0] // group_size if group_size is not None else 0
+        parts = []  # (mean, var, values per channel) of disjoint pieces of the batch
+        if whole:
+            # (groups, group_size, C, ...): a view in either layout (the batch dim is outermost)
+            cut = x[:whole * group_size].reshape(whole, group_size, *x.shape[1:])
+            var, mean = torch.var_mean(cut, dim=[1, *range(3, cut.dim())], correction=0)
+            mean, var = mean.double(), var.double()
+            stats.append(torch.stack([mean, sqrt(var + eps)]))
+            parts.append((mean, var, group_size * per_example))
+        rest = x[whole * group_size:] if whole else x
+        if rest.shape[0]:
+            var, mean = torch.var_mean(rest, dim=[0, *range(2, rest.dim())], correction=0)
+            parts.append((mean.double().unsqueeze(0), var.double().unsqueeze(0), rest.shape[0] * per_example))
+        for mean, var, n in parts:
+            acc[0] += mean.sum(0) * n
+            acc[1] += (var + mean.square()).sum(0) * n
+        acc[2] += x.shape[0] * per_example
+    return hook
+
+
+def _population_pass(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+                     hooks: list[tuple[nn.Module, Callable[..., None]]]) -> None:
+    """The model over ``batches`` in eval mode with ``hooks`` on; its modes restored after."""
+    to_model = _to_model(model)
     modes = [(m, m.training) for m in model.modules()]
-    handles = [m.register_forward_pre_hook(accumulate(acc, stats, m.eps))
-               for (_, m), acc, stats in zip(layers, sums, groups, strict=True)]
+    handles = [m.register_forward_pre_hook(hook) for m, hook in hooks]
     try:
         model.eval()
         for x, _ in batches:
@@ -182,11 +200,14 @@ def moving_average_errors(model: nn.Module, batches: Iterable[tuple[Tensor, Tens
             handle.remove()
         for m, training in modes:
             m.train(training)
-    if all_reduce is not None:
-        all_reduce(flat)
+
+
+def _errors_against_population(layers: list[tuple[str, nn.Module]], sums: list[Tensor],
+                               groups: list[list[Tensor]], device: torch.device) -> tuple[list[Tensor], Tensor]:
+    """Per layer, [ema mean error, ema std error, count] and, against the same population,
+    [sum of |mu_B - mu| / sigma, sum of |sigma_B / sigma - 1|, groups]: sums, so the
+    shards' add up once each has taken its groups against the global population."""
     rows = []
-    # Per layer [sum of |mu_B - mu| / sigma, sum of |sigma_B / sigma - 1|, groups]: sums, so
-    # the shards' add up once each has taken its groups against the global population.
     noise = torch.zeros(len(layers), 3, dtype=torch.float64, device=device)
     for i, ((_, layer), (total, squares, count), stats) in enumerate(zip(layers, sums, groups, strict=True)):
         mu_ema, sigma_ema = _moving_estimates(layer)
@@ -199,11 +220,11 @@ def moving_average_errors(model: nn.Module, batches: Iterable[tuple[Tensor, Tens
             noise[i, 0] = ((mu_b - mu).abs() / sigma).sum()
             noise[i, 1] = (sigma_b / sigma - 1).abs().sum()
             noise[i, 2] = mu_b.shape[0]
-    if group_size is not None and all_reduce is not None:
-        all_reduce(noise)
-    # The one host sync; a layer the forward never reached has no population.
-    values = torch.cat([torch.stack(rows), noise], dim=1).tolist()
-    reached = [(name, layer, v) for (name, layer), v in zip(layers, values, strict=True) if v[2] > 0]
+    return rows, noise
+
+
+def _error_keys(reached: list[tuple[str, nn.Module, list[float]]]) -> dict[str, float]:
+    """The metrics row's keys from the layers a forward reached (name, layer, values)."""
     out = {f"ema_error/{name}/{kind}": v[i] for name, _, v in reached for i, kind in enumerate(("mean", "std"))}
     for i, kind in enumerate(("mean", "std") if reached else ()):
         out[f"ema_error/{kind}"] = sum(v[i] for _, _, v in reached) / len(reached)
