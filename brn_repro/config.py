@@ -27,6 +27,7 @@ from brn_repro.models import build_model, check_model_input
 from brn_repro.norm import build_norm, norm_spec
 from brn_repro.norm.registry import NormFactory
 from brn_repro.paths import CONF_DIR  # noqa: F401  (its old home, kept for code that imports it from here)
+from brn_repro.performance import PRECISIONS
 from brn_repro.schema import (
     LEGACY_RECIPE,
     LEGACY_SPELLINGS,
@@ -160,79 +161,6 @@ def validate(config: dict[str, Any]) -> RunConfig:
 # A resolved config's top level: the schema's fields, the recipe, and what run() and
 # resolve() add (the commit; the keys read from the environment).
 TOP_LEVEL_KEYS = {f.name for f in dataclasses.fields(RunConfig)} | {"recipe", "git_commit", FROM_ENVIRONMENT}
-
-
-# train.precision. float32 means float32 on a GPU too: torch's default lets cuDNN use
-# TF32 for convolutions, which put the small CNN's gradient 7e-3 off float64 on an H100
-# (7e-7 without; results/gpu/check.csv). tf32 is that faster mode, asked for by name.
-# float64 is for numerical checks: a run split over processes agrees to ~1e-15 where
-# float32's rounding alone moves a 20-step run by up to 1e-2 (brn_repro.numerics).
-PRECISIONS = {"float32": (torch.float32, False), "tf32": (torch.float32, True),
-              "float64": (torch.float64, False)}
-
-
-# train.channels_last=auto: the norms that train faster in channels-last, per (model,
-# device type, eager or compiled), measured by scripts/bench_step.py (results/bench/
-# step.csv; the small CNN on one CPU thread, global batch 128, images/s over a bare
-# eager NCHW loop with torch's BatchNorm2d). Eager: bn 1.10 vs 0.98 NCHW at per-worker
-# 32, brn 1.08 vs 0.91, moving_average 1.22 vs 0.98, none 1.57 vs 1.31; gn (0.65 vs
-# 1.15) and mabn (0.78 vs 0.70 at 32, 0.57 vs 0.89 at 1) stay NCHW. Eager bn and brn
-# normalize per worker through a regrouped batch, which in channels-last costs 2x at
-# one example per worker: they take channels-last from CL_MIN_PER_WORKER examples per
-# group. Compiled, the regrouping is a view and channels-last wins at every split:
-# bn 1.40-1.51 vs 1.10-1.16 NCHW, brn 1.26-1.46 vs 1.08-1.13, none 1.43 vs 1.43;
-# moving_average is even (1.28-1.32 vs 1.23-1.42) and gn stays NCHW (1.30 vs 1.41).
-# Everything unmeasured trains NCHW.
-CHANNELS_LAST_FASTER: dict[tuple[str, str, str], frozenset[str]] = {
-    ("small_cnn", "cpu", "eager"): frozenset({"bn", "brn", "moving_average", "none"}),
-    ("small_cnn", "cpu", "compiled"): frozenset({"bn", "brn", "moving_average", "none"}),
-}
-CL_MIN_PER_WORKER = 4  # eager bn / brn only
-
-
-def memory_format(cfg: RunConfig, device: torch.device,
-                  compiled: bool = False) -> torch.memory_format:
-    """The layout the model's weights and batches take (not part of a run's identity:
-    it changes rounding, not the computation)."""
-    choice = cfg.train.channels_last
-    if choice == "auto":
-        norm, mode = cfg.norm.name, "compiled" if compiled else "eager"
-        choice = (norm in CHANNELS_LAST_FASTER.get((cfg.model.name, device.type, mode), ())
-                  and (compiled or norm not in ("bn", "brn") or cfg.norm_batch >= CL_MIN_PER_WORKER))
-    return torch.channels_last if choice else torch.contiguous_format
-
-
-# train.compile=auto: compile a one-process run when it trains at least this many
-# images on the device. On this project's 2-core CPU (one thread, small CNN, global
-# batch 128) the compiled step is 1.27-1.49x the eager one auto would pick for bn and
-# brn (results/bench/step.csv); at global batch 32, 0.9-1.03x. A compilation costs
-# 5-60 s (the first step; less when inductor's on-disk cache holds the graphs), so 100k
-# images (~1.2 min of eager training) pay for it at the larger batches. On an H100
-# (results/bench/gpu.csv, torch 2.11, global batch 128) the step is host-bound and
-# compiling gains 1.23-1.40x (bn 15.4k -> 21.6k img/s, brn 14.7k -> 18.2k) for 6-11 s of
-# compilation: it pays after ~700k images (~12 epochs of Fashion-MNIST).
-COMPILE_MIN_IMAGES = {"cpu": 100_000, "cuda": 750_000}
-
-
-def wants_compile(cfg: RunConfig, device: torch.device, world_size: int,
-                  model: torch.nn.Module) -> bool:
-    """Whether the run compiles its model (``train.compile``; not part of a run's
-    identity: it changes rounding, not the computation)."""
-    if cfg.train.compile != "auto":
-        return bool(cfg.train.compile)
-    images = cfg.train.steps * cfg.global_batch
-    # A layer that runs eager under the compiler (MABN) would split the graph at every use.
-    return (world_size == 1 and images >= COMPILE_MIN_IMAGES.get(device.type, math.inf)
-            and all(getattr(m, "compiles", True) for m in model.modules()))
-
-
-def apply_precision(cfg: RunConfig) -> torch.dtype:
-    """Set TF32 on or off for this run (torch's flags are global: every run sets them)
-    and return the dtype the model and batches take."""
-    dtype, tf32 = PRECISIONS[cfg.train.precision]
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    return dtype
 
 
 def validate_model(model: dict[str, Any]) -> None:
@@ -385,32 +313,3 @@ def relaxation_warning(cfg: RunConfig) -> str | None:
                 "so this BRN run is plain batchnorm; set norm.relax_start (and the end steps) lower"
             )
     return None
-
-
-def build_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                               weight_decay=o.weight_decay)
-    if o.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=o.lr, alpha=o.alpha, eps=o.eps, momentum=o.momentum,
-                                   weight_decay=o.weight_decay)
-    return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-
-
-def build_lr_schedule(cfg: RunConfig, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    train = cfg.train
-    steps, warmup, kind, gamma = train.steps, train.warmup_steps, train.lr_schedule, train.step_gamma
-    milestones = [round(f * steps) for f in train.step_milestones]
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if kind == "cosine":
-            progress = (step - warmup) / max(1, steps - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        if kind == "step":
-            return gamma ** sum(step >= m for m in milestones)
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

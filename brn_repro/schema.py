@@ -120,7 +120,7 @@ class TrainConfig:
     channels_last: Literal["auto", True, False] = _spec("auto")
     compile: Literal["auto", True, False] = _spec("auto")
     cpu_isa: Literal["native", "avx2"] = _spec("native", noun="a kernel set")  # brn_repro.kernels
-    precision: str = _spec("float32")  # config.PRECISIONS holds what each one means
+    precision: str = _spec("float32")  # performance.PRECISIONS holds what each one means
     device: str = _spec("auto")
     progress: bool = _spec(True)
 

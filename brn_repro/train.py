@@ -38,16 +38,11 @@ from brn_repro import distributed, kernels, signals, sweeps
 from brn_repro.cli import check_command_line, upgrade_command_line
 from brn_repro.config import (
     ConfigError,
-    apply_precision,
-    build_lr_schedule,
-    build_optimizer,
     check_model_fits,
-    memory_format,
     norm_factory,
     relaxation_warning,
     resolve,
     validate,
-    wants_compile,
 )
 from brn_repro.data import DatasetError, TrainingData
 from brn_repro.evaluate import (
@@ -62,7 +57,9 @@ from brn_repro.loggers import RunLogger, build_logger, progress_bar
 from brn_repro.loop import FirstNonFinite, Progress, Training, finish, resume, save_checkpoint, summarize
 from brn_repro.models import as_layout, build_model, check_model_input
 from brn_repro.norm import norm_diagnostics
+from brn_repro.optim import build_lr_schedule, build_optimizer
 from brn_repro.paths import CONF_DIR
+from brn_repro.performance import apply_precision, memory_format, wants_compile
 from brn_repro.provenance import git_commit
 from brn_repro.records import RecordError, RunRecord, public_config, run_name
 from brn_repro.schema import RunConfig

@@ -30,12 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from brn_repro import distributed  # noqa: E402
-from brn_repro.config import apply_precision, build_lr_schedule, build_optimizer, norm_factory  # noqa: E402
+from brn_repro.config import norm_factory  # noqa: E402
 from brn_repro.data import TrainingData  # noqa: E402
 from brn_repro.files import write_csv  # noqa: E402
 from brn_repro.loop import FirstNonFinite  # noqa: E402
 from brn_repro.models import build_model  # noqa: E402
 from brn_repro.norm import NORM_NAMES, build_norm, norm_spec  # noqa: E402
+from brn_repro.optim import build_lr_schedule, build_optimizer  # noqa: E402
+from brn_repro.performance import apply_precision  # noqa: E402
 from brn_repro.schema import RunConfig  # noqa: E402
 from brn_repro.train import DIVERGENCE_SYNC_EVERY, compile_model, forward_backward, place  # noqa: E402
 

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from test_train import make_config
 
 import brn_repro.norm._grouped as grouped
-from brn_repro.config import ConfigError, validate, wants_compile
+from brn_repro.config import ConfigError, validate
 from brn_repro.norm import build_norm
+from brn_repro.performance import wants_compile
 from brn_repro.records import RunRecord
 from brn_repro.schema import RunConfig
 from brn_repro.train import run

@@ -325,7 +325,8 @@ def test_one_worker_per_process_equals_virtual_workers_in_float32(tmp_path, tiny
 
 
 def test_precision_is_checked_and_float32_means_float32_on_a_gpu():
-    from brn_repro.config import PRECISIONS, apply_precision, validate
+    from brn_repro.config import validate
+    from brn_repro.performance import PRECISIONS, apply_precision
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         config = OmegaConf.to_container(compose("config", overrides=["train.precision=fp16"]), resolve=True)

@@ -325,7 +325,7 @@ def test_channels_last_trains_the_same_run(tmp_path, tiny_fashion_mnist, norm):
 
 
 def test_channels_last_choice_is_checked_and_auto_follows_the_measurements(tmp_path, tiny_fashion_mnist, monkeypatch):
-    import brn_repro.config as config_module
+    import brn_repro.performance as config_module
 
     with pytest.raises(ValueError, match=r"train.channels_last='sometimes' must be auto, true or false"):
         run(make_config(tmp_path, tiny_fashion_mnist, "train.channels_last=sometimes"))

@@ -121,7 +121,7 @@ class MABN2d(StepCounter):
     layer runs eager (a graph break at each MABN layer) and ``train.compile=auto``
     leaves MABN models eager."""
 
-    compiles = False  # read by brn_repro.config.wants_compile
+    compiles = False  # read by brn_repro.performance.wants_compile
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.98,
                  buffer_size: int = 16, warmup_iters: int = 100, r_warmup: int | None = None,
