@@ -21,7 +21,7 @@ from torch import nn
 
 from brn_repro.data.imagefolder import IMAGENET_MEAN
 from brn_repro.data.samplers import check_sampler
-from brn_repro.data.sources import IMAGE_SIZES, NUM_CLASSES, STATS
+from brn_repro.dataset_facts import IMAGE_SIZES, NUM_CLASSES, STATS
 from brn_repro.loggers import logger_class
 from brn_repro.models import build_model, check_model_input
 from brn_repro.norm import build_norm, norm_spec

@@ -39,6 +39,7 @@ from brn_repro.analysis.weight_growth import (
     growth_after_first_evaluation,
     seed_growth,
 )
+from brn_repro.dataset_facts import NUM_CLASSES
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = (
     "reproduced", "not reproduced", "inconclusive", "not run")
@@ -194,7 +195,6 @@ def _select(runs: pd.DataFrame, experiment: str, **where) -> pd.DataFrame:
 def _chance(runs: pd.DataFrame) -> float:
     """What a diverged run is worth: chance for the runs' dataset (10 classes if unknown).
     Imported here, not at the top: the data package pulls in torch."""
-    from brn_repro.data.sources import NUM_CLASSES
 
     names = runs["dataset.name"].dropna().unique() if "dataset.name" in runs else []
     return chance_level(NUM_CLASSES.get(names[0], 10) if len(names) == 1 else 10)

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from brn_repro.analysis.experiments import claim_experiments, deciding
+from brn_repro.dataset_facts import NUM_CLASSES, TRAIN_IMAGES
 
 CONVERGED_GAIN = 0.5  # test-accuracy points over the last quarter of the run
 
@@ -134,7 +135,6 @@ def _claim_rows(runs: pd.DataFrame, curves: pd.DataFrame | None) -> list[str]:
 
 
 def protocol_section(runs: pd.DataFrame, curves: pd.DataFrame | None) -> list[str]:
-    from brn_repro.data.sources import TRAIN_IMAGES  # the data package pulls in torch
 
     needed = ("train.steps", "data.workers", "data.per_worker_batch", "dataset.name", "model.name",
               "optim.name", "optim.lr", "optim.weight_decay", "train.lr_schedule", "train.eval_every",
@@ -217,7 +217,6 @@ def _schedule_text(brn: pd.DataFrame) -> str:
 
 def deviations_section(runs: pd.DataFrame) -> list[str]:
     """"Deviations from the paper": the paper's setup beside ours, read from the runs' configs."""
-    from brn_repro.data.sources import NUM_CLASSES, TRAIN_IMAGES  # the data package pulls in torch
 
     setting = runs[runs["experiment"] == deciding("1")]
     needed = ("dataset.name", "train.steps", "data.workers", "data.per_worker_batch", "model.name",
