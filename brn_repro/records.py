@@ -77,6 +77,11 @@ RECORD_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "checkpoint.pt")
 LOCK_TIMEOUT, LOCK_STALE = 6 * 3600.0, 60.0  # defaults when paths.lock_* are not set
 
 
+def new_attempt_id() -> str:
+    """A training from step 0's id (the W&B run id): 12 hex digits, unique in practice."""
+    return uuid.uuid4().hex[:12]
+
+
 def _drop(config: dict[str, Any], dotted: str) -> None:
     *parents, leaf = dotted.split(".")
     node = config
@@ -101,13 +106,16 @@ def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     Lists stay as values (``train.step_milestones`` keeps ``[0.5, 0.75]``); empty
     sub-dicts produce no key.
     """
+    return _dotted(scrub(cfg), prefix)
+
+
+def _dotted(tree: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
-    for key, value in scrub(cfg).items():
-        dotted = f"{prefix}{key}"
+    for key, value in tree.items():
         if isinstance(value, Mapping):
-            flat.update(flatten_config(value, prefix=f"{dotted}."))
+            flat.update(_dotted(value, f"{prefix}{key}."))
         else:
-            flat[dotted] = value
+            flat[f"{prefix}{key}"] = value
     return flat
 
 
@@ -320,7 +328,7 @@ class RunRecord:
         if state is None:
             self.start()
         else:
-            self.attempt_id = state.get("attempt_id") or uuid.uuid4().hex[:12]
+            self.attempt_id = state.get("attempt_id") or new_attempt_id()
         return state
 
     def check_threads(self) -> None:
@@ -352,7 +360,7 @@ class RunRecord:
         """A fresh record: the config, a new attempt id, and no metrics, checkpoint or summary
         of an earlier try."""
         self._check_lease()
-        self.attempt_id = uuid.uuid4().hex[:12]
+        self.attempt_id = new_attempt_id()
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
             for earlier in (self.metrics_path, self.checkpoint_path, self.summary_path):

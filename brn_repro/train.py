@@ -29,6 +29,7 @@ from typing import Any
 import hydra
 import torch
 import torch.nn.functional as F
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
@@ -362,10 +363,11 @@ def main(cfg: DictConfig) -> float:
 
 
 def sweep_size(params: dict[str, str]) -> int:
-    """The number of jobs of ``hydra.sweeper.params`` as Hydra's sweeper splits them: its
-    override parser reads ``range()``, ``choice()``, quoted commas and ``[a,b]`` (one value)."""
+    """The number of jobs of ``hydra.sweeper.params``, split by Hydra's own sweeper (as
+    scripts/reproduce.py's ``expand``): ``range()``, ``choice()``, quoted commas, ``[a,b]``."""
     overrides = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
-    return math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1 for o in overrides)
+    (jobs,) = BasicSweeper.split_arguments(overrides, None)
+    return len(jobs)
 
 
 def one_run_of_a_sweep(cfg: DictConfig, params: dict[str, str] | None) -> str | None:
