@@ -26,7 +26,6 @@ from brn_repro.loggers import logger_class
 from brn_repro.models import build_model, check_model_input
 from brn_repro.norm import build_norm, norm_spec
 from brn_repro.norm.registry import NormFactory
-from brn_repro.paths import CONF_DIR  # noqa: F401  (its old home, kept for code that imports it from here)
 from brn_repro.performance import PRECISIONS
 from brn_repro.schema import (
     LEGACY_RECIPE,
@@ -84,11 +83,6 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
                     "the next release)")
         config = upgrade(config)
     return config
-
-
-def norm_batch(cfg: RunConfig) -> int:
-    """Examples per normalization group (``schema.SamplerConfig.group_size``)."""
-    return cfg.norm_batch
 
 
 def check_probe_recipe(cfg: RunConfig) -> None:

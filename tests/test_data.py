@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import brn_repro.data.sources as sources
-from brn_repro.config import ConfigError, norm_batch, norm_options, validate
+from brn_repro.config import ConfigError, norm_options, validate
 from brn_repro.data import (
     DatasetError,
     DatasetNotFoundError,
@@ -383,7 +383,7 @@ def test_noniid_draws_only_labels_that_exist():
 
 
 def split_norm_batch(labels_per_batch, images_per_label):
-    """``config.norm_batch`` of a noniid_split run with this recipe."""
+    """``RunConfig.norm_batch`` of a noniid_split run with this recipe."""
     sampler = SamplerConfig("noniid_split", labels_per_batch, images_per_label)
     return sampler.group_size(labels_per_batch * images_per_label)
 
@@ -603,7 +603,7 @@ def test_quick_fig3_split_normalizes_groups_of_one_image_per_label_and_probes_mo
     sampler = config["sampler"]
     assert (sampler["labels_per_batch"], sampler["images_per_label"]) == (4, 8)  # the pilot's recipe
     assert config["data"]["per_worker_batch"] == 32
-    assert norm_batch(RunConfig.parse(config)) == norm_options(RunConfig.parse(config))["per_worker_batch"] == 4
+    assert RunConfig.parse(config).norm_batch == norm_options(RunConfig.parse(config))["per_worker_batch"] == 4
     # the probe runs on the non-i.i.d. runs only (the i.i.d. ones are fig2's records)
     noniid, iid = fig3_config("bn_noniid"), fig3_config("bn_iid")
     assert noniid["train"]["minibatch_stats_eval"] and not iid["train"]["minibatch_stats_eval"]
@@ -614,7 +614,7 @@ def test_quick_fig3_split_normalizes_groups_of_one_image_per_label_and_probes_mo
         validate(fig3_config(condition))
     paper = fig3_config("bn_split", profile="paper")
     validate(paper)
-    assert norm_batch(RunConfig.parse(paper)) == 16  # the paper's two halves of 16
+    assert RunConfig.parse(paper).norm_batch == 16  # the paper's two halves of 16
 
 
 @pytest.mark.parametrize("overrides,needles", [

@@ -17,7 +17,7 @@ checkpoint sees the same batches as an uninterrupted one.
   pair). Generalized to I images per label: the same draws, laid out as I groups
   of ``labels_per_batch`` images, group i holding image i of every drawn label.
   Normalize in groups of ``per_worker_batch // images_per_label``
-  (``brn_repro.config.norm_batch`` does): then no normalization group sees a label
+  (``RunConfig.norm_batch`` does): then no normalization group sees a label
   twice from one draw, which is what removes the label structure BN overfits to.
   Splitting each label's images across only two halves would leave I/2 images of
   a label in each half, the unsplit batch's structure for I > 2.

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from brn_repro.data.errors import DatasetError, DatasetNotFoundError
-from brn_repro.dataset_facts import DATASET_NAMES, IMAGE_SIZES, NUM_CLASSES, STATS, TRAIN_IMAGES  # noqa: F401
+from brn_repro.dataset_facts import DATASET_NAMES, NUM_CLASSES, STATS
 
 # A module constant (not a default argument) so tests can point it at a tmp dir.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
