@@ -1,17 +1,15 @@
-"""The command line's own checks, before Hydra composes anything: record format 1's keys
-upgraded (one note each), config-group mistakes as one line (``+experiment=NAME``, an
-option its group does not hold), and the ``--help`` text's list of groups."""
+"""The command line's own checks, before Hydra composes anything: config-group mistakes
+as one line (``+experiment=NAME``, an option its group does not hold), and the
+``--help`` text's list of groups."""
 
 from __future__ import annotations
 
 import argparse
-import re
 
 from omegaconf import OmegaConf
 
 from brn_repro.config import ConfigError
 from brn_repro.paths import CONF_DIR
-from brn_repro.schema import LEGACY_RECIPE, LEGACY_SPELLINGS
 
 
 def _group_options(group: str) -> list[str]:
@@ -34,24 +32,6 @@ def help_groups() -> str:
 
 
 OmegaConf.register_new_resolver("brn_help_groups", help_groups, replace=True)
-
-
-def upgrade_command_line(argv: list[str]) -> tuple[list[str], list[str]]:
-    """``argv`` with record format 1's keys (``schema.LEGACY_SPELLINGS``, ``LEGACY_RECIPE``)
-    in this format's spelling, and one deprecation note per old key. The README taught
-    the old keys; they keep working for one release."""
-    renames = {old: new for new, old in LEGACY_SPELLINGS.items()} | LEGACY_RECIPE
-    upgraded, notes = [], []
-    for arg in argv:
-        prefix, rest = re.match(r"^([+~]*)(.*)$", arg).groups()
-        for old, new in renames.items():
-            if rest == old or rest.startswith((f"{old}=", f"{old}.")):
-                rest = new + rest[len(old):]
-                notes.append(f"note: {old} is now {new}; write {prefix}{rest} "
-                             "(the old key works until the next release)")
-                break
-        upgraded.append(prefix + rest)
-    return upgraded, notes
 
 
 def check_command_line(argv: list[str]) -> None:

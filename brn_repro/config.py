@@ -7,7 +7,6 @@ Every mistake is one line that names the key and the fix, raised as
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import re
 from functools import partial
@@ -27,19 +26,8 @@ from brn_repro.models import build_model, check_model_input
 from brn_repro.norm import build_norm, norm_spec
 from brn_repro.norm.registry import NormFactory
 from brn_repro.performance import PRECISIONS
-from brn_repro.schema import (
-    LEGACY_RECIPE,
-    LEGACY_SPELLINGS,
-    POSITIVE,
-    ConfigError,
-    RunConfig,
-    check_value,
-    legacy_keys,
-    upgrade,
-)
+from brn_repro.schema import POSITIVE, ConfigError, RunConfig, check_value
 from brn_repro.secrets import FROM_ENVIRONMENT, env_valued_keys
-
-log = logging.getLogger(__name__)
 
 
 def _divide(total: int, part: int) -> int:
@@ -77,11 +65,6 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"{key}: {reason}" if key else reason) from None
     if keys := env_valued_keys(OmegaConf.to_container(cfg, resolve=False)):
         config[FROM_ENVIRONMENT] = keys
-    if old := legacy_keys(config):  # a config file of one's own, written for format 1
-        renames = {v: k for k, v in LEGACY_SPELLINGS.items()} | LEGACY_RECIPE
-        log.warning(f"note: {', '.join(f'{k} is now {renames[k]}' for k in old)} (the old keys work until "
-                    "the next release)")
-        config = upgrade(config)
     return config
 
 

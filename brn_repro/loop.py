@@ -78,9 +78,9 @@ class Progress:
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any]) -> Progress:
         return cls(step=state["step"], best_test_acc=state["best_test_acc"], wall_before=state["wall_seconds"],
-                   eval_seconds=state.get("eval_seconds", 0.0),  # older checkpoints lack it
+                   eval_seconds=state["eval_seconds"],
                    start_step=state["step"], kernels=state["kernels"], kernels_mixed=state["kernels_mixed"],
-                   weight_norm_init=state.get("weight_norm_init"))
+                   weight_norm_init=state["weight_norm_init"])
 
     def checkpoint(self) -> dict[str, Any]:
         return {"step": self.step, "best_test_acc": self.best_test_acc, "wall_seconds": self.wall_seconds(),

@@ -45,7 +45,6 @@ import yaml
 from brn_repro.files import TMP_NAME, RecordError, check_writable_dir, write_atomic, writing
 from brn_repro.lease import Lease
 from brn_repro.norm import norm_spec
-from brn_repro.schema import legacy_spelling, upgrade
 from brn_repro.secrets import scrub
 
 log = logging.getLogger(__name__)
@@ -62,10 +61,9 @@ EXECUTION_KEYS = (
 NON_IDENTITY_KEYS = ("experiment", "git_commit", "profile_name", "recipe", "tags", "notes", "group",
                      *EXECUTION_KEYS)
 # "run": the directory name (identity) of the run that wrote it, so no run resumes another's;
-# "attempt_id" beside them: the training from step 0 it continues (RunRecord.attempt_id; a
-# checkpoint older than it resumes under a new one)
-CHECKPOINT_KEYS = {"run", "step", "best_test_acc", "wall_seconds", "model", "optimizer", "scheduler",
-                   "data", "ema", "kernels", "kernels_mixed"}
+# "attempt_id" beside it: the training from step 0 it continues (RunRecord.attempt_id)
+CHECKPOINT_KEYS = {"run", "attempt_id", "step", "best_test_acc", "wall_seconds", "eval_seconds", "model",
+                   "optimizer", "scheduler", "data", "ema", "kernels", "kernels_mixed", "weight_norm_init"}
 # Under paths.runs: each experiment's planned runs, experiments/<name>.json (scripts/reproduce.py
 # writes it whole; one file per experiment, so reproductions of different experiments never
 # race). A run can serve several experiments and several split-blind conditions.
@@ -129,13 +127,6 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
     ident = public_config(config)
     for key in NON_IDENTITY_KEYS:
         _drop(ident, key)
-    if ident["train"].get("precision") == "float32":  # the default, older than the key: same runs
-        del ident["train"]["precision"]
-    # keys newer than some records, at the values that mean "as before they existed"
-    if ident["data"].get("train_size", 0) is None:
-        del ident["data"]["train_size"]
-    if ident["dataset"].get("image_size", 0) is None:
-        del ident["dataset"]["image_size"]
     if split_blind(config):
         data = ident["data"]
         data["global_batch"] = data.pop("per_worker_batch") * data.pop("workers")
@@ -143,8 +134,7 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    # hashed in record format 1's spelling (schema.legacy_spelling): no recorded run moves
-    blob = json.dumps(legacy_spelling(identity(config)), sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(identity(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
@@ -328,7 +318,7 @@ class RunRecord:
         if state is None:
             self.start()
         else:
-            self.attempt_id = state.get("attempt_id") or new_attempt_id()
+            self.attempt_id = state["attempt_id"]
         return state
 
     def check_threads(self) -> None:
@@ -432,8 +422,7 @@ class RunRecord:
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """A record's config, in this format's spelling whichever format wrote it; a missing or
-    damaged one is a one-line ``RecordError`` naming the file."""
+    """A record's config; a missing or damaged one is a one-line ``RecordError`` naming the file."""
     path = Path(run_dir) / "config.yaml"
     try:
         config = yaml.safe_load(path.read_text())
@@ -444,7 +433,7 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
         raise RecordError(f"{path} is damaged (not YAML: {reason})") from None
     if not isinstance(config, dict):
         raise RecordError(f"{path} is damaged (a {type(config).__name__}, not a config)")
-    return upgrade(config)
+    return config
 
 
 def find_records(root: str | Path) -> list[Path]:

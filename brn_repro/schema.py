@@ -12,11 +12,7 @@ the model builders). Rules that relate keys to each other (a sampler recipe that
 fill the per-worker batch, a stop step below the run's steps) are no type's business:
 ``brn_repro.config.validate`` holds them.
 
-Every group picks its implementation with the key ``name``. Record format 1 (before
-2026-11) spelled it ``norm.type``, ``sampler.type`` and ``logger.kind``:
-``LEGACY_SPELLINGS`` maps them, for old command lines (one deprecation line) and for
-old records, and the run identity is still hashed in format 1's spelling so that no
-recorded run moves to a new directory.
+Every group picks its implementation with the key ``name``.
 """
 
 from __future__ import annotations
@@ -30,50 +26,6 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message is one line naming the key."""
-
-
-# new key -> format 1's key (the same group, the same values)
-LEGACY_SPELLINGS = {"norm.name": "norm.type", "sampler.name": "sampler.type",
-                    "logger.name": "logger.kind"}
-# format 1's top-level recipe keys -> where they live now (the recipe group)
-LEGACY_RECIPE = {"norm_momentum": "recipe.norm_momentum", "schedule": "recipe.schedule",
-                 "noniid_recipe": "recipe.noniid"}
-
-
-def legacy_keys(config: dict[str, Any]) -> list[str]:
-    """The keys of ``config`` spelled as record format 1 spelled them."""
-    found = [old for old in LEGACY_SPELLINGS.values()
-             if old.split(".")[1] in (config.get(old.split(".")[0]) or {})]
-    return found + [old for old in LEGACY_RECIPE if old in config]
-
-
-def upgrade(config: dict[str, Any]) -> dict[str, Any]:
-    """A config of any record format in this format's spelling (a new dict)."""
-    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
-    for new, old in LEGACY_SPELLINGS.items():
-        group, key = new.split(".")
-        _, old_key = old.split(".")
-        node = config.get(group)
-        if isinstance(node, dict) and old_key in node and key not in node:
-            config[group] = {key: node.pop(old_key), **node}
-    recipe = dict(config.get("recipe") or {})
-    for old, new in LEGACY_RECIPE.items():
-        if old in config:
-            recipe.setdefault(new.split(".", 1)[1], config.pop(old))
-    if recipe:
-        config["recipe"] = recipe
-    return config
-
-
-def legacy_spelling(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` in record format 1's spelling: what run identities are hashed from."""
-    config = dict(config)
-    for new, old in LEGACY_SPELLINGS.items():
-        group, key = new.split(".")
-        node = config.get(group)
-        if isinstance(node, dict) and key in node:
-            config[group] = {old.split(".")[1]: node[key], **{k: v for k, v in node.items() if k != key}}
-    return config
 
 
 def _spec(default: Any = dataclasses.MISSING, *, positive: bool = False, at_least_zero: bool = False,

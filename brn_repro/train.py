@@ -36,7 +36,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from brn_repro import distributed, kernels, signals, sweeps
-from brn_repro.cli import check_command_line, upgrade_command_line
+from brn_repro.cli import check_command_line
 from brn_repro.config import (
     ConfigError,
     check_model_fits,
@@ -388,12 +388,10 @@ def one_run_of_a_sweep(cfg: DictConfig, params: dict[str, str] | None) -> str | 
 def cli() -> None:
     """``brn-train`` (pyproject's [project.scripts]) and ``python -m brn_repro.train``:
     Hydra's command line, with its config-group mistakes (``+experiment=NAME``, an
-    unknown option) as one line and exit 2 before Hydra composes anything; record format
-    1's keys (``schema.LEGACY_SPELLINGS``) upgraded with a note; overrides that set a
+    unknown option) as one line and exit 2 before Hydra composes anything; overrides that set a
     secret left out with a note (``secrets.public_argv``: Hydra's files and logs never see them)."""
     sys.argv[1:], left_out = public_argv(sys.argv[1:])  # first: no note below repeats a secret
-    sys.argv[1:], notes = upgrade_command_line(sys.argv[1:])
-    for note in left_out + notes:
+    for note in left_out:
         print(note, file=sys.stderr)
     try:
         check_command_line(sys.argv[1:])

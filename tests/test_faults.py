@@ -508,19 +508,3 @@ def test_temporary_names_are_unique_per_writer(tmp_path):
     assert len(names) == 50 and all(n.startswith(".checkpoint.") and n.endswith(".tmp.pt") for n in names)
     assert all(f"-{os.getpid()}-" in n and TMP_NAME.fullmatch(n) for n in names)
     assert not TMP_NAME.fullmatch(".run.lock.tmphost-12-ab12cd34")  # a waiter's lock candidate
-
-
-def test_a_checkpoint_from_before_attempt_ids_resumes_under_a_new_one(tmp_path, tiny_fashion_mnist, reference,
-                                                                      capsys):
-    """A checkpoint written before checkpoints carried their W&B attempt id resumes (it is no
-    damage), under a fresh id: the W&B run it goes on in is a new one."""
-    record = stopped_at_10(tmp_path, tiny_fashion_mnist)
-    state = torch.load(record.checkpoint_path, weights_only=True)
-    del state["attempt_id"]
-    torch.save(state, record.checkpoint_path)
-    capsys.readouterr()
-    summary = run(make_config(tmp_path, tiny_fashion_mnist))
-    said = capsys.readouterr().err
-    assert "resuming" in said and "again from step 0" not in said, said
-    assert len(summary["attempt_id"]) == 12
-    assert_matches(record, reference)

@@ -36,7 +36,6 @@ from brn_repro.records import (
     read_metrics_file,
     read_summary,
 )
-from brn_repro.schema import upgrade
 
 SUMMARY_FIELDS = ("status", "test_acc", "train_acc", "minibatch_stats_acc", "best_test_acc",
                   "steps_done", "diverged_step", "wall_seconds", "images_per_second", "weight_norm_init")
@@ -49,11 +48,8 @@ def _members(runs_root: Path) -> list[tuple[Path, dict[str, Any]]]:
     between split-blind conditions), then every other record for the experiment it was
     trained for (a plain ``-m`` sweep), unless that experiment's plan does not hold it.
     Each run left out is one warning line naming it and why."""
-    if (runs_root / "experiments.json").is_file():
-        print(f"note: {runs_root / 'experiments.json'} is the older membership file and no longer read "
-              "(scripts/reproduce.py writes experiments/<name>.json); remove it", file=sys.stderr)
     plan = read_membership(runs_root)
-    members = [(runs_root / m["run"], as_ran(upgrade(m["config"]), _own_config(runs_root / m["run"])[0]))
+    members = [(runs_root / m["run"], as_ran(m["config"], _own_config(runs_root / m["run"])[0]))
                for entries in plan.values() for m in entries]
     planned = {m["run"] for entries in plan.values() for m in entries}
     for run_dir in find_records(runs_root):
@@ -84,7 +80,7 @@ def _differing(config: dict[str, Any], members: list[dict[str, Any]]) -> str:
     """`` with train.steps=40 (its plan: 3600)``: the keys of the run's identity that differ
     from the nearest planned run's (the first three)."""
     def differences(member: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-        theirs = flatten_config(identity(upgrade(member["config"])))
+        theirs = flatten_config(identity(member["config"]))
         return [(k, mine.get(k), theirs.get(k)) for k in sorted(mine.keys() | theirs.keys())
                 if mine.get(k) != theirs.get(k)]
 
@@ -118,7 +114,7 @@ def as_ran(planned: dict[str, Any], recorded: dict[str, Any] | None) -> dict[str
 
 
 def _trained_at(run_dir: Path) -> str | None:
-    """The commit the record's config.yaml names (records older than the key have none)."""
+    """The commit the record's config.yaml names (none when it trained outside a git checkout)."""
     try:
         found = re.search(r"^git_commit: (\S+)$", (run_dir / "config.yaml").read_text(), re.M)
     except OSError:

@@ -62,8 +62,10 @@ def spread_lines(results: Path, runs: pd.DataFrame) -> list[str]:
     for run, row in table.iterrows():
         sd = _seed_sd(runs, run)
         cells = [_acc(row[c]) for c in [SPREAD_REFERENCE, *others]]
-        lines.append(f"| {run} | " + " | ".join(cells) + f" | {_acc(delta.loc[run].max())} | {_acc(sd)} |")
-    return lines + ["", "Final test accuracy (%; diverged: a run that stopped on a non-finite loss). "
+        shown_sd = "-" if sd is None else f"{sd:.2f}"
+        lines.append(f"| {run} | " + " | ".join(cells) + f" | {_acc(delta.loc[run].max())} | {shown_sd} |")
+    return lines + ["", "Final test accuracy (%; diverged: a run that stopped on a non-finite loss; -: no "
+                    "sd, the run's condition has fewer than two completed runs among the records). "
                     f"Largest difference over the runs: {delta.max().max():.2f} points (median "
                     f"{delta.stack().median():.2f})."]
 
