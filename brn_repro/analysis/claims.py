@@ -1,7 +1,7 @@
 """The paper's claims (PAPER.md), each judged by one pre-registered, paired comparison.
 
 Why pre-registered: each verdict's rule is fixed here, and the report states it
-(``VERDICT_RULES``) before any number, so no rule can be chosen after seeing the
+(each ``PaperClaim``'s ``rule``) before any number, so no rule can be chosen after seeing the
 outcome. Why paired: runs with the same seed share initial weights and batch order,
 so the per-seed difference cancels the seed-to-seed spread (``brn_repro.analysis.stats``).
 Each claim has one *primary* comparison that alone decides its verdict; secondary
@@ -19,7 +19,6 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from brn_repro.analysis.protocol import limits_at
 from brn_repro.analysis.stats import (
     FINISHED,
     chance_level,
@@ -40,6 +39,7 @@ from brn_repro.analysis.weight_growth import (
     seed_growth,
 )
 from brn_repro.dataset_facts import NUM_CLASSES
+from brn_repro.schedules import ramp
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = (
     "reproduced", "not reproduced", "inconclusive", "not run")
@@ -97,6 +97,20 @@ RULES_PREAMBLE = (
 )
 RULES_CLOSING = ("Accuracies are top-1 % on the test set, model in inference mode (moving "
                  "statistics), at the last step.")
+
+
+def limits_at(config: pd.Series, step: int) -> dict[str, float]:
+    """BRN's r_max and d_max at ``step`` of its relaxation, read from a run's config columns
+    through the schedule the layer itself uses (1 / 0 before relax_start; constant limits
+    when an end step is null)."""
+    out = {}
+    for name, low in (("r_max", 1.0), ("d_max", 0.0)):
+        end = config.get(f"norm.{name}_end_step")
+        schedule = ramp(str(config.get("norm.shape", "linear") or "linear"), low, float(config[f"norm.{name}"]),
+                        int(config["norm.relax_start"]), None if end is None or pd.isna(end) else int(end), name)
+        out[name] = float(schedule(step))
+    return out
+
 
 
 @dataclass

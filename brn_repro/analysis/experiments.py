@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from brn_repro.analysis.claims import CLAIMS
 from brn_repro.paths import CONF_DIR
 
 # Figures every experiment gets (plots.FIGURES names the file stems); BRN's corrections
@@ -47,12 +48,12 @@ class Experiment:
     @property
     def decides(self) -> str | None:
         """The claim whose primary comparison its runs decide (seeds: its config)."""
-        return next((key for key, claim in _claims().items() if claim.experiment == self.name), None)
+        return next((key for key, claim in CLAIMS.items() if claim.experiment == self.name), None)
 
     @property
     def supports(self) -> tuple[str, ...]:
         """The claims whose secondary rows also read its runs."""
-        return tuple(key for key, claim in _claims().items() if self.name in claim.secondary)
+        return tuple(key for key, claim in CLAIMS.items() if self.name in claim.secondary)
 
     @property
     def in_default_reproduction(self) -> bool:
@@ -104,27 +105,19 @@ def figures(name: str) -> tuple[str, ...]:
     return EXPERIMENTS[name].all_figures if name in EXPERIMENTS else COMMON_FIGURES
 
 
-def _claims() -> dict:
-    """``brn_repro.analysis.claims.CLAIMS``, imported on use: the claims module reads the protocol
-    module, which reads this one."""
-    from brn_repro.analysis.claims import CLAIMS
-
-    return CLAIMS
-
-
 def deciding(claim: str) -> str:
     """The experiment whose runs decide ``claim``'s primary comparison."""
-    return _claims()[claim].experiment
+    return CLAIMS[claim].experiment
 
 
 def supporting(claim: str) -> list[str]:
     """The experiments, beside the deciding one, that ``claim``'s secondary rows read."""
-    return list(_claims()[claim].secondary)
+    return list(CLAIMS[claim].secondary)
 
 
 def claim_experiments() -> dict[str, str]:
     """Claim -> the experiment deciding it, in claim order."""
-    return {key: claim.experiment for key, claim in _claims().items()}
+    return {key: claim.experiment for key, claim in CLAIMS.items()}
 
 
 def configured(conf_dir: Path = CONF_DIR) -> list[str]:

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from brn_repro.analysis.claims import limits_at
 from brn_repro.analysis.experiments import claim_experiments, deciding
 from brn_repro.dataset_facts import NUM_CLASSES, TRAIN_IMAGES
 
@@ -57,21 +58,6 @@ def converged_reference(runs: pd.DataFrame, curves: pd.DataFrame | None) -> Conv
     if not gains:
         return None
     return Convergence(sum(gains.values()) / len(gains), gains, start, end)
-
-
-def limits_at(config: pd.Series, step: int) -> dict[str, float]:
-    """BRN's r_max and d_max at ``step`` of its relaxation, read from a run's config columns
-    through the schedule the layer itself uses (1 / 0 before relax_start; constant limits
-    when an end step is null)."""
-    from brn_repro.schedules import ramp
-
-    out = {}
-    for name, low in (("r_max", 1.0), ("d_max", 0.0)):
-        end = config.get(f"norm.{name}_end_step")
-        schedule = ramp(str(config.get("norm.shape", "linear") or "linear"), low, float(config[f"norm.{name}"]),
-                        int(config["norm.relax_start"]), None if end is None or pd.isna(end) else int(end), name)
-        out[name] = float(schedule(step))
-    return out
 
 
 def _reached(config: pd.Series, step: int) -> str:

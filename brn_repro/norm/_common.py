@@ -1,7 +1,7 @@
 """Plumbing the norm layers share: option checks, the step buffer that schedules are
 evaluated at, the base of the two layers that keep a moving mean and a moving standard
 deviation (Batch Renorm, the moving-average norm), and the default way a layer takes
-over a torch batchnorm's state (``brn_repro.norm.convert.swap_norm``)."""
+over a torch batchnorm's state (``brn_repro.norm._replace``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from brn_repro.norm._grouped import check_input_dim, check_per_worker_batch, normalize, num_groups, sqrt
+from brn_repro.norm._replace import FamilyConversion, copy_batchnorm_state, replace_batchnorms
 from brn_repro.schedules import Schedule, as_schedule, schedule_bounds
 
 
@@ -33,22 +34,6 @@ def as_rate(value: float | Tensor, like: Tensor) -> float | Tensor:
     return value.to(like.dtype) if isinstance(value, Tensor) else value
 
 
-@torch.no_grad()
-def copy_batchnorm_state(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
-    """What any layer takes from a torch batchnorm: the affine parameters where it has
-    them at the same shape, and the running mean and variance where it keeps them."""
-    for attr in ("weight", "bias"):
-        src, dst = getattr(bn, attr, None), getattr(layer, attr, None)
-        if src is not None and dst is not None and src.shape == dst.shape:
-            dst.copy_(src)
-    if bn.running_mean is None:
-        return
-    for attr in ("running_mean", "running_var"):
-        dst = getattr(layer, attr, None)
-        if dst is not None:
-            dst.copy_(getattr(bn, attr))
-
-
 class LayerFamily:
     """Mixin: the 1d / 2d / 3d classes of one layer (``for_dim``), and ``convert``, which
     puts them in place of a model's batchnorms (``brn_repro.norm.convert``). A family
@@ -68,9 +53,7 @@ class LayerFamily:
         """Replace (in place) every ``BatchNorm1d/2d/3d`` and ``SyncBatchNorm`` of ``model``
         with this family's layer of the same dimension, keeping running statistics,
         affine parameters, device and dtype; see ``brn_repro.norm.convert_batchnorm``."""
-        from brn_repro.norm.convert import convert_batchnorm  # convert imports the layers
-
-        return convert_batchnorm(model, cls, sync_dim=sync_dim, **options)
+        return replace_batchnorms(model, FamilyConversion(cls, options), sync_dim=sync_dim)
 
     @staticmethod
     def batchnorm_options(bn: nn.modules.batchnorm._BatchNorm) -> dict[str, Any]:

@@ -13,25 +13,23 @@ dimension: it becomes the ``sync_dim`` layer (default 2, feature maps).
 A new norm layer takes over a batchnorm's state through its own
 ``load_batchnorm_state(bn)`` when it has one (Batch Renorm and the moving-average
 norm keep a moving std, not a variance); any other layer gets
-``_common.copy_batchnorm_state``: affine parameters and running statistics where it
+``_replace.copy_batchnorm_state``: affine parameters and running statistics where it
 has them. It is put on the batchnorm's device and floating dtype, so a trained
 model's inference outputs do not change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from brn_repro.norm._common import LayerFamily, copy_batchnorm_state
+from brn_repro.norm._common import LayerFamily
+from brn_repro.norm._replace import NormFactory, replace_batchnorms
 from brn_repro.norm.batch_norm import BatchNorm2d
 from brn_repro.norm.batch_renorm import BatchRenorm2d
 from brn_repro.norm.mabn import CenteredConv2d
 from brn_repro.norm.moving_average import MovingAverageNorm2d
-
-NormFactory = Callable[[int], nn.Module]
 
 # The convolutions a norm may pair with (``NormSpec.conv``).
 CONV_KINDS = ("centered", "standardized")
@@ -65,24 +63,6 @@ def swap_conv(model: nn.Module, kind: str | None) -> nn.Module:
     return model
 
 
-_BY_DIM = ((nn.BatchNorm1d, 1), (nn.BatchNorm2d, 2), (nn.BatchNorm3d, 3))
-
-
-def batchnorm_dim(bn: nn.Module, sync_dim: int = 2) -> int:
-    """1, 2 or 3 for a BatchNorm1d/2d/3d (or a subclass); ``sync_dim`` for a
-    SyncBatchNorm or any other batchnorm, which take (N, C, *) input alike."""
-    return next((dim for cls, dim in _BY_DIM if isinstance(bn, cls)), sync_dim)
-
-
-def _new_layer(factory: NormFactory, old: nn.modules.batchnorm._BatchNorm, sync_dim: int) -> nn.Module:
-    dim = batchnorm_dim(old, sync_dim)
-    for_batchnorm = getattr(factory, "for_batchnorm", None)
-    if callable(for_batchnorm):
-        return for_batchnorm(old, dim)
-    for_dim = getattr(factory, "for_dim", None)  # build_norm's factories: 1d, 2d, 3d layers
-    return (for_dim(dim) if callable(for_dim) else factory)(old.num_features)
-
-
 def swap_norm(model: nn.Module, factory: NormFactory, *, sync_dim: int = 2) -> nn.Module:
     """Replace every batchnorm in ``model`` (in place) with ``factory(num_features)``,
     and its convolutions with the kind the norm pairs with (``factory.conv``).
@@ -93,45 +73,13 @@ def swap_norm(model: nn.Module, factory: NormFactory, *, sync_dim: int = 2) -> n
     over its batchnorm's state (see the module docstring), device and dtype, so a
     pretrained model keeps its inference behaviour under BRN.
     """
-    if isinstance(model, nn.modules.batchnorm._BatchNorm):
-        raise ValueError("swap_norm needs a model that contains norm layers, not a norm layer")
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and name
-    ]
-    for name, old in targets:
-        new = _new_layer(factory, old, sync_dim)
-        load = getattr(new, "load_batchnorm_state", None)
-        if callable(load):
-            load(old)
-        else:
-            copy_batchnorm_state(new, old)
-        tensor = next(old.parameters(), old.running_mean)
-        if tensor is not None:
-            new.to(device=tensor.device, dtype=tensor.dtype if tensor.is_floating_point() else None)
-        model.set_submodule(name, new)
+    replace_batchnorms(model, factory, sync_dim=sync_dim)
     return swap_conv(model, getattr(factory, "conv", None))  # MABN, GN+WS: their convolutions
 
 
 FAMILIES: dict[str, type[LayerFamily]] = {
     "brn": BatchRenorm2d, "bn": BatchNorm2d, "moving_average": MovingAverageNorm2d,
 }
-
-
-class _Conversion:
-    """A ``swap_norm`` factory: the family's layer of each batchnorm's dimension, with
-    the batchnorm's own options (``batchnorm_options``) under the caller's."""
-
-    def __init__(self, family: type[LayerFamily], options: dict[str, Any]) -> None:
-        self.family, self.options = family, options
-
-    def for_batchnorm(self, bn: nn.modules.batchnorm._BatchNorm, dim: int) -> nn.Module:
-        layer = self.family.for_dim(dim)
-        return layer(bn.num_features, **{**layer.batchnorm_options(bn), **self.options})
-
-    def __call__(self, num_features: int) -> nn.Module:
-        return self.family.for_dim(2)(num_features, **self.options)
 
 
 def convert_batchnorm(model: nn.Module, norm: str | type[LayerFamily] = "brn", *, sync_dim: int = 2,
@@ -156,6 +104,4 @@ def convert_batchnorm(model: nn.Module, norm: str | type[LayerFamily] = "brn", *
         norm = FAMILIES[norm]
     if not (isinstance(norm, type) and issubclass(norm, LayerFamily)):
         raise ValueError(f"norm={norm!r} is not a layer family (BatchRenorm2d, BatchNorm2d, MovingAverageNorm2d)")
-    if sync_dim not in (1, 2, 3):
-        raise ValueError(f"sync_dim={sync_dim!r} must be 1, 2 or 3")
-    return swap_norm(model, _Conversion(norm, options), sync_dim=sync_dim)
+    return norm.convert(model, sync_dim=sync_dim, **options)
