@@ -92,7 +92,7 @@ def migrate_run(run_dir: Path, dry_run: bool) -> Path:
         state.update(run=target.name, attempt_id=attempt_id)
         write_atomic(checkpoint, lambda tmp: torch.save(state, tmp))
     if summary is not None:
-        summary.update(run_dir=str(target), **({"attempt_id": attempt_id} if attempt_id else {}))
+        summary.update(run_dir=str(target.resolve()), **({"attempt_id": attempt_id} if attempt_id else {}))
         write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_atomic(run_dir / "config.yaml", yaml.safe_dump(public_config(config), sort_keys=False))
     run_dir.rename(target)
@@ -129,14 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     renamed, left = {}, 0
     for run_dir in tqdm(find_records(args.runs), desc="records", unit="run", file=sys.stderr):
         if (run_dir / "run.lock").exists():
-            print(f"warning: left {run_dir} as it is: it holds run.lock (a run training); run this again "
-                  "once it ends", file=sys.stderr)
+            tqdm.write(f"warning: left {run_dir} as it is: it holds run.lock (a run training); run this again "
+                       "once it ends", file=sys.stderr)
             left += 1
             continue
         try:
             target = migrate_run(run_dir, args.dry_run)
         except (OSError, yaml.YAMLError, AttributeError, FileExistsError) as err:
-            print(f"warning: left {run_dir} as it is: {err}", file=sys.stderr)
+            tqdm.write(f"warning: left {run_dir} as it is: {err}", file=sys.stderr)
             left += 1
             continue
         if target != run_dir:
