@@ -112,7 +112,6 @@ def limits_at(config: pd.Series, step: int) -> dict[str, float]:
     return out
 
 
-
 @dataclass
 class Stats:
     """Descriptive mean ± std of completed runs (diverged counted apart): not a verdict."""
